@@ -1,0 +1,434 @@
+"""Spec -> CompiledWorkflow: expanded jobs, interned dependency sets, files. Pure: no I/O.
+
+Dependencies come from ``depends_on`` (names), ``depends_on_regexes`` (``re.search``; each pattern
+must match at least one other job; a job never matches itself), and file and user_data edges (the
+consumer of an input depends on its single producer). Each job points at one *dependency set*;
+equal sets are stored once, so 1000 jobs waiting on the same 1000 jobs cost 1000 membership rows,
+not a million edges.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from torc_slurm.errors import SpecError
+from torc_slurm.spec.models import (
+    DEFAULT_RESOURCES_NAME,
+    ResourceRequirements,
+    SlurmScheduler,
+    WorkflowSpec,
+    validate_name,
+)
+from torc_slurm.spec.parameters import (
+    Template,
+    combinations,
+    compile_template,
+    parse_values,
+    referenced_names,
+)
+
+_JOB_TEXT_FIELDS = ("name", "command", "invocation_script", "resource_requirements", "scheduler")
+_JOB_LIST_FIELDS = ("depends_on", "depends_on_regexes", "input_files", "output_files",
+                    "input_user_data", "output_user_data")
+
+
+@dataclass(frozen=True)
+class CompiledJob:
+    name: str
+    command: str
+    invocation_script: str | None
+    env: dict[str, str]
+    num_cpus: int
+    num_gpus: int
+    num_nodes: int
+    memory_bytes: int
+    runtime_s: int
+    resource_requirements: str
+    scheduler: str | None
+    priority: int
+    cancel_on_blocking_job_failure: bool
+    supports_termination: bool
+    depset: int | None  # index into CompiledWorkflow.dependency_sets
+    input_files: tuple[int, ...]
+    output_files: tuple[int, ...]
+    input_user_data: tuple[int, ...]
+    output_user_data: tuple[int, ...]
+    rank: int = 0  # claim order: priority, then jobs_sort_method, then spec order
+
+
+@dataclass(frozen=True)
+class CompiledFile:
+    name: str
+    path: str
+    producer: int | None  # job index
+
+
+@dataclass(frozen=True)
+class CompiledUserData:
+    name: str
+    data: Any
+    is_ephemeral: bool
+    producer: int | None
+
+
+@dataclass
+class CompiledWorkflow:
+    spec: WorkflowSpec
+    jobs: list[CompiledJob]
+    dependency_sets: list[tuple[int, ...]]  # sorted job indices
+    files: list[CompiledFile]
+    user_data: list[CompiledUserData]
+    external_inputs: dict[int, list[int]] = field(default_factory=dict)  # file -> consumer jobs
+
+    @property
+    def schedulers(self) -> list[SlurmScheduler]:
+        return list(self.spec.slurm_schedulers)
+
+    @property
+    def logical_dependencies(self) -> int:
+        """What a user would count: one per (job, prerequisite) pair."""
+        sizes = [len(s) for s in self.dependency_sets]
+        return sum(sizes[job.depset] for job in self.jobs if job.depset is not None)
+
+    @property
+    def stored_memberships(self) -> int:
+        return sum(len(s) for s in self.dependency_sets)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "jobs": len(self.jobs),
+            "dependency_sets": len(self.dependency_sets),
+            "logical_dependencies": self.logical_dependencies,
+            "stored_dependency_rows": self.stored_memberships,
+            "files": len(self.files),
+            "user_data": len(self.user_data),
+        }
+
+
+@dataclass
+class _Expanded:
+    entry: int  # index of the spec entry
+    name: str
+    text: dict[str, str | None]
+    lists: dict[str, list[str]]
+
+
+def compile_workflow(spec: WorkflowSpec, source: str = "<spec>") -> CompiledWorkflow:
+    """Validate everything that needs the whole workflow and build the compiled form."""
+    try:
+        return _Compiler(spec).run()
+    except SpecError as exc:
+        raise exc.with_context(file=source) from None
+
+
+class _Compiler:
+    def __init__(self, spec: WorkflowSpec) -> None:
+        self.spec = spec
+        self.shared = {name: _values(value, None, f"parameters.{name}")
+                       for name, value in spec.parameters.items()}
+
+    def run(self) -> CompiledWorkflow:
+        files = self._expand_named("file", self.spec.files, ("name", "path"))
+        data = self._expand_named("user_data", self.spec.user_data, ("name",))
+        jobs = self._expand_jobs()
+        names = {job.name: index for index, job in enumerate(jobs)}
+        file_index = {f["name"]: i for i, (f, _) in enumerate(files)}
+        data_index = {d["name"]: i for i, (d, _) in enumerate(data)}
+        inputs = [self._lookup(job, "input_files", file_index) for job in jobs]
+        outputs = [self._lookup(job, "output_files", file_index) for job in jobs]
+        data_in = [self._lookup(job, "input_user_data", data_index) for job in jobs]
+        data_out = [self._lookup(job, "output_user_data", data_index) for job in jobs]
+        file_producer = _producers(jobs, outputs, [f["name"] for f, _ in files], "output_files")
+        data_producer = _producers(jobs, data_out, [d["name"] for d, _ in data], "output_user_data")
+
+        prerequisites = self._prerequisites(jobs, names, inputs, data_in, file_producer, data_producer)
+        set_ids: dict[frozenset[int], int] = {}
+        depsets: list[tuple[int, ...]] = []
+        job_sets: list[int | None] = []
+        for members in prerequisites:
+            if not members:
+                job_sets.append(None)
+                continue
+            if members not in set_ids:
+                set_ids[members] = len(depsets)
+                depsets.append(tuple(sorted(members)))
+            job_sets.append(set_ids[members])
+        _check_acyclic(jobs, depsets, job_sets)
+
+        compiled = [self._job(job, job_sets[i], inputs[i], outputs[i], data_in[i], data_out[i])
+                    for i, job in enumerate(jobs)]
+        compiled = _ranked(compiled, self.spec.jobs_sort_method)
+        external: dict[int, list[int]] = {}
+        for index, job_inputs in enumerate(inputs):
+            for f in job_inputs:
+                if file_producer.get(f) is None:
+                    external.setdefault(f, []).append(index)
+        return CompiledWorkflow(
+            spec=self.spec,
+            jobs=compiled,
+            dependency_sets=depsets,
+            files=[CompiledFile(f["name"], f["path"], file_producer.get(i)) for i, (f, _) in enumerate(files)],
+            user_data=[CompiledUserData(d["name"], entry.data, entry.is_ephemeral, data_producer.get(i))
+                       for i, (d, entry) in enumerate(data)],
+            external_inputs=external,
+        )
+
+    # -- expansion -------------------------------------------------------------------------
+    def _parameters_for(self, own: Mapping[str, Any], texts: Sequence[str], label: str,
+                        job: str | None) -> dict[str, list[Any]]:
+        mine = {name: _values(value, job, f"parameters.{name}") for name, value in own.items()}
+        known = set(self.shared) | set(mine)
+        used_shared = {name for name in _placeholders(texts, known) if name not in mine}
+        return {**{name: self.shared[name] for name in sorted(used_shared)}, **mine}
+
+    def _expand_named(self, kind: str, entries: Sequence[Any], fields: Sequence[str]):
+        result: list[tuple[dict[str, str], Any]] = []
+        seen: dict[str, int] = {}
+        for entry in entries:
+            texts = [getattr(entry, f) for f in fields]
+            params = self._parameters_for(entry.parameters, texts, kind, None)
+            templates = {f: compile_template(getattr(entry, f), set(params)) for f in fields}
+            for combo in _combos(params, entry.parameter_mode, None, f"{kind} '{entry.name}'"):
+                rendered = {f: _render(t, combo, None, f"{kind}s[{entry.name}].{f}") for f, t in templates.items()}
+                name = rendered["name"]
+                _check_name(kind, name, None)
+                if name in seen:
+                    raise SpecError(f"{kind} name {name!r} is defined twice after parameter expansion",
+                                    field=f"{kind}[{entry.name}].name")
+                seen[name] = len(result)
+                result.append((rendered, entry))
+        return result
+
+    def _expand_jobs(self) -> list[_Expanded]:
+        jobs: list[_Expanded] = []
+        where: dict[str, int] = {}
+        for entry_index, entry in enumerate(self.spec.jobs):
+            texts = [t for t in (getattr(entry, f) for f in _JOB_TEXT_FIELDS) if t]
+            texts += [t for f in _JOB_LIST_FIELDS for t in getattr(entry, f)] + list(entry.env.values())
+            params = self._parameters_for(entry.parameters, texts, "job", entry.name)
+            known = set(params)
+            scalars = {f: compile_template(getattr(entry, f), known) if getattr(entry, f) else None
+                       for f in _JOB_TEXT_FIELDS}
+            lists = {f: [compile_template(t, known) for t in getattr(entry, f)] for f in _JOB_LIST_FIELDS}
+            env = {k: compile_template(v, known) for k, v in entry.env.items()}
+            combos = list(_combos(params, entry.parameter_mode, entry.name, "parameters"))
+            if params and not scalars["name"].names:  # type: ignore[union-attr]
+                combos = [self._gather(entry.name, scalars, env, combos)]
+                expanded = [_Expanded(entry_index, entry.name, {f: t.text if t else None for f, t in scalars.items()},
+                                      {f: _dedup(_render(t, c, entry.name, f) for c in combos[0] for t in ts)
+                                       for f, ts in lists.items()})]
+                expanded[0].text["env"] = {k: v.text for k, v in env.items()}  # type: ignore[assignment]
+            else:
+                expanded = []
+                for combo in combos:
+                    text = {f: _render(t, combo, entry.name, f) if t else None for f, t in scalars.items()}
+                    item = _Expanded(entry_index, text["name"] or "", text,  # type: ignore[arg-type]
+                                     {f: [_render(t, combo, entry.name, f) for t in ts] for f, ts in lists.items()})
+                    item.text["env"] = {k: _render(v, combo, entry.name, f"env.{k}") for k, v in env.items()}  # type: ignore[assignment]
+                    expanded.append(item)
+            for item in expanded:
+                _check_name("job", item.name, entry.name)
+                if item.name in where:
+                    raise SpecError(
+                        f"two jobs are named {item.name!r} after parameter expansion "
+                        f"(spec entries #{where[item.name] + 1} and #{entry_index + 1}); "
+                        "put every parameter into the name", job=item.name, field="name")
+                where[item.name] = entry_index
+                jobs.append(item)
+        return jobs
+
+    @staticmethod
+    def _gather(name: str, scalars: Mapping[str, Template | None], env: Mapping[str, Template],
+                combos: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A parameterized job whose name uses no parameter stays one job; only its lists expand."""
+        for field_name, template in [*scalars.items(), *((f"env.{k}", v) for k, v in env.items())]:
+            if template is not None and template.names:
+                raise SpecError("this field uses parameters but the job name does not, so the job "
+                                "would be ambiguous; put the parameters into the name",
+                                job=name, field=field_name)
+        return combos  # type: ignore[return-value]
+
+    # -- resolution ------------------------------------------------------------------------
+    @staticmethod
+    def _lookup(job: _Expanded, field_name: str, index: Mapping[str, int]) -> tuple[int, ...]:
+        found = []
+        for name in job.lists[field_name]:
+            if name not in index:
+                kind = "file" if "files" in field_name else "user_data"
+                raise SpecError(f"unknown {kind} {name!r} (define it under '{kind if kind == 'user_data' else 'files'}')",
+                                job=job.name, field=field_name)
+            found.append(index[name])
+        return tuple(dict.fromkeys(found))
+
+    def _prerequisites(self, jobs, names, inputs, data_in, file_producer, data_producer):
+        regex_cache: dict[str, tuple[int, ...]] = {}
+        all_names = list(names)
+        result: list[frozenset[int]] = []
+        for index, job in enumerate(jobs):
+            members: set[int] = set()
+            for name in job.lists["depends_on"]:
+                if name not in names:
+                    raise SpecError(f"depends on unknown job {name!r}", job=job.name, field="depends_on")
+                if names[name] == index:
+                    raise SpecError("a job cannot depend on itself", job=job.name, field="depends_on")
+                members.add(names[name])
+            for pattern in job.lists["depends_on_regexes"]:
+                if pattern not in regex_cache:
+                    try:
+                        compiled = re.compile(pattern)
+                    except re.error as exc:
+                        raise SpecError(f"invalid regular expression {pattern!r}: {exc}",
+                                        job=job.name, field="depends_on_regexes") from None
+                    regex_cache[pattern] = tuple(i for i, n in enumerate(all_names) if compiled.search(n))
+                matched = [i for i in regex_cache[pattern] if i != index]
+                if not matched:
+                    raise SpecError(f"regular expression {pattern!r} matches no other job",
+                                    job=job.name, field="depends_on_regexes")
+                members.update(matched)
+            for kind, needed, producers in (("input_files", inputs[index], file_producer),
+                                            ("input_user_data", data_in[index], data_producer)):
+                for item in needed:
+                    producer = producers.get(item)
+                    if producer == index:
+                        raise SpecError("a job cannot consume what it produces itself", job=job.name, field=kind)
+                    if producer is not None:
+                        members.add(producer)
+            result.append(frozenset(members))
+        return result
+
+    def _job(self, job: _Expanded, depset, inputs, outputs, data_in, data_out) -> CompiledJob:
+        entry = self.spec.jobs[job.entry]
+        rr_name = job.text["resource_requirements"] or DEFAULT_RESOURCES_NAME
+        resources: ResourceRequirements | None = self.spec.resources_by_name().get(rr_name)
+        if resources is None:
+            raise SpecError(f"unknown resource_requirements {rr_name!r}", job=job.name, field="resource_requirements")
+        scheduler = job.text["scheduler"]
+        if scheduler is not None and scheduler not in {s.name for s in self.spec.slurm_schedulers}:
+            choices = ", ".join(s.name for s in self.spec.slurm_schedulers) or "none are defined"
+            raise SpecError(f"unknown scheduler {scheduler!r} (slurm_schedulers: {choices})",
+                            job=job.name, field="scheduler")
+        return CompiledJob(
+            name=job.name, command=job.text["command"] or "", invocation_script=job.text["invocation_script"],
+            env=dict(job.text["env"]),  # type: ignore[arg-type]
+            num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, num_nodes=resources.num_nodes,
+            memory_bytes=resources.memory_bytes, runtime_s=resources.runtime_seconds,
+            resource_requirements=rr_name, scheduler=scheduler, priority=entry.priority,
+            cancel_on_blocking_job_failure=entry.cancel_on_blocking_job_failure,
+            supports_termination=entry.supports_termination, depset=depset,
+            input_files=inputs, output_files=outputs, input_user_data=data_in, output_user_data=data_out,
+        )
+
+
+def _values(raw: Any, job: str | None, field_name: str) -> list[Any]:
+    try:
+        return parse_values(raw)
+    except ValueError as exc:
+        raise SpecError(str(exc), job=job, field=field_name) from None
+
+
+def _combos(params, mode, job, field_name):
+    try:
+        yield from combinations(params, mode)
+    except ValueError as exc:
+        raise SpecError(str(exc), job=job, field=field_name) from None
+
+
+def _placeholders(texts: Iterable[str], known: set[str]) -> set[str]:
+    return referenced_names(list(texts), known)
+
+
+def _render(template: Template, combo: Mapping[str, Any], job: str | None, field_name: str) -> str:
+    try:
+        return template.render(combo)
+    except ValueError as exc:
+        raise SpecError(str(exc), job=job, field=field_name) from None
+
+
+def _check_name(kind: str, name: str, job: str | None) -> None:
+    try:
+        validate_name(kind, name)
+    except ValueError as exc:
+        raise SpecError(str(exc), job=job or (name if kind == "job" else None), field="name") from None
+
+
+def _dedup(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _producers(jobs: Sequence[_Expanded], outputs: Sequence[tuple[int, ...]], names: Sequence[str],
+               field_name: str) -> dict[int, int]:
+    producer: dict[int, int] = {}
+    for index, produced in enumerate(outputs):
+        for item in produced:
+            if item in producer:
+                raise SpecError(f"{names[item]!r} is produced by two jobs: "
+                                f"{jobs[producer[item]].name!r} and {jobs[index].name!r}",
+                                job=jobs[index].name, field=field_name)
+            producer[item] = index
+    return producer
+
+
+def _check_acyclic(jobs: Sequence[_Expanded], depsets: Sequence[tuple[int, ...]],
+                   job_sets: Sequence[int | None]) -> None:
+    """Kahn's algorithm over dependency sets (the same counting the queue does at run time)."""
+    remaining = [len(members) for members in depsets]
+    member_of: list[list[int]] = [[] for _ in jobs]
+    for set_id, members in enumerate(depsets):
+        for member in members:
+            member_of[member].append(set_id)
+    waiting: list[list[int]] = [[] for _ in depsets]
+    ready = []
+    for index, set_id in enumerate(job_sets):
+        (ready.append(index) if set_id is None else waiting[set_id].append(index))
+    done = 0
+    while ready:
+        job = ready.pop()
+        done += 1
+        for set_id in member_of[job]:
+            remaining[set_id] -= 1
+            if remaining[set_id] == 0:
+                ready.extend(waiting[set_id])
+    if done == len(jobs):
+        return
+    cycle = _find_cycle(jobs, depsets, job_sets, {i for i, s in enumerate(job_sets)
+                                                  if s is not None and remaining[s] > 0})
+    raise SpecError("dependency cycle (each job waits for the next): "
+                    + " -> ".join(repr(jobs[i].name) for i in cycle),
+                    job=jobs[cycle[0]].name, field="depends_on")
+
+
+def _find_cycle(jobs, depsets, job_sets, stuck: set[int]) -> list[int]:
+    """Walk prerequisites among the stuck jobs until a job repeats: that loop is a cycle."""
+    start = min(stuck)
+    path, seen = [start], {start: 0}
+    while True:
+        current = path[-1]
+        nxt = next(m for m in depsets[job_sets[current]] if m in stuck)  # every stuck job waits on a stuck one
+        if nxt in seen:
+            loop = path[seen[nxt]:]
+            return [*loop, nxt]
+        seen[nxt] = len(path)
+        path.append(nxt)
+
+
+def _ranked(jobs: list[CompiledJob], method: str) -> list[CompiledJob]:
+    def key(item: tuple[int, CompiledJob]) -> tuple[int, ...]:
+        index, job = item
+        if method == "gpus_runtime_memory":
+            return (-job.priority, -job.num_gpus, -job.runtime_s, -job.memory_bytes, index)
+        if method == "gpus_memory_runtime":
+            return (-job.priority, -job.num_gpus, -job.memory_bytes, -job.runtime_s, index)
+        return (-job.priority, index)
+
+    order = sorted(enumerate(jobs), key=key)
+    ranks = [0] * len(jobs)
+    for rank, (index, _) in enumerate(order):
+        ranks[index] = rank
+    return [_with_rank(job, ranks[i]) for i, job in enumerate(jobs)]
+
+
+def _with_rank(job: CompiledJob, rank: int) -> CompiledJob:
+    return replace(job, rank=rank)

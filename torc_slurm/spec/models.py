@@ -1,0 +1,227 @@
+"""Pydantic models of a workflow spec, in NREL torc's format. Unknown keys are errors.
+
+String fields of jobs, files and user_data may hold Python format templates (``{i:03d}``); they are
+validated here only as far as they can be before parameter expansion (see ``parameters.py``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from torc_slurm.spec.units import parse_duration, parse_memory, parse_walltime
+
+# A parameter value: a string to parse ("0:99", "[1,2]", "['a','b']"), a YAML list, or a scalar.
+ParameterValue = Union[str, int, float, list[Union[int, float, str]]]
+ParameterMode = Literal["product", "zip"]
+SortMethod = Literal["gpus_runtime_memory", "gpus_memory_runtime", "none"]
+
+# Values that reach sbatch lines. Anything else (spaces, newlines, '#', quotes, '$') is refused.
+_SLURM_WORD = re.compile(r"^[A-Za-z0-9_.,+:=@%/\-\[\]]+$")
+_SLURM_SIZE = re.compile(r"^\d+[KMGTkmgt]?[Bb]?$")
+_EXTRA_OPTION = re.compile(r"^--?[A-Za-z][A-Za-z0-9\-]*(=[^\x00-\x1f\x7f]*)?$")
+# Name used for a job/file/scheduler: also reaches file paths, so no separators or dot-dot.
+_NAME = re.compile(r"^[A-Za-z0-9_.+\-@=,:\[\]{}() ]+$")
+
+DEFAULT_RESOURCES_NAME = "default"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ResourceRequirements(StrictModel):
+    """Per-job resources. A spec entry named 'default' replaces the built-in default
+    (1 CPU, 0 GPUs, 1 node, 1 GiB, PT1H) for jobs that name none."""
+
+    name: str
+    num_cpus: int = Field(1, ge=1)
+    num_gpus: int = Field(0, ge=0)
+    num_nodes: int = Field(1, ge=1)
+    memory: str = "1g"
+    runtime: str = "PT1H"
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        parse_memory(value)
+        return value
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_memory(self.memory)
+
+    @property
+    def runtime_seconds(self) -> int:
+        return parse_duration(self.runtime)
+
+
+BUILTIN_DEFAULT_RESOURCES = ResourceRequirements(name=DEFAULT_RESOURCES_NAME)
+
+
+class SlurmScheduler(StrictModel):
+    """One kind of Slurm allocation. Every value is validated here and shell-quoted when rendered."""
+
+    name: str
+    account: str | None = None
+    partition: str | None = None
+    nodes: int = Field(1, ge=1)
+    walltime: str = "01:00:00"
+    mem: str | None = None
+    gres: str | None = None
+    qos: str | None = None
+    ntasks_per_node: int | None = Field(None, ge=1)
+    tmp: str | None = None
+    extra: list[str] = []
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", value):
+            raise ValueError(f"scheduler name {value!r} may hold only letters, digits, '_', '.', '-'")
+        return value
+
+    @field_validator("account", "partition", "qos", "gres")
+    @classmethod
+    def _word(cls, value: str | None) -> str | None:
+        if value is not None and not _SLURM_WORD.fullmatch(value):
+            raise ValueError(f"{value!r} is not a valid Slurm value (letters, digits and _.,+:=@%/-[] only)")
+        return value
+
+    @field_validator("mem", "tmp")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None and not _SLURM_SIZE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a Slurm size such as '64G' or '500M'")
+        return value
+
+    @field_validator("walltime")
+    @classmethod
+    def _walltime(cls, value: str) -> str:
+        parse_walltime(value)
+        return value
+
+    @field_validator("extra")
+    @classmethod
+    def _extra(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not _EXTRA_OPTION.fullmatch(value):
+                raise ValueError(f"extra option {value!r} must look like '--option=value' on one line")
+        return values
+
+    @property
+    def walltime_seconds(self) -> int:
+        return parse_walltime(self.walltime)
+
+
+class FileSpec(StrictModel):
+    name: str
+    path: str
+    parameters: dict[str, ParameterValue] = {}
+    parameter_mode: ParameterMode = "product"
+
+
+class UserDataSpec(StrictModel):
+    name: str
+    data: Any = None
+    is_ephemeral: bool = False
+    parameters: dict[str, ParameterValue] = {}
+    parameter_mode: ParameterMode = "product"
+
+
+class JobSpec(StrictModel):
+    name: str
+    command: str
+    invocation_script: str | None = None
+    depends_on: list[str] = []
+    depends_on_regexes: list[str] = []
+    input_files: list[str] = []
+    output_files: list[str] = []
+    input_user_data: list[str] = []
+    output_user_data: list[str] = []
+    resource_requirements: str | None = None
+    scheduler: str | None = None
+    priority: int = 0
+    cancel_on_blocking_job_failure: bool = False
+    supports_termination: bool = False
+    env: dict[str, str] = {}
+    parameters: dict[str, ParameterValue] = {}
+    parameter_mode: ParameterMode = "product"
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, values: dict[str, str]) -> dict[str, str]:
+        for key in values:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ValueError(f"environment variable name {key!r} is not valid")
+        return values
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("command must not be empty")
+        return value
+
+
+class WorkflowSpec(StrictModel):
+    name: str
+    description: str | None = None
+    user: str | None = None
+    project: str | None = None
+    metadata: dict[str, Any] = {}
+    parameters: dict[str, ParameterValue] = {}
+    jobs: list[JobSpec] = Field(min_length=1)
+    files: list[FileSpec] = []
+    user_data: list[UserDataSpec] = []
+    resource_requirements: list[ResourceRequirements] = []
+    slurm_schedulers: list[SlurmScheduler] = []
+    slurm_defaults: dict[str, Union[str, int]] = {}
+    jobs_sort_method: SortMethod = "gpus_runtime_memory"
+    compute_node_expiration_buffer_seconds: int = Field(60, ge=0)
+    compute_node_wait_for_new_jobs_seconds: int = Field(90, ge=0)
+
+    @field_validator("slurm_defaults")
+    @classmethod
+    def _slurm_defaults(cls, values: dict[str, str | int]) -> dict[str, str | int]:
+        for key, value in values.items():
+            if not re.fullmatch(r"[a-z][a-z0-9\-_]*", key):
+                raise ValueError(f"slurm_defaults key {key!r} is not an sbatch option name")
+            if not _SLURM_WORD.fullmatch(str(value)):
+                raise ValueError(f"slurm_defaults value {value!r} for {key!r} is not a valid Slurm value")
+        return values
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "WorkflowSpec":
+        for label, items in (
+            ("resource_requirements", self.resource_requirements),
+            ("slurm_schedulers", self.slurm_schedulers),
+        ):
+            seen: set[str] = set()
+            for item in items:
+                if item.name in seen:
+                    raise ValueError(f"{label} name {item.name!r} is defined twice")
+                seen.add(item.name)
+        return self
+
+    def resources_by_name(self) -> dict[str, ResourceRequirements]:
+        table = {DEFAULT_RESOURCES_NAME: BUILTIN_DEFAULT_RESOURCES}
+        table.update({rr.name: rr for rr in self.resource_requirements})
+        return table
+
+
+def validate_name(kind: str, name: str) -> None:
+    """An expanded job/file/user_data name: printable, no path separators, not '.' or '..'."""
+    if not name or not _NAME.fullmatch(name) or name in {".", ".."} or ".." in name:
+        raise ValueError(
+            f"{kind} name {name!r} is not allowed: use letters, digits, spaces and _.+-@=,:()[]{{}}"
+            " (no '/', no '..', no control characters)"
+        )

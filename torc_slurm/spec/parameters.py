@@ -1,0 +1,181 @@
+"""Parameter values and their expansion (pure).
+
+A parameter is a list of values written as an inclusive range (``"0:999"``, ``"0:100:10"``,
+``"0.0:1.0:0.25"``), a list (``"[1,5,10]"``, ``"['adam','sgd']"``, ``"[a,b]"``), a YAML list, or one
+scalar. ``product`` crosses a mapping of parameters, ``zip`` pairs them.
+
+Templates use Python format specs (``{i}``, ``{i:03d}``, ``{lr:.4f}``). Only placeholders that name a
+known parameter are substituted; any other brace (``${HOME}``, ``awk '{print $1}'``) is left alone,
+so shell commands need no escaping.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+Value = int | float | str
+
+_INT_RANGE = re.compile(r"^\s*(-?\d+)\s*:\s*(-?\d+)\s*(?::\s*(-?\d+)\s*)?$")
+_NUMBER = r"-?(?:\d+\.?\d*|\.\d+)(?:[eE]-?\d+)?"
+_FLOAT_RANGE = re.compile(rf"^\s*({_NUMBER})\s*:\s*({_NUMBER})\s*(?::\s*({_NUMBER})\s*)?$")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(![rsa])?(?::([^{}]*))?\}")
+MAX_VALUES = 10_000_000
+
+
+def parse_values(raw: Any) -> list[Value]:
+    """One parameter's spec value -> its list of values. Raises ValueError with a readable reason."""
+    if isinstance(raw, bool):
+        raise ValueError(f"a parameter cannot be a boolean ({raw!r})")
+    if isinstance(raw, (int, float)):
+        return [raw]
+    if isinstance(raw, list):
+        if not raw:
+            raise ValueError("a parameter list must not be empty")
+        return [_scalar(item) for item in raw]
+    if not isinstance(raw, str):
+        raise ValueError(f"unsupported parameter value {raw!r}")
+    text = raw.strip()
+    if text.startswith("["):
+        return _parse_list(text)
+    if ":" in text:
+        return _parse_range(text)
+    return [_coerce(text)]
+
+
+def _scalar(item: Any) -> Value:
+    if isinstance(item, bool) or not isinstance(item, (int, float, str)):
+        raise ValueError(f"parameter list items must be numbers or strings, not {item!r}")
+    return item
+
+
+def _coerce(text: str) -> Value:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _parse_list(text: str) -> list[Value]:
+    if not text.endswith("]"):
+        raise ValueError(f"unterminated list {text!r}")
+    try:
+        parsed = ast.literal_eval(text)
+    except (ValueError, SyntaxError):  # torc also accepts bare words: [a, b, c]
+        inner = text[1:-1].strip()
+        parsed = [_coerce(part.strip().strip("'\"")) for part in inner.split(",")] if inner else []
+    if not isinstance(parsed, list) or not parsed:
+        raise ValueError(f"a parameter list must be a non-empty list: {text!r}")
+    return [_scalar(item) for item in parsed]
+
+
+def _parse_range(text: str) -> list[Value]:
+    match = _INT_RANGE.match(text)
+    if match:
+        start, stop, step = int(match[1]), int(match[2]), int(match[3] or 1)
+        if step <= 0:
+            raise ValueError(f"range {text!r}: the step must be positive")
+        if stop < start:
+            raise ValueError(f"range {text!r} is empty: the end is below the start")
+        if (stop - start) // step + 1 > MAX_VALUES:
+            raise ValueError(f"range {text!r} has more than {MAX_VALUES:,} values")
+        return list(range(start, stop + 1, step))
+    match = _FLOAT_RANGE.match(text)
+    if not match:
+        raise ValueError(f"invalid range {text!r}: use 'start:end' or 'start:end:step'")
+    start, stop = float(match[1]), float(match[2])
+    step = float(match[3]) if match[3] else 1.0
+    if step <= 0 or not all(map(math.isfinite, (start, stop, step))):
+        raise ValueError(f"range {text!r}: the step must be a positive number")
+    if stop < start:
+        raise ValueError(f"range {text!r} is empty: the end is below the start")
+    count = math.floor((stop - start) / step + 1e-9) + 1
+    if count > MAX_VALUES:
+        raise ValueError(f"range {text!r} has more than {MAX_VALUES:,} values")
+    decimals = max(_decimals(match[1]), _decimals(match[3] or "1"))
+    return [round(start + k * step, decimals + 6) for k in range(count)]
+
+
+def _decimals(number: str) -> int:
+    return len(number.split(".")[1]) if "." in number and "e" not in number.lower() else 0
+
+
+def combinations(parameters: Mapping[str, Sequence[Value]], mode: str) -> Iterator[dict[str, Value]]:
+    """All assignments of the parameters: the cross product (last varies fastest) or the zip."""
+    names = list(parameters)
+    if not names:
+        yield {}
+        return
+    columns = [parameters[name] for name in names]
+    if mode == "zip":
+        lengths = {name: len(values) for name, values in parameters.items()}
+        if len(set(lengths.values())) > 1:
+            detail = ", ".join(f"{name}: {count}" for name, count in lengths.items())
+            raise ValueError(f"parameter_mode 'zip' needs parameters of equal length ({detail})")
+        rows: Iterator[tuple[Value, ...]] = zip(*columns)
+    else:
+        rows = itertools.product(*columns)
+    for row in rows:
+        yield dict(zip(names, row))
+
+
+@dataclass(frozen=True)
+class Template:
+    """A string split once into literal text and placeholders, rendered many times cheaply."""
+
+    text: str
+    parts: tuple[str | tuple[str, str | None, str], ...]
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(part[0] for part in self.parts if isinstance(part, tuple))
+
+    def render(self, values: Mapping[str, Value]) -> str:
+        if len(self.parts) == 1 and isinstance(self.parts[0], str):
+            return self.parts[0]
+        out = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            name, conversion, spec = part
+            value: Any = values[name]
+            if conversion:
+                value = {"r": repr, "s": str, "a": ascii}[conversion[1]](value)
+            try:
+                out.append(format(value, spec))
+            except (ValueError, TypeError) as exc:
+                placeholder = "{" + name + (conversion or "") + (f":{spec}" if spec else "") + "}"
+                raise ValueError(f"cannot format {value!r} with '{placeholder}': {exc}") from None
+        return "".join(out)
+
+
+def compile_template(text: str, known: frozenset[str] | set[str]) -> Template:
+    """Split ``text`` at the placeholders that name one of ``known``."""
+    parts: list[str | tuple[str, str | None, str]] = []
+    position = 0
+    for match in _PLACEHOLDER.finditer(text):
+        if match[1] not in known:
+            continue
+        if match.start() > position:
+            parts.append(text[position : match.start()])
+        parts.append((match[1], match[2], match[3] or ""))
+        position = match.end()
+    if position < len(text) or not parts:
+        parts.append(text[position:])
+    return Template(text, tuple(parts))
+
+
+def referenced_names(texts: Sequence[str], known: frozenset[str] | set[str]) -> set[str]:
+    """Which of ``known`` appear as placeholders in any of ``texts``."""
+    found: set[str] = set()
+    for text in texts:
+        found.update(match[1] for match in _PLACEHOLDER.finditer(text) if match[1] in known)
+    return found

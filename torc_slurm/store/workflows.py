@@ -1,0 +1,200 @@
+"""Workflows in the queue file: write a compiled workflow whole, initialize it, list, count, delete."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torc_slurm.compiler import CompiledWorkflow
+from torc_slurm.errors import QueueError, SpecError
+from torc_slurm.store.db import Database
+
+JOB_STATUSES = ("uninitialized", "blocked", "ready", "pending", "running", "completed", "failed",
+                "canceled", "terminated", "disabled")
+UNFINISHED = ("uninitialized", "blocked", "ready", "pending", "running")
+DONE = ("completed", "failed", "canceled", "terminated", "disabled")
+
+
+@dataclass(frozen=True)
+class WorkflowRow:
+    id: int
+    name: str
+    description: str | None
+    user: str | None
+    status: str
+    working_dir: str
+    spec_source: str | None
+    created_at: float
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "WorkflowRow":
+        return cls(row["id"], row["name"], row["description"], row["user"], row["status"],
+                   row["working_dir"], row["spec_source"], row["created_at"])
+
+
+def add_workflow(db: Database, compiled: CompiledWorkflow, *, working_dir: str | Path,
+                 source: str | None = None) -> int:
+    """Write the whole compiled workflow in one transaction; returns its id. Jobs start
+    'uninitialized' until ``initialize_workflow``."""
+    spec = compiled.spec
+    now = time.time()
+    with db.transaction() as conn:
+        cur = conn.execute(
+            "INSERT INTO workflows (name, description, user, project, spec_source, spec_json, working_dir,"
+            " created_at) VALUES (?,?,?,?,?,?,?,?)",
+            (spec.name, spec.description, spec.user or os.environ.get("USER"), spec.project, source,
+             spec.model_dump_json(), str(Path(working_dir).absolute()), now))
+        workflow_id = cur.lastrowid
+        job_base = _next_id(conn, "jobs")
+        set_base = _next_id(conn, "dependency_sets")
+        conn.executemany(
+            "INSERT INTO dependency_sets (id, workflow_id, size, remaining) VALUES (?,?,?,?)",
+            ((set_base + i, workflow_id, len(m), len(m)) for i, m in enumerate(compiled.dependency_sets)))
+        conn.executemany(
+            "INSERT INTO dependency_members (job_id, set_id) VALUES (?,?)",
+            ((job_base + member, set_base + i) for i, members in enumerate(compiled.dependency_sets)
+             for member in members))
+        conn.executemany(
+            "INSERT INTO jobs (id, workflow_id, name, command, invocation_script, env, status, rank, priority,"
+            " num_cpus, num_gpus, num_nodes, memory_bytes, runtime_s, resource_requirements, scheduler,"
+            " cancel_on_blocking_job_failure, supports_termination, depset_id)"
+            " VALUES (?,?,?,?,?,?,'uninitialized',?,?,?,?,?,?,?,?,?,?,?,?)",
+            ((job_base + i, workflow_id, j.name, j.command, j.invocation_script,
+              json.dumps(j.env) if j.env else None, j.rank, j.priority, j.num_cpus, j.num_gpus,
+              j.num_nodes, j.memory_bytes, j.runtime_s, j.resource_requirements, j.scheduler,
+              int(j.cancel_on_blocking_job_failure), int(j.supports_termination),
+              None if j.depset is None else set_base + j.depset) for i, j in enumerate(compiled.jobs)))
+        file_base = _next_id(conn, "files")
+        conn.executemany(
+            "INSERT INTO files (id, workflow_id, name, path, producer_job_id) VALUES (?,?,?,?,?)",
+            ((file_base + i, workflow_id, f.name, f.path, None if f.producer is None else job_base + f.producer)
+             for i, f in enumerate(compiled.files)))
+        data_base = _next_id(conn, "user_data")
+        conn.executemany(
+            "INSERT INTO user_data (id, workflow_id, name, data, is_ephemeral, producer_job_id)"
+            " VALUES (?,?,?,?,?,?)",
+            ((data_base + i, workflow_id, d.name, json.dumps(d.data), int(d.is_ephemeral),
+              None if d.producer is None else job_base + d.producer) for i, d in enumerate(compiled.user_data)))
+        conn.executemany(
+            "INSERT INTO job_io (job_id, kind, item_id) VALUES (?,?,?)",
+            ((job_base + i, kind, base + item) for i, j in enumerate(compiled.jobs)
+             for kind, items, base in (("input_file", j.input_files, file_base),
+                                       ("output_file", j.output_files, file_base),
+                                       ("input_user_data", j.input_user_data, data_base),
+                                       ("output_user_data", j.output_user_data, data_base))
+             for item in items))
+        add_event(conn, workflow_id, "created", f"created from {source or 'a spec'} with {len(compiled.jobs)} jobs")
+    return workflow_id
+
+
+def _next_id(conn: sqlite3.Connection, table: str) -> int:
+    return conn.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table}").fetchone()[0]
+
+
+def add_event(conn: sqlite3.Connection, workflow_id: int, kind: str, message: str) -> None:
+    conn.execute("INSERT INTO events (workflow_id, at, kind, message) VALUES (?,?,?,?)",
+                 (workflow_id, time.time(), kind, message))
+
+
+def get_workflow(db: Database, workflow_id: int) -> WorkflowRow:
+    rows = db.read("SELECT * FROM workflows WHERE id = ?", (workflow_id,))
+    if not rows:
+        raise QueueError(f"no workflow {workflow_id} in {db.path}")
+    return WorkflowRow.from_row(rows[0])
+
+
+def list_workflows(db: Database) -> list[WorkflowRow]:
+    return [WorkflowRow.from_row(r) for r in db.read("SELECT * FROM workflows ORDER BY id")]
+
+
+def missing_inputs(db: Database, workflow_id: int) -> dict[str, list[str]]:
+    """Input files no job produces and that do not exist yet: path -> the jobs that need them."""
+    workflow = get_workflow(db, workflow_id)
+    rows = db.read(
+        "SELECT f.path, j.name FROM files f JOIN job_io io ON io.item_id = f.id AND io.kind = 'input_file'"
+        " JOIN jobs j ON j.id = io.job_id WHERE f.workflow_id = ? AND f.producer_job_id IS NULL"
+        " ORDER BY f.path, j.id", (workflow_id,))
+    missing: dict[str, list[str]] = {}
+    for row in rows:
+        if not (Path(workflow.working_dir) / row["path"]).exists():
+            missing.setdefault(row["path"], []).append(row["name"])
+    return missing
+
+
+def initialize_workflow(db: Database, workflow_id: int, *, force: bool = False) -> None:
+    """Set every job to ready or blocked and every dependency count to full. Refuses while jobs run."""
+    if not force:
+        missing = missing_inputs(db, workflow_id)
+        if missing:
+            lines = "; ".join(f"{path} (needed by {', '.join(jobs[:5])}{' …' if len(jobs) > 5 else ''})"
+                              for path, jobs in missing.items())
+            raise SpecError(f"input files that no job produces do not exist: {lines}. "
+                            "Create them, or pass --force to skip this check.")
+    with db.transaction() as conn:
+        busy = conn.execute("SELECT COUNT(*) FROM jobs WHERE workflow_id = ? AND status IN ('pending','running')",
+                            (workflow_id,)).fetchone()[0]
+        if busy:
+            raise QueueError(f"workflow {workflow_id} has {busy} jobs pending or running; cancel them first")
+        conn.execute("UPDATE dependency_sets SET remaining = size, failed = 0 WHERE workflow_id = ?", (workflow_id,))
+        conn.execute("UPDATE jobs SET status = CASE WHEN depset_id IS NULL THEN 'ready' ELSE 'blocked' END,"
+                     " runner_id = NULL, return_code = NULL WHERE workflow_id = ? AND status != 'disabled'",
+                     (workflow_id,))
+        conn.execute("UPDATE workflows SET status = 'initialized' WHERE id = ?", (workflow_id,))
+        add_event(conn, workflow_id, "initialized", "jobs set to ready or blocked")
+    db.notify()
+
+
+def ensure_initialized(db: Database, workflow_id: int, *, force: bool = False) -> bool:
+    """Initialize if the workflow never was; True when this call did it."""
+    if get_workflow(db, workflow_id).status == "uninitialized":
+        initialize_workflow(db, workflow_id, force=force)
+        return True
+    return False
+
+
+def status_counts(db: Database, workflow_id: int) -> dict[str, int]:
+    get_workflow(db, workflow_id)
+    rows = db.read("SELECT status, COUNT(*) AS n FROM jobs WHERE workflow_id = ? GROUP BY status", (workflow_id,))
+    counts = {status: 0 for status in JOB_STATUSES}
+    counts.update({row["status"]: row["n"] for row in rows})
+    return counts
+
+
+def list_jobs(db: Database, workflow_id: int, status: str | None = None) -> list[dict[str, Any]]:
+    get_workflow(db, workflow_id)
+    sql = ("SELECT id, name, status, attempt, return_code, num_cpus, num_gpus, memory_bytes, runtime_s,"
+           " scheduler, priority, runner_id, command FROM jobs WHERE workflow_id = ?")
+    params: tuple = (workflow_id,)
+    if status:
+        sql += " AND status = ?"
+        params += (status,)
+    return [dict(row) for row in db.read(sql + " ORDER BY id", params)]
+
+
+def delete_workflow(db: Database, workflow_id: int) -> None:
+    get_workflow(db, workflow_id)
+    with db.transaction() as conn:
+        conn.execute("DELETE FROM dependency_members WHERE set_id IN"
+                     " (SELECT id FROM dependency_sets WHERE workflow_id = ?)", (workflow_id,))
+        conn.execute("DELETE FROM job_io WHERE job_id IN (SELECT id FROM jobs WHERE workflow_id = ?)", (workflow_id,))
+        for table in ("results", "runners", "allocations", "events", "jobs", "files", "user_data",
+                      "dependency_sets"):
+            conn.execute(f"DELETE FROM {table} WHERE workflow_id = ?", (workflow_id,))
+        conn.execute("DELETE FROM workflows WHERE id = ?", (workflow_id,))
+
+
+def cancel_workflow(db: Database, workflow_id: int) -> int:
+    """Cancel every unfinished job (running ones are stopped by their runners); returns how many."""
+    get_workflow(db, workflow_id)
+    with db.transaction() as conn:
+        count = conn.execute("UPDATE jobs SET status = 'canceled' WHERE workflow_id = ? AND status IN"
+                             " ('uninitialized','blocked','ready','pending','running')", (workflow_id,)).rowcount
+        conn.execute("UPDATE workflows SET status = 'canceled' WHERE id = ?", (workflow_id,))
+        add_event(conn, workflow_id, "canceled", f"{count} unfinished jobs canceled")
+    db.notify()
+    return count
