@@ -1,0 +1,1 @@
+"""Workflow specs: models, parameter expansion, loading."""
