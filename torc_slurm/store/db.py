@@ -1,6 +1,7 @@
 """Opening the queue file: pragmas for network filesystems, schema versions, one locked transaction.
 
-Rules (DESIGN §2): rollback journal (``journal_mode=DELETE``), never WAL; one exclusive external lock
+Rules: a rollback journal (``journal_mode=TRUNCATE``), never WAL (it needs shared memory that
+network filesystems do not have); one exclusive external lock
 around every transaction, read or write; files created user-only. ``transaction()`` is the only way
 in, so no caller can forget the lock.
 """
@@ -62,8 +63,8 @@ class Database:
         if version > SCHEMA_VERSION:
             raise QueueError(f"{self.path} has schema version {version}, newer than this torc_slurm "
                              f"understands ({SCHEMA_VERSION}); upgrade torc_slurm")
-        conn.execute("PRAGMA journal_mode=DELETE")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA journal_mode=TRUNCATE")
+        conn.execute(f"PRAGMA synchronous={_synchronous()}")
         conn.execute("PRAGMA foreign_keys=ON")
         if version < SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")
@@ -121,6 +122,15 @@ class Database:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _synchronous() -> str:
+    """FULL by default: a commit is on the file server before the lock is released. NORMAL is
+    allowed for local disks (TORC_SQLITE_SYNCHRONOUS=NORMAL)."""
+    value = os.environ.get("TORC_SQLITE_SYNCHRONOUS", "FULL").upper()
+    if value not in {"FULL", "NORMAL", "EXTRA"}:
+        raise QueueError(f"TORC_SQLITE_SYNCHRONOUS must be FULL, NORMAL or EXTRA, not {value!r}")
+    return value
 
 
 def _statements(script: str) -> list[str]:

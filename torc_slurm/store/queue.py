@@ -113,27 +113,25 @@ class Queue:
                 (self.workflow_id, hostname, pid, slurm_job_id, scheduler, json.dumps(resources or {}), now, now))
             return int(cur.lastrowid)
 
-    def finish_runner(self, runner_id: int, *, outcomes: Sequence[Outcome] = (),
-                      unstarted: Sequence[int] = ()) -> None:
-        """The runner's last cycle: record outcomes, hand back claimed-but-unstarted jobs, sign off."""
+    def finish_runner(self, runner_id: int, *, outcomes: Sequence[Outcome] = ()) -> None:
+        """The runner's last cycle: record outcomes, hand back anything it still holds, sign off."""
+        now = time.time()
         with self.db.transaction() as conn:
             changed = self._record(conn, runner_id, outcomes)
-            if unstarted:
-                marks = ",".join("?" * len(unstarted))
-                changed += conn.execute(
-                    f"UPDATE jobs SET status = 'ready', runner_id = NULL WHERE id IN ({marks})"
-                    " AND runner_id = ? AND status = 'pending'", (*unstarted, runner_id)).rowcount
+            changed += _hand_back(conn, runner_id)
             conn.execute("UPDATE runners SET status = 'finished', ended_at = ?, heartbeat_at = ? WHERE id = ?",
-                         (time.time(), time.time(), runner_id))
+                         (now, now, runner_id))
         if changed:
             self.db.notify()
 
     # -- the cycle --------------------------------------------------------------------------
     def cycle(self, runner_id: int, *, started: Sequence[tuple[int, int]] = (),
-              outcomes: Sequence[Outcome] = (), choose: Chooser | None = None, limits: Limits = Limits(),
+              outcomes: Sequence[Outcome] = (), release: Sequence[int] = (),
+              choose: Chooser | None = None, limits: Limits = Limits(),
               scheduler: str | None = None, strict_scheduler: bool = False, window: int = 256,
               sweep_timeout: float | None = None, want_counts: bool = False) -> CycleResult:
-        """``started`` holds (job_id, attempt) pairs that the runner spawned since the last cycle."""
+        """``started`` holds (job_id, attempt) pairs that the runner spawned since the last cycle;
+        ``release`` claimed jobs it will not start after all (they go back to ready, attempt undone)."""
         result = CycleResult()
         now = time.time()
         with self.db.transaction() as conn:
@@ -141,6 +139,8 @@ class Queue:
                 conn.execute("UPDATE jobs SET status = 'running' WHERE id = ? AND runner_id = ? AND attempt = ?"
                              " AND status = 'pending'", (job_id, runner_id, attempt))
             changed = self._record(conn, runner_id, outcomes)
+            if release:
+                changed += _hand_back(conn, runner_id, release)
             conn.execute("UPDATE runners SET heartbeat_at = ? WHERE id = ?", (now, runner_id))
             if sweep_timeout is not None:
                 changed += self._sweep(conn, now - sweep_timeout)
@@ -251,6 +251,20 @@ class Queue:
                       f"{time.strftime('%H:%M:%S', time.localtime(runner['heartbeat_at']))}; {len(jobs)} jobs returned to ready")
             returned += len(jobs)
         return returned
+
+
+def _hand_back(conn: sqlite3.Connection, runner_id: int, job_ids: Sequence[int] | None = None) -> int:
+    """Return the runner's jobs (all, or ``job_ids``) to ready. A claim never started does not
+    count as an attempt; a started one does."""
+    where, params = "runner_id = ?", [runner_id]
+    if job_ids is not None:
+        where += f" AND id IN ({','.join('?' * len(job_ids))})"
+        params += list(job_ids)
+    unstarted = conn.execute(f"UPDATE jobs SET status = 'ready', runner_id = NULL, attempt = attempt - 1"
+                             f" WHERE {where} AND status = 'pending'", params).rowcount
+    started = conn.execute(f"UPDATE jobs SET status = 'ready', runner_id = NULL WHERE {where}"
+                           f" AND status = 'running'", params).rowcount
+    return unstarted + started
 
 
 def _insert_result(conn: sqlite3.Connection, workflow_id: int, runner_id: int, out: Outcome,

@@ -1,0 +1,117 @@
+"""`torc run SPEC|ID`: create the workflow if given a spec, initialize it, run it on this machine."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command("run")
+@click.argument("spec_or_id")
+@click.option("--num-cpus", type=click.IntRange(min=1), help="CPUs to use (default: this process's affinity mask).")
+@click.option("--num-gpus", type=click.IntRange(min=0), help="GPUs to use (default: CUDA_VISIBLE_DEVICES etc.).")
+@click.option("--memory-gb", type=click.FloatRange(min=0, min_open=True), help="Memory to pack into (default: all).")
+@click.option("--max-parallel-jobs", type=click.IntRange(min=1),
+              help="Queue-depth mode: run up to N jobs at once and ignore resource requirements.")
+@click.option("--output", "output_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where job stdout/stderr go (default: <working dir>/torc_output).")
+@click.option("--force", is_flag=True, help="Skip the check that input files no job produces exist.")
+@click.option("--monitor-interval", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Seconds between CPU/memory samples of running jobs (0 = off).")
+@click.option("--dry-execute", is_flag=True, hidden=True, help="Mark jobs completed without running them.")
+@click.pass_obj
+def run(app, spec_or_id: str, num_cpus, num_gpus, memory_gb, max_parallel_jobs, output_dir, force,
+        monitor_interval, dry_execute) -> None:
+    """Run a workflow on this machine until it is done.
+
+    SPEC_OR_ID is a spec file (the workflow is created first) or the id of a workflow in the DB.
+    Exits 0 when every job completed, 1 when any failed or could not run, 130 on Ctrl-C (running
+    jobs are stopped and returned to ready, so `torc run ID` resumes)."""
+    from torc_slurm.runner.resources import detect_node
+    from torc_slurm.runner.session import make_runner
+    from torc_slurm.store.workflows import ensure_initialized
+
+    db = app.open_db(create=True)
+    workflow_id = _workflow_id(app, db, spec_or_id)
+    ensure_initialized(db, workflow_id, force=force)
+    try:
+        node = detect_node(num_cpus=num_cpus, num_gpus=num_gpus, memory_gb=memory_gb)
+    except ValueError as exc:
+        app.abort(str(exc), 2)
+    with _Progress(app.console, workflow_id) as progress:
+        runner = make_runner(db, workflow_id, node, output_dir=output_dir, max_parallel_jobs=max_parallel_jobs,
+                             wait_for_new_jobs_s=None, monitor_interval_s=monitor_interval,
+                             dry_execute=dry_execute, on_progress=progress.update)
+        summary = runner.run()
+    _report(app, db, workflow_id, summary, runner.stop_reason)
+
+
+def _workflow_id(app, db, spec_or_id: str) -> int:
+    if spec_or_id.isdigit() and not Path(spec_or_id).exists():
+        return int(spec_or_id)
+    from torc_slurm.compiler import compile_workflow
+    from torc_slurm.spec.load import load_spec
+    from torc_slurm.store.workflows import add_workflow
+
+    compiled = compile_workflow(load_spec(spec_or_id), spec_or_id)
+    workflow_id = add_workflow(db, compiled, working_dir=Path.cwd(), source=spec_or_id)
+    app.err_console.print(f"Created workflow {workflow_id} ({len(compiled.jobs)} jobs)")
+    return workflow_id
+
+
+def _report(app, db, workflow_id: int, summary, stop_reason: str | None) -> None:
+    from torc_slurm.store.workflows import status_counts
+
+    counts = status_counts(db, workflow_id)
+    line = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
+    app.console.print(f"Workflow {workflow_id}: {line}")
+    if stop_reason in ("SIGINT", "SIGTERM"):
+        app.err_console.print(f"Interrupted ({stop_reason}): running jobs were stopped and returned to ready; "
+                              f"`torc run {workflow_id}` resumes.")
+        sys.exit(130)
+    if summary.unrunnable:
+        listed = "; ".join(summary.unrunnable[:10])
+        app.abort(f"{len(summary.unrunnable)} ready jobs need more than this machine has: {listed}", 1)
+    unfinished = sum(counts[s] for s in ("uninitialized", "blocked", "ready", "pending", "running"))
+    if unfinished:
+        app.abort(f"{unfinished} jobs could not run here ({summary.exit_reason}); see `torc jobs list {workflow_id}`", 1)
+    if counts["failed"] or counts["canceled"]:
+        sys.exit(1)
+
+
+class _Progress:
+    """A rich progress bar on a terminal; one plain line per change otherwise."""
+
+    def __init__(self, console, workflow_id: int) -> None:
+        self.console = console
+        self.workflow_id = workflow_id
+        self._last: tuple[int, ...] | None = None
+        self._bar = None
+
+    def __enter__(self) -> "_Progress":
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn(f"workflow {self.workflow_id}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=self.console)
+            self._bar.start()
+            self._task = self._bar.add_task("run", total=None, detail="")
+        return self
+
+    def update(self, counts: dict[str, int]) -> None:
+        total = sum(counts.values())
+        done = sum(counts.get(s, 0) for s in ("completed", "failed", "canceled", "disabled"))
+        key = (done, counts.get("failed", 0), counts.get("running", 0) + counts.get("pending", 0))
+        detail = f"[green]{counts.get('completed', 0)} completed[/] [red]{key[1]} failed[/] {key[2]} running"
+        if self._bar is not None:
+            self._bar.update(self._task, total=total, completed=done, detail=detail)
+        elif key != self._last:
+            print(f"workflow {self.workflow_id}: {done}/{total} done, {counts.get('completed', 0)} completed, "
+                  f"{key[1]} failed, {key[2]} running", flush=True)
+        self._last = key
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()

@@ -1,0 +1,425 @@
+"""The node-local runner: claim -> pack -> spawn -> reap -> complete, until the work or the time ends.
+
+One ``Runner`` per node. Every pass of the loop is one queue cycle (one lock acquisition) that
+records what finished and started since the last pass and claims what fits now. Between cycles the
+runner blocks in ``ProcessPool.wait`` until a child exits, a signal arrives or a timer is due; an
+idle runner watches the queue's change signal (a stat, no lock) with a growing interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torc_slurm.runner.monitor import ResourceMonitor
+from torc_slurm.runner.packing import Candidate, Placement, fits_node, fits_time, pack
+from torc_slurm.runner.process import Finished, LaunchSpec, ProcessPool
+from torc_slurm.runner.resources import DetectedNode, pin_plan
+from torc_slurm.runner.walltime import EndTime
+from torc_slurm.store.db import Database
+from torc_slurm.store.queue import ClaimedJob, Limits, Outcome, Queue, ReadyJob
+
+log = logging.getLogger(__name__)
+UNFINISHED = ("uninitialized", "blocked", "ready", "pending", "running")
+
+
+@dataclass
+class RunnerConfig:
+    workflow_id: int
+    working_dir: Path
+    output_dir: Path
+    scheduler: str | None = None
+    strict_scheduler: bool = False
+    max_parallel_jobs: int | None = None     # queue-depth mode: ignore resources
+    end_time: EndTime = field(default_factory=EndTime)
+    buffer_s: float = 60.0                  # stop this long before the end time
+    wait_for_new_jobs_s: float | None = 90.0  # idle exit; None = stay while the workflow can progress
+    heartbeat_interval_s: float = 10.0
+    heartbeat_timeout_s: float = 60.0       # other runners silent this long are swept
+    termination_grace_s: float = 30.0
+    monitor_interval_s: float = 5.0
+    gpu_variable: str = "CUDA_VISIBLE_DEVICES"
+    slurm_job_id: str | None = None
+    dry_execute: bool = False               # mark claimed jobs completed without spawning (benchmarks)
+    prefetch: int | None = None             # jobs claimed beyond what fits now (default: one per slot)
+    report_delay_s: float = 0.25            # longest an outcome waits to be batched into a cycle
+    on_progress: Callable[[dict[str, int]], None] | None = None
+    progress_interval_s: float = 1.0
+
+
+@dataclass
+class RunSummary:
+    runner_id: int
+    completed: int = 0
+    failed: int = 0
+    terminated: int = 0
+    exit_reason: str = ""
+    unrunnable: list[str] = field(default_factory=list)  # ready jobs that can never fit this node
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Running:
+    job: ClaimedJob
+    placement: Placement
+    stdout: Path
+    stderr: Path
+
+
+class Runner:
+    def __init__(self, db: Database, node: DetectedNode, config: RunnerConfig) -> None:
+        self.db = db
+        self.node = node
+        self.config = config
+        self.queue = Queue(db, config.workflow_id)
+        self.pool = ProcessPool()
+        self.monitor = ResourceMonitor(config.monitor_interval_s or None)
+        self.running: dict[int, _Running] = {}
+        self.stop_reason: str | None = None
+        self._started: list[tuple[int, int]] = []
+        self._outcomes: list[Outcome] = []
+        self._pin_warned = False
+        self._terminating: set[int] = set()
+        self._backlog: dict[int, ClaimedJob] = {}  # claimed, not started yet (claim order)
+        self._last_claimed = 0
+        self._outcomes_since = 0.0
+        self._seen_token: tuple[int, int] | None = None
+        slots = config.max_parallel_jobs or len(node.capacity.cpu_ids)
+        self._prefetch = config.prefetch if config.prefetch is not None else slots
+        self._batch = max(1, slots)
+
+    # -- public ------------------------------------------------------------------------------
+    def request_stop(self, reason: str) -> None:
+        """Signal-safe: stop claiming and wind down at the next pass."""
+        self.stop_reason = self.stop_reason or reason
+        self.pool.wake()
+
+    def run(self) -> RunSummary:
+        cfg = self.config
+        capacity = self.node.capacity
+        self.runner_id = self.queue.register_runner(
+            hostname=socket.gethostname(), pid=os.getpid(), slurm_job_id=cfg.slurm_job_id,
+            scheduler=cfg.scheduler, resources={"cpus": len(capacity.cpu_ids), "gpus": list(capacity.gpu_ids),
+                                                "memory_bytes": capacity.memory_bytes,
+                                                "end_time": cfg.end_time.current(time.time())})
+        summary = RunSummary(self.runner_id)
+        log.info("runner %d on %s: %d CPUs, GPUs %s, %.1f GiB (%s)", self.runner_id, socket.gethostname(),
+                 len(capacity.cpu_ids), list(capacity.gpu_ids) or "none", capacity.memory_bytes / 2**30,
+                 ", ".join(f"{k} from {v}" for k, v in self.node.sources.items()))
+        previous = {s: signal.signal(s, lambda signum, _f: self.request_stop(signal.Signals(signum).name))
+                    for s in (signal.SIGTERM, signal.SIGINT)}
+        self.monitor.start()
+        try:
+            self._loop(summary)
+        finally:
+            self._wind_down(summary)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.monitor.stop()
+            self.pool.close()
+        return summary
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _loop(self, summary: RunSummary) -> None:
+        """Each pass: maybe run a queue cycle, start what fits from the local backlog, then block
+        until a child exits, a signal arrives, or the next cycle is due."""
+        cfg = self.config
+        self._last_cycle = self._last_sweep = self._last_progress = -1e18
+        self._force_cycle = True
+        idle_since: float | None = None
+        idle_wait = 0.05
+        while self.stop_reason is None:
+            now = time.time()
+            left = cfg.end_time.seconds_left(now, cfg.buffer_s)
+            if left is not None and left <= 0:
+                self.request_stop("walltime")
+                break
+            counts = self._cycle(now, left) if self._cycle_due(now) else None
+            if counts is not None:
+                summary.counts = counts
+            self._start_backlog(now)
+            if self.running:
+                idle_since, idle_wait = None, 0.05
+                self._collect(self.pool.wait(self._wait_timeout(now, left)), summary)
+                continue
+            if self._backlog or self._outcomes or self._last_claimed:
+                idle_since, idle_wait = None, 0.05
+                self._force_cycle = True  # report, hand back what cannot start, claim again
+                continue
+            # Idle: nothing running here and nothing to start.
+            if counts is None:
+                self._force_cycle = True
+                continue
+            if not any(counts.get(s, 0) for s in UNFINISHED):
+                summary.exit_reason = "workflow complete"
+                return
+            if not counts.get("pending") and not counts.get("running"):
+                summary.unrunnable = self._unrunnable()
+                if cfg.wait_for_new_jobs_s is None or summary.unrunnable:
+                    summary.exit_reason = "no job can run here and none is running elsewhere"
+                    return
+            idle_since = idle_since or now
+            if cfg.wait_for_new_jobs_s is not None and now - idle_since >= cfg.wait_for_new_jobs_s:
+                summary.exit_reason = f"idle for {cfg.wait_for_new_jobs_s:.0f} s"
+                return
+            idle_wait = self._wait_for_change(idle_wait, cfg.heartbeat_interval_s)
+            self._force_cycle = True
+
+    def _cycle_due(self, now: float) -> bool:
+        """Batch work per lock: cycle when forced, when the heartbeat is due, when enough outcomes
+        wait (or the oldest waited ``report_delay_s``), or when there is room and nothing to start."""
+        cfg = self.config
+        if self._force_cycle or now - self._last_cycle >= cfg.heartbeat_interval_s:
+            return True
+        if self._outcomes and (len(self._outcomes) >= self._batch
+                               or now - self._outcomes_since >= cfg.report_delay_s):
+            return True
+        if self._has_room() and not self._backlog:
+            token = self.db.change_token()
+            if self._last_claimed or token != self._seen_token:
+                return True
+        return False
+
+    def _cycle(self, now: float, left: float | None) -> dict[str, int] | None:
+        cfg = self.config
+        self._seen_token = self.db.change_token()
+        release = [job.id for job in self._backlog.values() if not self._can_start_later(job, now)]
+        for job_id in release:
+            del self._backlog[job_id]
+        sweep = now - self._last_sweep >= cfg.heartbeat_interval_s
+        idle = not self.running and not self._backlog
+        progress_due = cfg.on_progress is not None and now - self._last_progress >= cfg.progress_interval_s
+        result = self.queue.cycle(
+            self.runner_id, started=self._take_started(), outcomes=self._take_outcomes(), release=release,
+            choose=self._chooser(now), limits=self._limits(left), scheduler=cfg.scheduler,
+            strict_scheduler=cfg.strict_scheduler, window=self._window(),
+            sweep_timeout=cfg.heartbeat_timeout_s if sweep else None, want_counts=idle or progress_due)
+        self._last_cycle = now
+        self._force_cycle = False
+        self._last_claimed = len(result.claimed)
+        if sweep:
+            self._last_sweep = now
+        if result.counts is not None and cfg.on_progress is not None:
+            cfg.on_progress(result.counts)
+            self._last_progress = now
+        if result.canceled:
+            self._stop_jobs(result.canceled, "the job was canceled")
+        for job in result.claimed:
+            self._backlog[job.id] = job
+        return result.counts
+
+    def _chooser(self, now: float) -> Callable[[list[ReadyJob]], list[int]] | None:
+        """Claim what fits the free resources now, plus up to ``prefetch`` more jobs that fit the
+        node and the time left, so the next ones start without waiting for the lock."""
+        cfg = self.config
+        room = self._prefetch - len(self._backlog)
+        if self.stop_reason is not None or room <= 0:
+            return None
+        end = cfg.end_time.current(now)
+        capacity = self.node.capacity
+
+        def choose(ready: list[ReadyJob]) -> list[int]:
+            candidates = [Candidate(r.job_id, r.num_cpus, r.num_gpus, r.memory_bytes, r.runtime_s) for r in ready
+                          if r.job_id not in self._backlog]
+            placed = [p.job_id for p in pack(capacity, self._busy(), candidates, now=now, end_time=end,
+                                             buffer_s=cfg.buffer_s, max_parallel_jobs=cfg.max_parallel_jobs)]
+            taken = set(placed)
+            extra = [c.job_id for c in candidates if c.job_id not in taken
+                     and (cfg.max_parallel_jobs is not None or fits_node(capacity, c))
+                     and fits_time(c, now=now, end_time=end, buffer_s=cfg.buffer_s)]
+            return (placed + extra)[:room]
+
+        return choose
+
+    def _start_backlog(self, now: float) -> None:
+        """Pack the claimed-but-unstarted jobs into the free resources and start them."""
+        if not self._backlog or self.stop_reason is not None or not self._has_room():
+            return
+        cfg = self.config
+        candidates = [Candidate(j.id, j.num_cpus, j.num_gpus, j.memory_bytes, j.runtime_s)
+                      for j in self._backlog.values()]
+        for placement in pack(self.node.capacity, self._busy(), candidates, now=now,
+                              end_time=cfg.end_time.current(now), buffer_s=cfg.buffer_s,
+                              max_parallel_jobs=cfg.max_parallel_jobs):
+            self._start(self._backlog.pop(placement.job_id), placement)
+
+    def _can_start_later(self, job: ClaimedJob, now: float) -> bool:
+        """A backlog job still fits the time left (else it goes back to the queue)."""
+        candidate = Candidate(job.id, job.num_cpus, job.num_gpus, job.memory_bytes, job.runtime_s)
+        return fits_time(candidate, now=now, end_time=self.config.end_time.current(now), buffer_s=self.config.buffer_s)
+
+    def _busy(self) -> list[Placement]:
+        return [r.placement for r in self.running.values()]
+
+    def _has_room(self) -> bool:
+        if self.config.max_parallel_jobs is not None:
+            return len(self.running) < self.config.max_parallel_jobs
+        return sum(len(r.placement.cpu_ids) for r in self.running.values()) < len(self.node.capacity.cpu_ids)
+
+    def _limits(self, left: float | None) -> Limits:
+        if self.config.max_parallel_jobs is not None:
+            return Limits(runtime_s=left)
+        cap = self.node.capacity
+        return Limits(cpus=len(cap.cpu_ids), gpus=len(cap.gpu_ids), memory_bytes=cap.memory_bytes, runtime_s=left)
+
+    def _window(self) -> int:
+        return max(64, 2 * self._prefetch)
+
+    def _wait_timeout(self, now: float, left: float | None) -> float:
+        cfg = self.config
+        timeout = min(cfg.heartbeat_interval_s - (now - self._last_cycle), 1.0)
+        if self._outcomes:
+            timeout = min(timeout, cfg.report_delay_s - (now - self._outcomes_since))
+        if left is not None:
+            timeout = min(timeout, left)
+        return max(timeout, 0.0)
+
+    def _wait_for_change(self, wait: float, ceiling: float) -> float:
+        """Sleep until the queue's change signal moves (checked by stat, lock-free) or ``wait`` passes;
+        return the next, longer wait (capped at ``ceiling``)."""
+        token = self.db.change_token()
+        deadline = time.monotonic() + wait
+        step = min(0.05, wait)
+        while time.monotonic() < deadline and self.stop_reason is None:
+            self.pool.wait(step)  # returns early on wake() (signals)
+            if self.db.change_token() != token:
+                return 0.05
+            step = min(step * 2, 1.0)
+        return min(wait * 2, ceiling)
+
+    # -- starting and finishing jobs -----------------------------------------------------------
+    def _start(self, job: ClaimedJob, placement: Placement) -> None:
+        cfg = self.config
+        self._started.append((job.id, job.attempt))
+        if cfg.dry_execute:
+            now = time.time()
+            self._add_outcome(Outcome(job.id, job.attempt, "completed", 0, None, now, now))
+            return
+        stdio = cfg.output_dir / "job_stdio"
+        stem = f"wf{cfg.workflow_id}_job{job.id}_attempt{job.attempt}"
+        stdout, stderr = stdio / f"{stem}.out", stdio / f"{stem}.err"
+        command = f"{job.invocation_script} {job.command}" if job.invocation_script else job.command
+        affinity = pin_plan(self.node.host_cpus, placement.cpu_ids) if placement.cpu_ids else None
+        if placement.cpu_ids and affinity is None and not self._pin_warned:
+            log.info("not pinning jobs to cores: %d CPU slots on %d host CPUs",
+                     len(self.node.capacity.cpu_ids), len(self.node.host_cpus))
+            self._pin_warned = True
+        launched = self.pool.start(LaunchSpec(job.id, job.attempt, command, cfg.working_dir,
+                                              self._environment(job, placement), stdout, stderr, affinity))
+        if isinstance(launched, Finished):
+            self._add_outcome(self._outcome(job, launched, None))
+            return
+        self.running[job.id] = _Running(job, placement, stdout, stderr)
+        self.monitor.track(job.id, launched)
+
+    def _environment(self, job: ClaimedJob, placement: Placement) -> dict[str, str]:
+        cfg = self.config
+        env = dict(os.environ)
+        env.update(job.env)
+        env.update({
+            "TORC_WORKFLOW_ID": str(cfg.workflow_id), "TORC_JOB_ID": str(job.id), "TORC_JOB_NAME": job.name,
+            "TORC_ATTEMPT": str(job.attempt), "TORC_OUTPUT_DIR": str(cfg.output_dir),
+            "TORC_RUNNER_ID": str(self.runner_id), "OMP_NUM_THREADS": str(job.num_cpus),
+        })
+        if cfg.max_parallel_jobs is None:
+            env["TORC_CPU_IDS"] = ",".join(map(str, placement.cpu_ids))
+            if self.node.capacity.gpu_ids or job.num_gpus:
+                env[cfg.gpu_variable] = ",".join(placement.gpu_ids)
+        return env
+
+    def _collect(self, finished: list[Finished], summary: RunSummary) -> None:
+        for done in finished:
+            entry = self.running.pop(done.job_id, None)
+            if entry is None:
+                continue
+            stats = self.monitor.untrack(done.job_id)
+            outcome = self._outcome(entry.job, done, stats)
+            if outcome.status == "completed":
+                summary.completed += 1
+            elif outcome.status == "terminated":
+                summary.terminated += 1
+            else:
+                summary.failed += 1
+            self._add_outcome(outcome)
+
+    def _add_outcome(self, outcome: Outcome) -> None:
+        if not self._outcomes:
+            self._outcomes_since = time.time()
+        self._outcomes.append(outcome)
+
+    def _outcome(self, job: ClaimedJob, done: Finished, stats) -> Outcome:  # noqa: ANN001
+        status, message = "failed", done.launch_error
+        if done.launch_error is None and done.return_code == 0:
+            missing = [p for p in job.output_files if not (self.config.working_dir / p).exists()]
+            status = "completed" if not missing else "failed"
+            if missing:
+                message = "exited 0 but did not create its output files: " + ", ".join(missing)
+        elif done.signal is not None:
+            message = f"killed by signal {_signal_name(done.signal)}"
+        if job.id in self._terminating and status != "completed":
+            status, message = "terminated", f"stopped by the runner ({self.stop_reason}); returned to ready"
+        return Outcome(
+            job.id, job.attempt, status, done.return_code, done.signal, done.started_at, done.ended_at,
+            done.peak_rss_bytes, done.cpu_time_s,
+            stats.avg_cpu_percent if stats else None, stats.peak_cpu_percent if stats else None,
+            stats.avg_memory_bytes if stats else None, stats.peak_memory_bytes if stats else None, message)
+
+    def _stop_jobs(self, job_ids: list[int], why: str) -> None:
+        live = [j for j in job_ids if j in self.running]
+        if live:
+            log.info("stopping %d jobs: %s", len(live), why)
+            self.pool.signal(live, signal.SIGKILL)
+
+    def _wind_down(self, summary: RunSummary) -> None:
+        """Stop claiming; TERM the jobs that support it, KILL the rest after the grace period;
+        hand every unfinished job back to ready; sign off. Ending at the walltime is no failure."""
+        cfg = self.config
+        if self.running:
+            self._terminating = set(self.running)
+            reason = self.stop_reason or "runner exit"
+            log.warning("stopping %d running jobs (%s)", len(self.running), reason)
+            polite = [j for j, r in self.running.items() if r.job.supports_termination]
+            self.pool.signal(polite, signal.SIGTERM)
+            deadline = time.monotonic() + cfg.termination_grace_s
+            while self.running and time.monotonic() < deadline:
+                self._collect(self.pool.wait(max(0.0, deadline - time.monotonic())), summary)
+            if self.running:
+                self.pool.signal(list(self.running), signal.SIGKILL)
+                while self.running:
+                    self._collect(self.pool.wait(5.0), summary)
+        summary.exit_reason = summary.exit_reason or (self.stop_reason or "")
+        self._started, self._backlog = [], {}
+        self.queue.finish_runner(self.runner_id, outcomes=self._take_outcomes())
+
+    def _unrunnable(self) -> list[str]:
+        """Names of ready jobs that could never fit this node (for a clear report)."""
+        cap = self.node.capacity
+        if self.config.max_parallel_jobs is not None:
+            return []
+        rows = self.db.read("SELECT id, name, num_cpus, num_gpus, memory_bytes, runtime_s FROM jobs"
+                            " WHERE workflow_id = ? AND status = 'ready' ORDER BY rank LIMIT 1000",
+                            (self.config.workflow_id,))
+        return [f"{r['name']} (needs {r['num_cpus']} CPUs, {r['num_gpus']} GPUs, {r['memory_bytes'] / 2**30:.1f} GiB)"
+                for r in rows if not fits_node(cap, Candidate(r["id"], r["num_cpus"], r["num_gpus"],
+                                                                r["memory_bytes"], r["runtime_s"]))]
+
+    def _take_started(self) -> list[tuple[int, int]]:
+        started, self._started = self._started, []
+        return started
+
+    def _take_outcomes(self) -> list[Outcome]:
+        outcomes, self._outcomes = self._outcomes, []
+        return outcomes
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)

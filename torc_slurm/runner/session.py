@@ -1,0 +1,44 @@
+"""Build a runner for one workflow from a DB and a few options (shared by `torc run` and
+`torc slurm run-jobs`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torc_slurm.errors import QueueError
+from torc_slurm.runner.loop import Runner, RunnerConfig
+from torc_slurm.runner.resources import DetectedNode
+from torc_slurm.spec.models import WorkflowSpec
+from torc_slurm.store.db import Database
+
+
+@dataclass(frozen=True)
+class WorkflowSettings:
+    working_dir: Path
+    spec: WorkflowSpec
+
+
+def workflow_settings(db: Database, workflow_id: int) -> WorkflowSettings:
+    rows = db.read("SELECT working_dir, spec_json FROM workflows WHERE id = ?", (workflow_id,))
+    if not rows:
+        raise QueueError(f"no workflow {workflow_id} in {db.path}")
+    return WorkflowSettings(Path(rows[0]["working_dir"]), WorkflowSpec.model_validate_json(rows[0]["spec_json"]))
+
+
+def make_runner(db: Database, workflow_id: int, node: DetectedNode, *, output_dir: Path | None,
+                **options: object) -> Runner:
+    """A runner with the workflow's own settings (working dir, end-time buffer, idle wait) filled
+    in; ``options`` override RunnerConfig fields."""
+    settings = workflow_settings(db, workflow_id)
+    output = (output_dir or settings.working_dir / "torc_output").absolute()
+    output.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config = RunnerConfig(
+        workflow_id=workflow_id, working_dir=settings.working_dir, output_dir=output,
+        buffer_s=settings.spec.compute_node_expiration_buffer_seconds,
+        wait_for_new_jobs_s=settings.spec.compute_node_wait_for_new_jobs_seconds)
+    for key, value in options.items():
+        if not hasattr(config, key):
+            raise TypeError(f"unknown runner option {key}")
+        setattr(config, key, value)
+    return Runner(db, node, config)
