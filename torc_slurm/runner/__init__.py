@@ -1,0 +1,1 @@
+"""The node-local runner: resource detection, packing, launching and reaping jobs."""
