@@ -46,6 +46,7 @@ class RunnerConfig:
     monitor_interval_s: float = 5.0
     gpu_variable: str = "CUDA_VISIBLE_DEVICES"
     slurm_job_id: str | None = None
+    node_name: str = field(default_factory=lambda: os.environ.get("SLURMD_NODENAME") or socket.gethostname())
     dry_execute: bool = False               # mark claimed jobs completed without spawning (benchmarks)
     prefetch: int | None = None             # jobs claimed beyond what fits now (default: one per slot)
     report_delay_s: float = 0.25            # longest an outcome waits to be batched into a cycle
@@ -104,12 +105,12 @@ class Runner:
         cfg = self.config
         capacity = self.node.capacity
         self.runner_id = self.queue.register_runner(
-            hostname=socket.gethostname(), pid=os.getpid(), slurm_job_id=cfg.slurm_job_id,
+            hostname=cfg.node_name, pid=os.getpid(), slurm_job_id=cfg.slurm_job_id,
             scheduler=cfg.scheduler, resources={"cpus": len(capacity.cpu_ids), "gpus": list(capacity.gpu_ids),
                                                 "memory_bytes": capacity.memory_bytes,
                                                 "end_time": cfg.end_time.current(time.time())})
         summary = RunSummary(self.runner_id)
-        log.info("runner %d on %s: %d CPUs, GPUs %s, %.1f GiB (%s)", self.runner_id, socket.gethostname(),
+        log.info("runner %d on %s: %d CPUs, GPUs %s, %.1f GiB (%s)", self.runner_id, cfg.node_name,
                  len(capacity.cpu_ids), list(capacity.gpu_ids) or "none", capacity.memory_bytes / 2**30,
                  ", ".join(f"{k} from {v}" for k, v in self.node.sources.items()))
         previous = {s: signal.signal(s, lambda signum, _f: self.request_stop(signal.Signals(signum).name))

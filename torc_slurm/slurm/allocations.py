@@ -1,0 +1,175 @@
+"""Scheduling, watching and cancelling a workflow's Slurm allocations (login-node side).
+
+``schedule_nodes`` renders one sbatch script per allocation from ``templates/`` and the site config,
+submits it, and records the allocation in the queue file. Each allocation runs
+``torc slurm run-jobs`` on every node (see the template).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torc_slurm.errors import SpecError
+from torc_slurm.runner.session import workflow_settings
+from torc_slurm.slurm.backend import SlurmBackend
+from torc_slurm.slurm.render import render_sbatch
+from torc_slurm.slurm.sites import SiteConfig
+from torc_slurm.spec.models import SlurmScheduler, WorkflowSpec
+from torc_slurm.store.allocations import (
+    list_allocations,
+    record_allocations,
+    runners_by_allocation,
+    update_allocation_states,
+)
+from torc_slurm.store.db import Database
+from torc_slurm.store.queue import Queue
+
+log = logging.getLogger(__name__)
+DEFAULT_HEARTBEAT_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class ScheduleRequest:
+    workflow_id: int
+    scheduler: str | None
+    num_hpc_jobs: int
+    max_parallel_jobs: int | None = None
+    output_dir: Path | None = None
+    keep_scripts: bool = False
+    dry_run: bool = False
+
+
+@dataclass
+class ScheduleResult:
+    scheduler: str
+    script: str                         # the rendered text (all allocations share it)
+    slurm_job_ids: list[str]
+    script_dir: Path
+
+
+def pick_scheduler(spec: WorkflowSpec, name: str | None) -> SlurmScheduler:
+    """The named scheduler, or the only one; otherwise an error that lists the choices."""
+    choices = {s.name: s for s in spec.slurm_schedulers}
+    if name is not None:
+        if name not in choices:
+            listed = ", ".join(choices) or "none (add a slurm_schedulers entry to the spec)"
+            raise SpecError(f"unknown scheduler {name!r}; the workflow's schedulers: {listed}")
+        return choices[name]
+    if len(choices) == 1:
+        return next(iter(choices.values()))
+    if not choices:
+        raise SpecError("the workflow defines no slurm_schedulers; add one to the spec")
+    raise SpecError(f"the workflow has several schedulers; pass --scheduler with one of: {', '.join(choices)}")
+
+
+def runner_argv(db: Database, workflow_id: int, output_dir: Path, scheduler: str,
+                max_parallel_jobs: int | None) -> list[str]:
+    """The command each node runs: this Python, so the allocation uses the same installation."""
+    argv = [sys.executable, "-m", "torc_slurm", "slurm", "run-jobs", str(db.path), str(workflow_id),
+            str(output_dir), "--scheduler", scheduler]
+    if max_parallel_jobs is not None:
+        argv += ["--max-parallel-jobs", str(max_parallel_jobs)]
+    return argv
+
+
+def schedule_nodes(db: Database, backend: SlurmBackend | None, site: SiteConfig,
+                   request: ScheduleRequest) -> ScheduleResult:
+    settings = workflow_settings(db, request.workflow_id)
+    scheduler = pick_scheduler(settings.spec, request.scheduler)
+    output = (request.output_dir or settings.working_dir / "torc_output").absolute()
+    script_dir = output / "slurm"
+    script = render_sbatch(
+        scheduler=scheduler, site=site, slurm_defaults=settings.spec.slurm_defaults,
+        job_name=f"torc_wf{request.workflow_id}_{scheduler.name}", output_dir=script_dir,
+        runner_argv=runner_argv(db, request.workflow_id, output, scheduler.name, request.max_parallel_jobs),
+        signal_buffer_seconds=max(settings.spec.compute_node_expiration_buffer_seconds, 10),
+        account_fallback=site.default_account())
+    result = ScheduleResult(scheduler.name, script, [], script_dir)
+    if request.dry_run:
+        return result
+    assert backend is not None
+    script_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    submitted: list[tuple[str, str | None]] = []
+    try:
+        for index in range(request.num_hpc_jobs):
+            path = script_dir / f"wf{request.workflow_id}_{scheduler.name}_{int(time.time())}_{index}.sh"
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(script)
+            job_id = backend.submit(path)
+            submitted.append((job_id, str(path) if request.keep_scripts else None))
+            if not request.keep_scripts:
+                path.unlink()
+    finally:  # record what was submitted even if a later submission failed
+        if submitted:
+            record_allocations(db, request.workflow_id, scheduler.name, scheduler.nodes, submitted)
+    result.slurm_job_ids = [job_id for job_id, _ in submitted]
+    return result
+
+
+def refresh_allocations(db: Database, backend: SlurmBackend, workflow_id: int,
+                        heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S) -> list[dict[str, Any]]:
+    """Ask Slurm (one squeue call) about the workflow's live allocations, mark those it no longer
+    knows as gone, sweep runners whose heartbeat went stale, and return every allocation with its
+    runners, state and time left."""
+    active = list_allocations(db, workflow_id, active_only=True)
+    infos = backend.status([a["slurm_job_id"] for a in active]) if active else {}
+    update_allocation_states(db, workflow_id, {
+        a["slurm_job_id"]: infos[a["slurm_job_id"]].state.value if a["slurm_job_id"] in infos else "gone"
+        for a in active})
+    swept = Queue(db, workflow_id).sweep_stale_runners(heartbeat_timeout_s)
+    if swept:
+        log.warning("returned %d jobs of lost runners to ready", swept)
+    runners = runners_by_allocation(db, workflow_id)
+    rows = []
+    for allocation in list_allocations(db, workflow_id):
+        info = infos.get(allocation["slurm_job_id"])
+        rows.append({**allocation,
+                     "time_left_s": info.time_left_seconds if info else None,
+                     "nodes": sorted({r["hostname"] for r in runners.get(allocation["slurm_job_id"], [])}),
+                     "runners": runners.get(allocation["slurm_job_id"], [])})
+    return rows
+
+
+def cancel_allocations(db: Database, workflow_id: int, backend: SlurmBackend | None = None) -> list[str]:
+    """scancel every live allocation of the workflow; returns their Slurm job ids."""
+    active = [a["slurm_job_id"] for a in list_allocations(db, workflow_id, active_only=True)]
+    if not active:
+        return []
+    if backend is None:
+        from torc_slurm.slurm.backend import get_backend
+
+        backend = get_backend()
+    backend.cancel(active)
+    update_allocation_states(db, workflow_id, {job_id: "canceled" for job_id in active})
+    return active
+
+
+def allocations_needed(spec: WorkflowSpec, jobs: list[dict[str, Any]], site: SiteConfig,
+                       max_allocations: int) -> dict[str, int]:
+    """Simple sizing for ``torc submit``: per scheduler, enough allocations to hold the CPU-seconds
+    of the jobs bound to it (unbound jobs go to the first scheduler), at least one, at most
+    ``max_allocations``."""
+    schedulers = spec.slurm_schedulers
+    if not schedulers:
+        raise SpecError("the spec defines no slurm_schedulers; `torc submit` needs at least one")
+    work: dict[str, float] = {s.name: 0.0 for s in schedulers}
+    for job in jobs:
+        work[job["scheduler"] or schedulers[0].name] += job["num_cpus"] * job["runtime_s"]
+    needed = {}
+    for s in schedulers:
+        if not work[s.name]:
+            continue
+        partition = site.partition(s.partition)
+        cpus = partition.cpus_per_node if partition else 1
+        capacity = s.nodes * cpus * s.walltime_seconds
+        needed[s.name] = max(1, min(max_allocations, math.ceil(work[s.name] / capacity)))
+    return needed
+
