@@ -1,0 +1,231 @@
+"""``torc workflows …``: create, initialize, list, inspect, cancel and delete workflows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from torc_slurm.cli.app import App, can_prompt, format_option, pass_app
+
+# Statuses that make `workflows status` exit 1: what it reports failed.
+FAILED_STATUSES = ("failed", "canceled", "terminated")
+_COUNT_LABELS = {
+    "jobs": "jobs",
+    "dependency_sets": "dependency sets",
+    "logical_dependencies": "logical dependencies",
+    "stored_dependency_rows": "stored dependency rows",
+    "files": "files",
+    "user_data": "user data",
+}
+
+
+@click.group("workflows")
+def workflows() -> None:
+    """Create, initialize, inspect, cancel and delete workflows in the queue file."""
+
+
+@workflows.command("create")
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Validate and count only; write nothing (no DB file is created).")
+@format_option
+@pass_app
+def create(app: App, spec: Path, dry_run: bool, fmt: str) -> None:
+    """Compile SPEC (YAML or JSON) into a new workflow.
+
+    Prints the new workflow's id and what it holds: jobs, dependency sets, logical dependencies
+    (one per job and prerequisite pair), the dependency rows actually stored, and files. The
+    workflow is not initialized yet: `torc workflows init ID` or `torc run ID` does that.
+    """
+    from torc_slurm.compiler import compile_workflow
+    from torc_slurm.spec.load import load_spec
+
+    compiled = compile_workflow(load_spec(spec), source=str(spec))
+    counts = compiled.counts()
+    if dry_run:
+        app.emit({"dry_run": True, "spec": str(spec), "counts": counts}, fmt,
+                 lambda d: _counts_table(f"{spec} is valid; dry run, nothing was written.", d["counts"]))
+        return
+
+    from torc_slurm.store.workflows import add_workflow
+
+    workflow_id = add_workflow(app.open_db(create=True), compiled, working_dir=Path.cwd(),
+                               source=str(spec.absolute()))
+    app.emit({"workflow_id": workflow_id, "counts": counts}, fmt,
+             lambda d: _counts_table(f"Created workflow {workflow_id}", d["counts"]))
+
+
+@workflows.command("init")
+@click.argument("workflow_id", metavar="ID", type=int)
+@click.option("--force", is_flag=True,
+              help="Initialize even if input files no job produces are missing, or the workflow already ran "
+                   "(which resets every job).")
+@pass_app
+def init(app: App, workflow_id: int, force: bool) -> None:
+    """Initialize workflow ID so its jobs can run.
+
+    Jobs with no prerequisites become ready, the others blocked.
+
+    Refuses when input files that no job produces do not exist (it names the files and the jobs
+    that need them), and when the workflow already has finished jobs, since initializing resets
+    them; --force skips both checks.
+    """
+    from torc_slurm.store.workflows import get_workflow, initialize_workflow, status_counts
+
+    workflow = get_workflow(app.db, workflow_id)
+    if workflow.status != "uninitialized" and not force:
+        finished = sum(n for s, n in status_counts(app.db, workflow_id).items()
+                       if s in ("completed", "failed", "canceled", "terminated"))
+        if finished:
+            app.abort(f"workflow {workflow_id} is {workflow.status} and {finished} of its jobs have finished; "
+                      "initializing would reset them. Pass --force to reset anyway.")
+    initialize_workflow(app.db, workflow_id, force=force)
+    counts = status_counts(app.db, workflow_id)
+    app.console.print(f"Initialized workflow {workflow_id}: {counts['ready']:,} ready, "
+                      f"{counts['blocked']:,} blocked")
+
+
+@workflows.command("list")
+@format_option
+@pass_app
+def list_(app: App, fmt: str) -> None:
+    """List the workflows in the queue file, with job totals."""
+    from torc_slurm.reports.jobs import job_totals
+    from torc_slurm.store.workflows import list_workflows
+
+    totals = job_totals(app.db)
+    data = [{"id": w.id, "name": w.name, "status": w.status, "user": w.user,
+             **totals.get(w.id, {"jobs": 0, "done": 0, "failed": 0}),
+             "created_at": w.created_at, "working_dir": w.working_dir, "spec_source": w.spec_source}
+            for w in list_workflows(app.db)]
+    app.emit(data, fmt, _workflows_table)
+
+
+@workflows.command("status")
+@click.argument("workflow_id", metavar="ID", type=int)
+@format_option
+@pass_app
+def status(app: App, workflow_id: int, fmt: str) -> None:
+    """Show how many jobs of workflow ID are in each state.
+
+    Exits 1 if any job failed, was canceled or was terminated, and 0 otherwise.
+    """
+    from torc_slurm.store.workflows import UNFINISHED, get_workflow, status_counts
+
+    workflow = get_workflow(app.db, workflow_id)
+    counts = status_counts(app.db, workflow_id)
+    total = sum(counts.values())
+    unfinished = sum(counts[s] for s in UNFINISHED)
+    failed = sum(counts.get(s, 0) for s in FAILED_STATUSES)
+    data = {"workflow_id": workflow_id, "name": workflow.name, "status": workflow.status, "counts": counts,
+            "total": total, "done": total - unfinished, "failed": failed}
+    app.emit(data, fmt, _status_table)
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+@workflows.command("cancel")
+@click.argument("workflow_id", metavar="ID", type=int)
+@pass_app
+def cancel(app: App, workflow_id: int) -> None:
+    """Cancel workflow ID and its Slurm allocations.
+
+    Every unfinished job becomes canceled (runners stop the running ones) and the workflow's live
+    Slurm allocations are scancel'ed.
+    """
+    from torc_slurm.store.workflows import cancel_workflow
+
+    count = cancel_workflow(app.db, workflow_id)
+    message = f"Canceled workflow {workflow_id}: {count:,} unfinished jobs canceled"
+    allocations = _cancel_allocations(app, workflow_id)
+    if allocations:
+        message += f"; Slurm allocations canceled: {', '.join(map(str, allocations))}"
+    app.console.print(message)
+
+
+@workflows.command("delete")
+@click.argument("workflow_id", metavar="ID", type=int)
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation (needed when not at a terminal).")
+@pass_app
+def delete(app: App, workflow_id: int, yes: bool) -> None:
+    """Delete workflow ID and everything recorded about it.
+
+    Jobs, results, events and allocation records go. Asks first unless --yes is given; when not at
+    a terminal it refuses without --yes.
+    """
+    from torc_slurm.store.workflows import delete_workflow, get_workflow, status_counts
+
+    workflow = get_workflow(app.db, workflow_id)
+    if not yes:
+        jobs = sum(status_counts(app.db, workflow_id).values())
+        question = f"Delete workflow {workflow_id} ({workflow.name!r}, {jobs:,} jobs)?"
+        if not can_prompt():
+            app.abort(f"refusing to delete workflow {workflow_id} without confirmation; pass --yes")
+        if not click.confirm(question, default=False, err=True):
+            app.abort("nothing deleted")
+    delete_workflow(app.db, workflow_id)
+    app.console.print(f"Deleted workflow {workflow_id}")
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _cancel_allocations(app: App, workflow_id: int) -> list[str]:
+    """scancel the workflow's live Slurm allocations (their job ids); nothing if the Slurm layer is absent."""
+    try:
+        from torc_slurm.slurm.allocations import cancel_allocations
+    except ImportError as exc:
+        if exc.name in ("torc_slurm.slurm", "torc_slurm.slurm.allocations"):
+            return []
+        raise
+    return list(cancel_allocations(app.db, workflow_id) or [])
+
+
+def _counts_table(title: str, counts: dict[str, int]):  # noqa: ANN202
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for key, value in counts.items():
+        table.add_row(_COUNT_LABELS.get(key, key.replace("_", " ")), f"{value:,}")
+    return Group(Text(title), table)
+
+
+def _workflows_table(rows: list[dict[str, Any]]):  # noqa: ANN202
+    import datetime
+
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=None if rows else "No workflows in this queue file", box=None, pad_edge=False)
+    for name, justify in (("ID", "right"), ("Name", "left"), ("Status", "left"), ("Jobs", "right"),
+                          ("Done", "right"), ("Failed", "right"), ("User", "left"), ("Created", "left")):
+        table.add_column(name, justify=justify, overflow="fold", no_wrap=name == "Created")  # type: ignore[arg-type]
+    for r in rows:
+        created = datetime.datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M")
+        table.add_row(str(r["id"]), Text(r["name"]), r["status"], f"{r['jobs']:,}", f"{r['done']:,}",
+                      f"[red]{r['failed']:,}[/]" if r["failed"] else "0", Text(r["user"] or "-"), created)
+    return table
+
+
+_STATUS_STYLES = {"completed": "green", "failed": "red", "canceled": "red", "terminated": "red",
+                  "running": "cyan", "pending": "cyan", "ready": "yellow", "blocked": "", "uninitialized": "dim"}
+
+
+def _status_table(data: dict[str, Any]):  # noqa: ANN202
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, pad_edge=False, show_footer=True)
+    table.add_column("Status", footer="total")
+    table.add_column("Jobs", justify="right", footer=f"{data['total']:,}")
+    for status, count in data["counts"].items():
+        if count:
+            table.add_row(status, f"{count:,}", style=_STATUS_STYLES.get(status, ""))
+    summary = f"{data['done']:,} of {data['total']:,} jobs finished"
+    if data["failed"]:
+        summary += f", {data['failed']:,} failed or canceled"
+    return Group(Text(f"Workflow {data['workflow_id']} ({data['name']}): {data['status']}"), table, Text(summary))

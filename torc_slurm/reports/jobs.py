@@ -1,0 +1,180 @@
+"""Read-only questions about jobs: why is this job not running, what did its attempts do.
+
+Each function reads the tables of ``store/schema.sql`` inside one locked read and returns plain
+data (JSON-ready). Nothing here writes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from torc_slurm.errors import QueueError
+from torc_slurm.reports import human_bytes, human_seconds
+from torc_slurm.store.db import Database
+
+UNFINISHED = ("uninitialized", "blocked", "ready", "pending", "running")
+FAILED = ("failed", "canceled", "terminated")
+FINISHED = ("completed", "failed", "canceled", "terminated", "disabled")
+MAX_LISTED = 10
+# Where the runner writes each attempt's stdout/stderr by default, relative to the workflow's
+# working_dir (runner/loop.py: <output>/job_stdio/wf<W>_job<J>_attempt<A>.out / .err, with output
+# defaulting to <working_dir>/torc_output). A runner given another --output is not found here.
+STDIO_DIR = Path("torc_output") / "job_stdio"
+
+def job_totals(db: Database) -> dict[int, dict[str, int]]:
+    """workflow id -> {"jobs": all jobs, "done": finished jobs, "failed": failed or canceled}."""
+    marks = ",".join("?" * len(FINISHED))
+    failed_marks = ",".join("?" * len(FAILED))
+    rows = db.read(
+        f"SELECT workflow_id, COUNT(*) AS jobs, SUM(status IN ({marks})) AS done,"
+        f" SUM(status IN ({failed_marks})) AS failed FROM jobs GROUP BY workflow_id", (*FINISHED, *FAILED))
+    return {row["workflow_id"]: {"jobs": row["jobs"], "done": row["done"] or 0, "failed": row["failed"] or 0}
+            for row in rows}
+
+
+def explain_job(db: Database, workflow_id: int, job: str) -> dict[str, Any]:
+    """Everything that says why ``job`` (a name, or a numeric id) is where it is."""
+    with db.transaction() as conn:
+        workflow = conn.execute("SELECT id, status, working_dir FROM workflows WHERE id = ?",
+                                (workflow_id,)).fetchone()
+        if workflow is None:
+            raise QueueError(f"no workflow {workflow_id} in {db.path}")
+        row = _find_job(conn, workflow_id, job)
+        report: dict[str, Any] = {
+            "workflow_id": workflow_id,
+            "workflow_status": workflow["status"],
+            "id": row["id"],
+            "name": row["name"],
+            "status": row["status"],
+            "attempt": row["attempt"],
+            "return_code": row["return_code"],
+            "command": row["command"],
+            "priority": row["priority"],
+            "resources": {
+                "resource_requirements": row["resource_requirements"],
+                "num_cpus": row["num_cpus"], "num_gpus": row["num_gpus"], "num_nodes": row["num_nodes"],
+                "memory_bytes": row["memory_bytes"], "runtime_s": row["runtime_s"],
+                "scheduler": row["scheduler"],
+            },
+            "dependencies": _dependencies(conn, row["depset_id"]),
+            "dependents": conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE depset_id IN"
+                " (SELECT set_id FROM dependency_members WHERE job_id = ?)", (row["id"],)).fetchone()[0],
+            "files": _files(conn, row["id"]),
+            "runner": _runner(conn, row["runner_id"]),
+            "results": _results(conn, row["id"]),
+        }
+    report["stdio"] = stdio_paths(Path(workflow["working_dir"]), workflow_id, row["id"])
+    report["reason"] = _reason(report, bool(row["cancel_on_blocking_job_failure"]))
+    return report
+
+
+def stdio_paths(working_dir: Path, workflow_id: int, job_id: int) -> dict[str, list[str]]:
+    """The existing stdout/stderr files of a job's attempts, by attempt (empty lists if none)."""
+    folder = working_dir / STDIO_DIR
+    found: dict[str, list[str]] = {"stdout": [], "stderr": []}
+    if not folder.is_dir():
+        return found
+
+    def attempt(path: Path) -> int:
+        tail = path.stem.rsplit("_attempt", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+    for key, suffix in (("stdout", ".out"), ("stderr", ".err")):
+        paths = folder.glob(f"wf{workflow_id}_job{job_id}_attempt*{suffix}")
+        found[key] = [str(p) for p in sorted(paths, key=attempt)]
+    return found
+
+
+# -- pieces (inside the caller's transaction) ---------------------------------------------------
+def _find_job(conn: sqlite3.Connection, workflow_id: int, job: str) -> sqlite3.Row:
+    """A job by exact name first; otherwise, if ``job`` is a number, by id."""
+    row = conn.execute("SELECT * FROM jobs WHERE workflow_id = ? AND name = ?", (workflow_id, job)).fetchone()
+    if row is None and job.strip().isdigit():
+        row = conn.execute("SELECT * FROM jobs WHERE workflow_id = ? AND id = ?",
+                           (workflow_id, int(job))).fetchone()
+    if row is None:
+        raise QueueError(f"workflow {workflow_id} has no job named (or numbered) {job!r}; "
+                         f"see `torc jobs list {workflow_id}`")
+    return row
+
+
+def _dependencies(conn: sqlite3.Connection, set_id: int | None) -> dict[str, Any] | None:
+    if set_id is None:
+        return None
+    depset = conn.execute("SELECT size, remaining, failed FROM dependency_sets WHERE id = ?", (set_id,)).fetchone()
+
+    def names(statuses: tuple[str, ...]) -> list[dict[str, str]]:
+        marks = ",".join("?" * len(statuses))
+        return [{"name": r["name"], "status": r["status"]} for r in conn.execute(
+            f"SELECT j.name, j.status FROM dependency_members m JOIN jobs j ON j.id = m.job_id"
+            f" WHERE m.set_id = ? AND j.status IN ({marks}) ORDER BY j.rank LIMIT ?",
+            (set_id, *statuses, MAX_LISTED))]
+    return {"set_id": set_id, "size": depset["size"], "remaining": depset["remaining"],
+            "failed": depset["failed"], "unfinished": names(UNFINISHED), "failed_jobs": names(FAILED)}
+
+
+def _files(conn: sqlite3.Connection, job_id: int) -> dict[str, list[dict[str, Any]]]:
+    files: dict[str, list[dict[str, Any]]] = {"inputs": [], "outputs": []}
+    for r in conn.execute(
+            "SELECT io.kind, f.name, f.path, f.producer_job_id FROM job_io io JOIN files f ON f.id = io.item_id"
+            " WHERE io.job_id = ? AND io.kind IN ('input_file', 'output_file') ORDER BY f.id", (job_id,)):
+        key = "inputs" if r["kind"] == "input_file" else "outputs"
+        files[key].append({"name": r["name"], "path": r["path"], "external": r["producer_job_id"] is None})
+    return files
+
+
+def _runner(conn: sqlite3.Connection, runner_id: int | None) -> dict[str, Any] | None:
+    if runner_id is None:
+        return None
+    r = conn.execute("SELECT id, hostname, pid, slurm_job_id, status, heartbeat_at FROM runners WHERE id = ?",
+                     (runner_id,)).fetchone()
+    return dict(r) if r else {"id": runner_id}
+
+
+def _results(conn: sqlite3.Connection, job_id: int) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(
+        "SELECT r.attempt, r.status, r.return_code, r.signal, r.started_at, r.ended_at, r.exec_s,"
+        " COALESCE(r.peak_memory_bytes, r.peak_rss_bytes) AS peak_memory_bytes, r.cpu_time_s, r.message,"
+        " r.runner_id, u.hostname, u.slurm_job_id FROM results r LEFT JOIN runners u ON u.id = r.runner_id"
+        " WHERE r.job_id = ? ORDER BY r.id", (job_id,))]
+
+
+def _reason(report: dict[str, Any], cancel_on_failure: bool) -> str:
+    """One sentence: why the job is in its state, and what would move it."""
+    status, deps, wf = report["status"], report["dependencies"], report["workflow_id"]
+    if status == "uninitialized":
+        return f"the workflow is not initialized: run `torc workflows init {wf}` (or `torc run {wf}`)"
+    if status == "blocked" and deps:
+        text = f"waiting for {deps['remaining']} of its {deps['size']} prerequisites to finish"
+        if deps["failed"]:
+            then = "it will be canceled" if cancel_on_failure else "it will still run"
+            text += f"; {deps['failed']} already failed, so {then}"
+        return text
+    if status == "ready":
+        res = report["resources"]
+        where = f" from scheduler '{res['scheduler']}'" if res["scheduler"] else ""
+        return (f"ready: waiting for a runner{where} with {res['num_cpus']} free CPUs, {res['num_gpus']} GPUs, "
+                f"{human_bytes(res['memory_bytes'])} of memory and {human_seconds(res['runtime_s'])} of walltime left")
+    if status in ("pending", "running"):
+        runner = report["runner"] or {}
+        host = runner.get("hostname", "an unknown host")
+        slurm = f", Slurm job {runner['slurm_job_id']}" if runner.get("slurm_job_id") else ""
+        verb = "claimed, starting" if status == "pending" else "running"
+        return f"{verb} on {host} (runner {runner.get('id')}{slurm}), attempt {report['attempt']}"
+    last = report["results"][-1] if report["results"] else None
+    if status == "completed":
+        return "completed" + (f" (return code {report['return_code']})" if report["return_code"] is not None else "")
+    if status == "failed":
+        text = f"failed with return code {report['return_code']}"
+        return text + (f": {last['message']}" if last and last.get("message") else "")
+    if status == "canceled":
+        if deps and deps["failed"] and cancel_on_failure:
+            return f"canceled because {deps['failed']} of its prerequisites failed or were canceled"
+        if report["workflow_status"] == "canceled":
+            return "canceled with the workflow (`torc workflows cancel`)"
+        return "canceled (the workflow or the job was canceled)"
+    if status == "disabled":
+        return "disabled: it will not run"
+    return status
