@@ -1,0 +1,1 @@
+"""Slurm: render sbatch scripts from templates and site configs, submit them, and query the queue."""
