@@ -6,6 +6,8 @@ data (JSON-ready). Nothing here writes.
 
 from __future__ import annotations
 
+import json
+
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -66,25 +68,33 @@ def explain_job(db: Database, workflow_id: int, job: str) -> dict[str, Any]:
             "runner": _runner(conn, row["runner_id"]),
             "results": _results(conn, row["id"]),
         }
-    report["stdio"] = stdio_paths(Path(workflow["working_dir"]), workflow_id, row["id"])
+        folders = _output_dirs(conn, row["id"])
+    folders.append(Path(workflow["working_dir"]) / STDIO_DIR.parent)
+    report["stdio"] = stdio_paths(folders, workflow_id, row["id"])
     report["reason"] = _reason(report, bool(row["cancel_on_blocking_job_failure"]))
     return report
 
 
-def stdio_paths(working_dir: Path, workflow_id: int, job_id: int) -> dict[str, list[str]]:
-    """The existing stdout/stderr files of a job's attempts, by attempt (empty lists if none)."""
-    folder = working_dir / STDIO_DIR
+def stdio_paths(output_dirs: list[Path], workflow_id: int, job_id: int) -> dict[str, list[str]]:
+    """The existing stdout/stderr files of a job's attempts, by attempt (empty lists if none), looked
+    for under the ``job_stdio`` folder of each output directory (runners record theirs)."""
     found: dict[str, list[str]] = {"stdout": [], "stderr": []}
-    if not folder.is_dir():
-        return found
 
     def attempt(path: Path) -> int:
         tail = path.stem.rsplit("_attempt", 1)[-1]
         return int(tail) if tail.isdigit() else 0
     for key, suffix in (("stdout", ".out"), ("stderr", ".err")):
-        paths = folder.glob(f"wf{workflow_id}_job{job_id}_attempt*{suffix}")
+        paths = {p for folder in dict.fromkeys(output_dirs)
+                 for p in (folder / STDIO_DIR.name).glob(f"wf{workflow_id}_job{job_id}_attempt*{suffix}")}
         found[key] = [str(p) for p in sorted(paths, key=attempt)]
     return found
+
+
+def _output_dirs(conn: sqlite3.Connection, job_id: int) -> list[Path]:
+    """Output directories of the runners that ran this job (from their registration)."""
+    rows = conn.execute("SELECT DISTINCT r.resources FROM results x JOIN runners r ON r.id = x.runner_id"
+                        " WHERE x.job_id = ?", (job_id,)).fetchall()
+    return [Path(d["output_dir"]) for (text,) in rows if (d := json.loads(text or "{}")).get("output_dir")]
 
 
 # -- pieces (inside the caller's transaction) ---------------------------------------------------
