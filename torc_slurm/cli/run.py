@@ -20,15 +20,18 @@ import click
 @click.option("--force", is_flag=True, help="Skip the check that input files no job produces exist.")
 @click.option("--monitor-interval", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Seconds between CPU/memory samples of running jobs (0 = off).")
+@click.option("--termination-grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="On Ctrl-C/SIGTERM: seconds jobs that support termination get to exit after SIGTERM "
+                   "before every job still running is killed.")
 @click.option("--dry-execute", is_flag=True, hidden=True, help="Mark jobs completed without running them.")
 @click.pass_obj
 def run(app, spec_or_id: str, num_cpus, num_gpus, memory_gb, max_parallel_jobs, output_dir, force,
-        monitor_interval, dry_execute) -> None:
+        monitor_interval, termination_grace, dry_execute) -> None:
     """Run a workflow on this machine until it is done.
 
     SPEC_OR_ID is a spec file (the workflow is created first) or the id of a workflow in the DB.
-    Exits 0 when every job completed, 1 when any failed or could not run, 130 on Ctrl-C (running
-    jobs are stopped and returned to ready, so `torc run ID` resumes)."""
+    Exits 0 when every job completed, 1 when any failed or could not run, 130 on Ctrl-C and 143 on
+    SIGTERM (running jobs are stopped and returned to ready, so `torc run ID` resumes)."""
     from torc_slurm.runner.resources import detect_node
     from torc_slurm.runner.session import make_runner
     from torc_slurm.store.workflows import ensure_initialized
@@ -43,7 +46,8 @@ def run(app, spec_or_id: str, num_cpus, num_gpus, memory_gb, max_parallel_jobs, 
     with _Progress(app.console, workflow_id) as progress:
         runner = make_runner(db, workflow_id, node, output_dir=output_dir, max_parallel_jobs=max_parallel_jobs,
                              wait_for_new_jobs_s=None, monitor_interval_s=monitor_interval,
-                             dry_execute=dry_execute, on_progress=progress.update)
+                             termination_grace_s=termination_grace, dry_execute=dry_execute,
+                             on_progress=progress.update)
         summary = runner.run()
     _report(app, db, workflow_id, summary, runner.stop_reason)
 
@@ -70,7 +74,7 @@ def _report(app, db, workflow_id: int, summary, stop_reason: str | None) -> None
     if stop_reason in ("SIGINT", "SIGTERM"):
         app.err_console.print(f"Interrupted ({stop_reason}): running jobs were stopped and returned to ready; "
                               f"`torc run {workflow_id}` resumes.")
-        sys.exit(130)
+        sys.exit(130 if stop_reason == "SIGINT" else 143)  # 128 + the signal's number, as shells report
     if summary.unrunnable:
         listed = "; ".join(summary.unrunnable[:10])
         app.abort(f"{len(summary.unrunnable)} ready jobs need more than this machine has: {listed}", 1)

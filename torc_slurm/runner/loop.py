@@ -13,8 +13,9 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from torc_slurm.runner.monitor import ResourceMonitor
@@ -27,6 +28,9 @@ from torc_slurm.store.queue import ClaimedJob, Limits, Outcome, Queue, ReadyJob
 
 log = logging.getLogger(__name__)
 UNFINISHED = ("uninitialized", "blocked", "ready", "pending", "running")
+MAX_PREFETCH = 512  # adaptive claim-ahead never exceeds this many jobs
+# A job killed by a signal this close to the runner's stop request died of the same event.
+STOP_SIGNAL_WINDOW_S = 2.0
 
 
 @dataclass
@@ -48,7 +52,7 @@ class RunnerConfig:
     slurm_job_id: str | None = None
     node_name: str = field(default_factory=lambda: os.environ.get("SLURMD_NODENAME") or socket.gethostname())
     dry_execute: bool = False               # mark claimed jobs completed without spawning (benchmarks)
-    prefetch: int | None = None             # jobs claimed beyond what fits now (default: one per slot)
+    prefetch: int | None = None             # jobs claimed ahead (default: adaptive, see Runner._prefetch)
     report_delay_s: float = 0.25            # longest an outcome waits to be batched into a cycle
     on_progress: Callable[[dict[str, int]], None] | None = None
     progress_interval_s: float = 1.0
@@ -83,6 +87,7 @@ class Runner:
         self.monitor = ResourceMonitor(config.monitor_interval_s or None)
         self.running: dict[int, _Running] = {}
         self.stop_reason: str | None = None
+        self._stop_requested_at: float | None = None
         self._started: list[tuple[int, int]] = []
         self._outcomes: list[Outcome] = []
         self._pin_warned = False
@@ -90,14 +95,17 @@ class Runner:
         self._backlog: dict[int, ClaimedJob] = {}  # claimed, not started yet (claim order)
         self._last_claimed = 0
         self._outcomes_since = 0.0
+        self._started_since = 0.0
+        self._summary: RunSummary | None = None
         self._seen_token: tuple[int, int] | None = None
-        slots = config.max_parallel_jobs or len(node.capacity.cpu_ids)
-        self._prefetch = config.prefetch if config.prefetch is not None else slots
-        self._batch = max(1, slots)
+        self._slots = max(1, config.max_parallel_jobs or len(node.capacity.cpu_ids))
+        self._finished_at: deque[float] = deque(maxlen=8 * MAX_PREFETCH)  # recent outcome times
 
     # -- public ------------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
         """Signal-safe: stop claiming and wind down at the next pass."""
+        if self.stop_reason is None:
+            self._stop_requested_at = time.time()
         self.stop_reason = self.stop_reason or reason
         self.pool.wake()
 
@@ -108,8 +116,9 @@ class Runner:
             hostname=cfg.node_name, pid=os.getpid(), slurm_job_id=cfg.slurm_job_id,
             scheduler=cfg.scheduler, resources={"cpus": len(capacity.cpu_ids), "gpus": list(capacity.gpu_ids),
                                                 "memory_bytes": capacity.memory_bytes,
-                                                "end_time": cfg.end_time.current(time.time())})
-        summary = RunSummary(self.runner_id)
+                                                "end_time": cfg.end_time.current(time.time()),
+                                                "output_dir": str(cfg.output_dir)})
+        summary = self._summary = RunSummary(self.runner_id)
         log.info("runner %d on %s: %d CPUs, GPUs %s, %.1f GiB (%s)", self.runner_id, cfg.node_name,
                  len(capacity.cpu_ids), list(capacity.gpu_ids) or "none", capacity.memory_bytes / 2**30,
                  ", ".join(f"{k} from {v}" for k, v in self.node.sources.items()))
@@ -178,9 +187,11 @@ class Runner:
         cfg = self.config
         if self._force_cycle or now - self._last_cycle >= cfg.heartbeat_interval_s:
             return True
-        if self._outcomes and (len(self._outcomes) >= self._batch
+        if self._outcomes and (len(self._outcomes) >= self._prefetch(now)
                                or now - self._outcomes_since >= cfg.report_delay_s):
             return True
+        if self._started and now - self._started_since >= cfg.report_delay_s:
+            return True  # so the queue shows the job running, not pending, within report_delay_s
         if self._has_room() and not self._backlog:
             token = self.db.change_token()
             if self._last_claimed or token != self._seen_token:
@@ -191,10 +202,15 @@ class Runner:
         cfg = self.config
         self._seen_token = self.db.change_token()
         release = [job.id for job in self._backlog.values() if not self._can_start_later(job, now)]
+        surplus = len(self._backlog) - len(release) - 2 * self._prefetch(now)
+        if surplus > 0:  # the claim-ahead shrank well below the backlog (jobs got longer): hand back the newest
+            dropped = set(release)
+            kept = [job_id for job_id in self._backlog if job_id not in dropped]
+            release += kept[-surplus:]
         for job_id in release:
             del self._backlog[job_id]
         sweep = now - self._last_sweep >= cfg.heartbeat_interval_s
-        idle = not self.running and not self._backlog
+        idle = not self.running and not self._backlog and not self._last_claimed  # (counts cost a scan)
         progress_due = cfg.on_progress is not None and now - self._last_progress >= cfg.progress_interval_s
         result = self.queue.cycle(
             self.runner_id, started=self._take_started(), outcomes=self._take_outcomes(), release=release,
@@ -219,7 +235,7 @@ class Runner:
         """Claim what fits the free resources now, plus up to ``prefetch`` more jobs that fit the
         node and the time left, so the next ones start without waiting for the lock."""
         cfg = self.config
-        room = self._prefetch - len(self._backlog)
+        room = self._prefetch(now) - len(self._backlog)
         if self.stop_reason is not None or room <= 0:
             return None
         end = cfg.end_time.current(now)
@@ -228,13 +244,15 @@ class Runner:
         def choose(ready: list[ReadyJob]) -> list[int]:
             candidates = [Candidate(r.job_id, r.num_cpus, r.num_gpus, r.memory_bytes, r.runtime_s) for r in ready
                           if r.job_id not in self._backlog]
-            placed = [p.job_id for p in pack(capacity, self._busy(), candidates, now=now, end_time=end,
-                                             buffer_s=cfg.buffer_s, max_parallel_jobs=cfg.max_parallel_jobs)]
-            taken = set(placed)
-            extra = [c.job_id for c in candidates if c.job_id not in taken
-                     and (cfg.max_parallel_jobs is not None or fits_node(capacity, c))
-                     and fits_time(c, now=now, end_time=end, buffer_s=cfg.buffer_s)]
-            return (placed + extra)[:room]
+            chosen = [p.job_id for p in self._pack(candidates, now, end)][:room]
+            taken = set(chosen)
+            for c in candidates:  # claim ahead: the next ones that fit the node and the time left
+                if len(chosen) >= room:
+                    break
+                if c.job_id not in taken and (cfg.max_parallel_jobs is not None or fits_node(capacity, c)) \
+                        and fits_time(c, now=now, end_time=end, buffer_s=cfg.buffer_s):
+                    chosen.append(c.job_id)
+            return chosen
 
         return choose
 
@@ -245,10 +263,28 @@ class Runner:
         cfg = self.config
         candidates = [Candidate(j.id, j.num_cpus, j.num_gpus, j.memory_bytes, j.runtime_s)
                       for j in self._backlog.values()]
-        for placement in pack(self.node.capacity, self._busy(), candidates, now=now,
-                              end_time=cfg.end_time.current(now), buffer_s=cfg.buffer_s,
-                              max_parallel_jobs=cfg.max_parallel_jobs):
+        for placement in self._pack(candidates, now, cfg.end_time.current(now)):
             self._start(self._backlog.pop(placement.job_id), placement)
+
+    def _pack(self, candidates: Sequence[Candidate], now: float, end: float | None) -> list[Placement]:
+        """``pack`` into the free resources; exactly its answer, but cheap with a long candidate
+        list: pack decides candidates in order, so packing a prefix gives the same placements for
+        that prefix, and once the prefix's placements use every free CPU no later candidate (each
+        needs at least one CPU) can start."""
+        cfg = self.config
+        busy = self._busy()
+
+        def run(cands: Sequence[Candidate]) -> list[Placement]:
+            return pack(self.node.capacity, busy, cands, now=now, end_time=end, buffer_s=cfg.buffer_s,
+                        max_parallel_jobs=cfg.max_parallel_jobs)
+
+        free = len(self.node.capacity.cpu_ids) - sum(len(p.cpu_ids) for p in busy)
+        cut = 2 * free + 8
+        if cfg.max_parallel_jobs is None and 0 < free and cut < len(candidates):
+            placed = run(candidates[:cut])
+            if sum(len(p.cpu_ids) for p in placed) >= free and all(c.num_cpus >= 1 for c in candidates[cut:]):
+                return placed
+        return run(candidates)
 
     def _can_start_later(self, job: ClaimedJob, now: float) -> bool:
         """A backlog job still fits the time left (else it goes back to the queue)."""
@@ -270,13 +306,27 @@ class Runner:
         return Limits(cpus=len(cap.cpu_ids), gpus=len(cap.gpu_ids), memory_bytes=cap.memory_bytes, runtime_s=left)
 
     def _window(self) -> int:
-        return max(64, 2 * self._prefetch)
+        return max(64, 2 * self._prefetch(time.time()))
+
+    def _prefetch(self, now: float) -> int:
+        """How many claimed-but-unstarted jobs to hold, which is also how many outcomes to batch
+        into one cycle: ``RunnerConfig.prefetch`` when set; else one per slot, raised to about
+        ``report_delay_s`` worth of jobs at this runner's completion rate over the last second
+        (so very short jobs cost one lock per batch, not one per job or two), at most MAX_PREFETCH."""
+        if self.config.prefetch is not None:
+            return self.config.prefetch
+        recent = self._finished_at
+        while recent and recent[0] < now - 1.0:
+            recent.popleft()
+        return max(self._slots, min(MAX_PREFETCH, int(len(recent) * self.config.report_delay_s)))
 
     def _wait_timeout(self, now: float, left: float | None) -> float:
         cfg = self.config
         timeout = min(cfg.heartbeat_interval_s - (now - self._last_cycle), 1.0)
         if self._outcomes:
             timeout = min(timeout, cfg.report_delay_s - (now - self._outcomes_since))
+        if self._started:
+            timeout = min(timeout, cfg.report_delay_s - (now - self._started_since))
         if left is not None:
             timeout = min(timeout, left)
         return max(timeout, 0.0)
@@ -297,6 +347,8 @@ class Runner:
     # -- starting and finishing jobs -----------------------------------------------------------
     def _start(self, job: ClaimedJob, placement: Placement) -> None:
         cfg = self.config
+        if not self._started:
+            self._started_since = time.time()
         self._started.append((job.id, job.attempt))
         if cfg.dry_execute:
             now = time.time()
@@ -306,7 +358,8 @@ class Runner:
         stem = f"wf{cfg.workflow_id}_job{job.id}_attempt{job.attempt}"
         stdout, stderr = stdio / f"{stem}.out", stdio / f"{stem}.err"
         command = f"{job.invocation_script} {job.command}" if job.invocation_script else job.command
-        affinity = pin_plan(self.node.host_cpus, placement.cpu_ids) if placement.cpu_ids else None
+        affinity = pin_plan(self.node.host_cpus, placement.cpu_ids,
+                            num_slots=len(self.node.capacity.cpu_ids)) if placement.cpu_ids else None
         if placement.cpu_ids and affinity is None and not self._pin_warned:
             log.info("not pinning jobs to cores: %d CPU slots on %d host CPUs",
                      len(self.node.capacity.cpu_ids), len(self.node.host_cpus))
@@ -340,19 +393,22 @@ class Runner:
             if entry is None:
                 continue
             stats = self.monitor.untrack(done.job_id)
-            outcome = self._outcome(entry.job, done, stats)
+            self._add_outcome(self._outcome(entry.job, done, stats))
+
+    def _add_outcome(self, outcome: Outcome) -> None:
+        summary = self._summary  # counts every outcome, launch failures and dry runs included
+        if summary is not None:
             if outcome.status == "completed":
                 summary.completed += 1
             elif outcome.status == "terminated":
                 summary.terminated += 1
             else:
                 summary.failed += 1
-            self._add_outcome(outcome)
-
-    def _add_outcome(self, outcome: Outcome) -> None:
+        now = time.time()
         if not self._outcomes:
-            self._outcomes_since = time.time()
+            self._outcomes_since = now
         self._outcomes.append(outcome)
+        self._finished_at.append(now)
 
     def _outcome(self, job: ClaimedJob, done: Finished, stats) -> Outcome:  # noqa: ANN001
         status, message = "failed", done.launch_error
@@ -363,13 +419,33 @@ class Runner:
                 message = "exited 0 but did not create its output files: " + ", ".join(missing)
         elif done.signal is not None:
             message = f"killed by signal {_signal_name(done.signal)}"
-        if job.id in self._terminating and status != "completed":
+        if status != "completed" and (job.id in self._terminating
+                                      or self._killed_by_stop(done.signal, done.return_code, done.ended_at)):
             status, message = "terminated", f"stopped by the runner ({self.stop_reason}); returned to ready"
         return Outcome(
             job.id, job.attempt, status, done.return_code, done.signal, done.started_at, done.ended_at,
             done.peak_rss_bytes, done.cpu_time_s,
             stats.avg_cpu_percent if stats else None, stats.peak_cpu_percent if stats else None,
             stats.avg_memory_bytes if stats else None, stats.peak_memory_bytes if stats else None, message)
+
+    def _killed_by_stop(self, signal_number: int | None, return_code: int | None, ended_at: float | None) -> bool:
+        """Killed by SIGTERM/SIGKILL/SIGINT around the time the runner was told to stop. Slurm (scancel,
+        the time limit) signals every process of the allocation at once, so a job can die of that
+        signal just before the runner starts winding down: it was stopped, not failed."""
+        if self._stop_requested_at is None or not _killed(signal_number, return_code):
+            return False
+        return ended_at is None or ended_at >= self._stop_requested_at - STOP_SIGNAL_WINDOW_S
+
+    def _reclassify_stopped(self, summary: RunSummary) -> None:
+        """Unreported outcomes recorded as failed before the stop request was seen, but killed by its
+        signal, become terminated (returned to ready)."""
+        for index, out in enumerate(self._outcomes):
+            if out.status == "failed" and self._killed_by_stop(out.signal, out.return_code, out.ended_at):
+                self._outcomes[index] = replace(
+                    out, status="terminated",
+                    message=f"killed by the signal that stopped the runner ({self.stop_reason}); returned to ready")
+                summary.failed -= 1
+                summary.terminated += 1
 
     def _stop_jobs(self, job_ids: list[int], why: str) -> None:
         live = [j for j in job_ids if j in self.running]
@@ -381,6 +457,7 @@ class Runner:
         """Stop claiming; TERM the jobs that support it, KILL the rest after the grace period;
         hand every unfinished job back to ready; sign off. Ending at the walltime is no failure."""
         cfg = self.config
+        self._reclassify_stopped(summary)
         if self.running:
             self._terminating = set(self.running)
             reason = self.stop_reason or "runner exit"
@@ -417,6 +494,12 @@ class Runner:
     def _take_outcomes(self) -> list[Outcome]:
         outcomes, self._outcomes = self._outcomes, []
         return outcomes
+
+
+def _killed(signal_number: int | None, return_code: int | None) -> bool:
+    """Ended by SIGTERM, SIGKILL or SIGINT, directly or as a shell's 128+N exit status."""
+    stops = (signal.SIGTERM, signal.SIGKILL, signal.SIGINT)
+    return signal_number in stops or return_code in {128 + s for s in stops}
 
 
 def _signal_name(number: int) -> str:

@@ -36,7 +36,9 @@ def make_runner(db: Database, workflow_id: int, node: DetectedNode, *, output_di
     config = RunnerConfig(
         workflow_id=workflow_id, working_dir=settings.working_dir, output_dir=output,
         buffer_s=settings.spec.compute_node_expiration_buffer_seconds,
-        wait_for_new_jobs_s=settings.spec.compute_node_wait_for_new_jobs_seconds)
+        wait_for_new_jobs_s=settings.spec.compute_node_wait_for_new_jobs_seconds,
+        # The whole wind-down must fit in the buffer Slurm leaves after its warning signal.
+        termination_grace_s=min(30.0, max(1.0, settings.spec.compute_node_expiration_buffer_seconds / 2)))
     for key, value in options.items():
         if not hasattr(config, key):
             raise TypeError(f"unknown runner option {key}")

@@ -1,0 +1,244 @@
+"""Packing: which ready jobs start now on this node, and with which CPU slots and GPUs.
+
+Pure: no I/O and no clock reads (``now`` is passed in), so the same inputs give the same answer.
+
+Resource-aware mode (``max_parallel_jobs is None``), candidates taken in the order given (best first):
+
+* A candidate that can never fit the node (more CPUs, GPUs or memory than it has) is skipped;
+  the caller reports it. So is one whose declared runtime does not fit the time left:
+  ``now + runtime_s > end_time - buffer_s`` (``end_time`` None means no limit).
+* A candidate that fits the free resources starts with the lowest-numbered free CPU slot ids
+  (the lowest contiguous block of ids when one exists, else simply the lowest free ids) and
+  the first free GPU ids in the capacity's order.
+* Anti-starvation, EASY-backfill style: the first candidate that fits the node and the time
+  window but not the free resources gets a reservation at its *shadow time*, the earliest time
+  at which, as running and already-placed jobs end at their ``expected_end``, enough CPUs, GPUs
+  and memory are free for it (a job past its ``expected_end`` counts as ending ``now``).
+  Every later candidate may then start only if it fits the free resources now and either ends
+  by the shadow time or fits in the *extra* resources: those still free at the shadow time
+  once the reserved job has its share (each job started this way uses extra up).
+  Only one reservation is made per call. A blocked candidate that could not finish in time
+  even when starting at its shadow time gets none (it cannot run in this allocation) and
+  the next blocked candidate may take the reservation instead.
+
+Queue-depth mode (``max_parallel_jobs = N``): resources are ignored; the first candidates that
+fit the time window start until N jobs run. Their placements hold no CPU/GPU ids and no memory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+
+@dataclass(frozen=True)
+class NodeCapacity:
+    """What this runner may hand out."""
+
+    cpu_ids: tuple[int, ...]  # logical CPU slot ids
+    gpu_ids: tuple[str, ...]  # device ids as the scheduler named them, e.g. ("2", "3")
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A ready job. Candidates arrive best-first (priority / sort order)."""
+
+    job_id: int
+    num_cpus: int
+    num_gpus: int
+    memory_bytes: int
+    runtime_s: int  # declared runtime
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A job started now, or already running, and what it holds."""
+
+    job_id: int
+    cpu_ids: tuple[int, ...]
+    gpu_ids: tuple[str, ...]
+    memory_bytes: int
+    expected_end: float  # start time + declared runtime
+
+
+class _Amount(NamedTuple):
+    cpus: int
+    gpus: int
+    memory: int
+
+    def within(self, other: _Amount) -> bool:
+        return self.cpus <= other.cpus and self.gpus <= other.gpus and self.memory <= other.memory
+
+    def plus(self, other: _Amount) -> _Amount:
+        return _Amount(self.cpus + other.cpus, self.gpus + other.gpus, self.memory + other.memory)
+
+    def minus(self, other: _Amount) -> _Amount:
+        return _Amount(self.cpus - other.cpus, self.gpus - other.gpus, self.memory - other.memory)
+
+
+def _needs(candidate: Candidate) -> _Amount:
+    return _Amount(candidate.num_cpus, candidate.num_gpus, candidate.memory_bytes)
+
+
+def _holds(placement: Placement) -> _Amount:
+    return _Amount(len(placement.cpu_ids), len(placement.gpu_ids), placement.memory_bytes)
+
+
+def fits_node(capacity: NodeCapacity, candidate: Candidate) -> bool:
+    """Could the candidate ever run on this node (with everything else finished)?"""
+    total = _Amount(len(capacity.cpu_ids), len(capacity.gpu_ids), capacity.memory_bytes)
+    return _needs(candidate).within(total)
+
+
+def fits_time(candidate: Candidate, *, now: float, end_time: float | None, buffer_s: float) -> bool:
+    """Does the declared runtime, started at ``now``, end by ``end_time - buffer_s``?"""
+    return end_time is None or now + candidate.runtime_s <= end_time - buffer_s
+
+
+def pack(
+    capacity: NodeCapacity,
+    running: Sequence[Placement],
+    candidates: Sequence[Candidate],
+    *,
+    now: float,
+    end_time: float | None,
+    buffer_s: float = 0.0,
+    max_parallel_jobs: int | None = None,
+) -> list[Placement]:
+    """The jobs to start now, in candidate order, each with its exact CPU slots and GPU ids.
+
+    Raises ValueError on inconsistent input (a programming error): a running placement that
+    names an id outside ``capacity`` or one another placement holds, running memory above
+    capacity, duplicate job ids, negative requirements."""
+    _check(capacity, running, candidates, resource_mode=max_parallel_jobs is None)
+    if max_parallel_jobs is not None:
+        return _pack_queue_depth(running, candidates, max_parallel_jobs, now, end_time, buffer_s)
+
+    used_cpus = {cpu for p in running for cpu in p.cpu_ids}
+    used_gpus = {gpu for p in running for gpu in p.gpu_ids}
+    free_cpus = sorted(cpu for cpu in capacity.cpu_ids if cpu not in used_cpus)
+    free_gpus = [gpu for gpu in capacity.gpu_ids if gpu not in used_gpus]
+    free_memory = capacity.memory_bytes - sum(p.memory_bytes for p in running)
+    busy = list(running)  # everything holding resources: running, then placed by this call
+    placed: list[Placement] = []
+    shadow: float | None = None  # the reservation's shadow time, once there is one
+    extra = _Amount(0, 0, 0)
+
+    for cand in candidates:
+        if not fits_node(capacity, cand) or not fits_time(
+            cand, now=now, end_time=end_time, buffer_s=buffer_s
+        ):
+            continue
+        needs = _needs(cand)
+        fits_now = needs.within(_Amount(len(free_cpus), len(free_gpus), free_memory))
+        if shadow is None:
+            if not fits_now:
+                free = _Amount(len(free_cpus), len(free_gpus), free_memory)
+                when, spare = _shadow(busy, free, needs, now)
+                if fits_time(cand, now=when, end_time=end_time, buffer_s=buffer_s):
+                    shadow, extra = when, spare
+                continue
+        else:
+            if not fits_now:
+                continue
+            if now + cand.runtime_s > shadow:  # still running at the shadow time
+                if not needs.within(extra):
+                    continue
+                extra = extra.minus(needs)
+
+        cpu_ids = _lowest_cpus(free_cpus, cand.num_cpus)
+        gpu_ids = tuple(free_gpus[: cand.num_gpus])
+        free_cpus = [cpu for cpu in free_cpus if cpu not in cpu_ids]
+        free_gpus = free_gpus[cand.num_gpus :]
+        free_memory -= cand.memory_bytes
+        placement = Placement(cand.job_id, cpu_ids, gpu_ids, cand.memory_bytes, now + cand.runtime_s)
+        placed.append(placement)
+        busy.append(placement)
+    return placed
+
+
+def _shadow(busy: Sequence[Placement], free: _Amount, needs: _Amount, now: float) -> tuple[float, _Amount]:
+    """Earliest time ``needs`` is free as ``busy`` jobs end, and what is left over then."""
+    ends = sorted((max(p.expected_end, now), _holds(p)) for p in busy)
+    available = free
+    for i, (when, holds) in enumerate(ends):
+        available = available.plus(holds)
+        if i + 1 < len(ends) and ends[i + 1][0] == when:
+            continue  # release everything ending at the same moment first
+        if needs.within(available):
+            return when, available.minus(needs)
+    return math.inf, _Amount(0, 0, 0)  # unreachable when the candidate fits the node
+
+
+def _lowest_cpus(free_sorted: Sequence[int], count: int) -> tuple[int, ...]:
+    """The lowest run of ``count`` consecutive free ids, else the ``count`` lowest free ids."""
+    if count == 0:
+        return ()
+    for start in range(len(free_sorted) - count + 1):
+        if free_sorted[start + count - 1] - free_sorted[start] == count - 1:
+            return tuple(free_sorted[start : start + count])
+    return tuple(free_sorted[:count])
+
+
+def _pack_queue_depth(
+    running: Sequence[Placement],
+    candidates: Sequence[Candidate],
+    max_parallel_jobs: int,
+    now: float,
+    end_time: float | None,
+    buffer_s: float,
+) -> list[Placement]:
+    if max_parallel_jobs < 0:
+        raise ValueError(f"max_parallel_jobs must be >= 0, not {max_parallel_jobs}")
+    slots = max_parallel_jobs - len(running)
+    placed: list[Placement] = []
+    for cand in candidates:
+        if len(placed) >= slots:
+            break
+        if fits_time(cand, now=now, end_time=end_time, buffer_s=buffer_s):
+            placed.append(Placement(cand.job_id, (), (), 0, now + cand.runtime_s))
+    return placed
+
+
+def _check(
+    capacity: NodeCapacity,
+    running: Sequence[Placement],
+    candidates: Sequence[Candidate],
+    *,
+    resource_mode: bool,
+) -> None:
+    """Raise ValueError on input only a caller bug can produce."""
+    if len(set(capacity.cpu_ids)) != len(capacity.cpu_ids):
+        raise ValueError(f"duplicate CPU ids in capacity: {capacity.cpu_ids}")
+    if len(set(capacity.gpu_ids)) != len(capacity.gpu_ids):
+        raise ValueError(f"duplicate GPU ids in capacity: {capacity.gpu_ids}")
+    known_cpus, known_gpus = set(capacity.cpu_ids), set(capacity.gpu_ids)
+    seen_cpus: set[int] = set()
+    seen_gpus: set[str] = set()
+    job_ids: set[int] = set()
+    for p in running:
+        for cpu in p.cpu_ids:
+            if cpu not in known_cpus:
+                raise ValueError(f"running job {p.job_id} holds CPU {cpu}, not in capacity")
+            if cpu in seen_cpus:
+                raise ValueError(f"CPU {cpu} is held twice (job {p.job_id})")
+            seen_cpus.add(cpu)
+        for gpu in p.gpu_ids:
+            if gpu not in known_gpus:
+                raise ValueError(f"running job {p.job_id} holds GPU {gpu!r}, not in capacity")
+            if gpu in seen_gpus:
+                raise ValueError(f"GPU {gpu!r} is held twice (job {p.job_id})")
+            seen_gpus.add(gpu)
+        if p.job_id in job_ids:
+            raise ValueError(f"job {p.job_id} is running twice")
+        job_ids.add(p.job_id)
+    if resource_mode and sum(p.memory_bytes for p in running) > capacity.memory_bytes:
+        raise ValueError("running jobs hold more memory than the capacity")
+    for cand in candidates:
+        if min(cand.num_cpus, cand.num_gpus, cand.memory_bytes, cand.runtime_s) < 0:
+            raise ValueError(f"candidate {cand.job_id} has a negative requirement")
+        if cand.job_id in job_ids:
+            raise ValueError(f"candidate {cand.job_id} is already running or listed twice")
+        job_ids.add(cand.job_id)
