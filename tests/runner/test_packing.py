@@ -27,7 +27,9 @@ def job(job_id: int, cpus: int = 1, gpus: int = 0, mem: int = GB, runtime: int =
     return Candidate(job_id, cpus, gpus, mem, runtime)
 
 
-def run(job_id: int, cpus: Sequence[int] = (), gpus: Sequence[str] = (), mem: int = GB, end: float = 100.0) -> Placement:
+def run(
+    job_id: int, cpus: Sequence[int] = (), gpus: Sequence[str] = (), mem: int = GB, end: float = 100.0
+) -> Placement:
     return Placement(job_id, tuple(cpus), tuple(gpus), mem, end)
 
 
@@ -281,7 +283,11 @@ def scenarios(draw):
         running.append(Placement(job_id, tuple(cpus), tuple(gpus), mem, now - 25 + draw(_TICKS)))
     candidates = [
         Candidate(
-            100 + i, draw(_size(len(cpu_ids))), draw(_size(len(gpu_ids), (0, 0, 0, 1))), draw(_size(memory)), draw(_TICKS)
+            100 + i,
+            draw(_size(len(cpu_ids))),
+            draw(_size(len(gpu_ids), (0, 0, 0, 1))),  # GPU jobs rarer, so CPU-only nodes still pack
+            draw(_size(memory)),
+            draw(_TICKS),
         )
         for i in range(draw(st.integers(0, 14)))
     ]

@@ -15,7 +15,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torc_slurm.runner.monitor import ResourceMonitor
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 UNFINISHED = ("uninitialized", "blocked", "ready", "pending", "running")
 MAX_PREFETCH = 512  # adaptive claim-ahead never exceeds this many jobs
 # A job killed by a signal this close to the runner's stop request died of the same event.
-STOP_SIGNAL_WINDOW_S = 2.0
+STOP_SIGNAL_WINDOW_S = 1.0
 
 
 @dataclass
@@ -88,6 +88,7 @@ class Runner:
         self.running: dict[int, _Running] = {}
         self.stop_reason: str | None = None
         self._stop_requested_at: float | None = None
+        self._signaled: set[int] = set()  # jobs this runner killed itself (canceled)
         self._started: list[tuple[int, int]] = []
         self._outcomes: list[Outcome] = []
         self._pin_warned = False
@@ -388,7 +389,12 @@ class Runner:
         return env
 
     def _collect(self, finished: list[Finished], summary: RunSummary) -> None:
+        if self.stop_reason is None and any(
+                _killed(d.signal, d.return_code) for d in finished
+                if d.job_id in self.running and d.job_id not in self._signaled):
+            self._await_stop_request(STOP_SIGNAL_WINDOW_S)
         for done in finished:
+            self._signaled.discard(done.job_id)
             entry = self.running.pop(done.job_id, None)
             if entry is None:
                 continue
@@ -436,28 +442,25 @@ class Runner:
             return False
         return ended_at is None or ended_at >= self._stop_requested_at - STOP_SIGNAL_WINDOW_S
 
-    def _reclassify_stopped(self, summary: RunSummary) -> None:
-        """Unreported outcomes recorded as failed before the stop request was seen, but killed by its
-        signal, become terminated (returned to ready)."""
-        for index, out in enumerate(self._outcomes):
-            if out.status == "failed" and self._killed_by_stop(out.signal, out.return_code, out.ended_at):
-                self._outcomes[index] = replace(
-                    out, status="terminated",
-                    message=f"killed by the signal that stopped the runner ({self.stop_reason}); returned to ready")
-                summary.failed -= 1
-                summary.terminated += 1
+    def _await_stop_request(self, timeout: float) -> None:
+        """A job died of SIGTERM/SIGKILL/SIGINT this runner did not send. Slurm (scancel, the time
+        limit) signals every process of the allocation, the jobs often a few ms before the runner:
+        give the runner's own signal a moment to arrive, so the job is handed back, not failed."""
+        deadline = time.monotonic() + timeout
+        while self.stop_reason is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # signal handlers run between sleeps
 
     def _stop_jobs(self, job_ids: list[int], why: str) -> None:
         live = [j for j in job_ids if j in self.running]
         if live:
             log.info("stopping %d jobs: %s", len(live), why)
+            self._signaled.update(live)
             self.pool.signal(live, signal.SIGKILL)
 
     def _wind_down(self, summary: RunSummary) -> None:
         """Stop claiming; TERM the jobs that support it, KILL the rest after the grace period;
         hand every unfinished job back to ready; sign off. Ending at the walltime is no failure."""
         cfg = self.config
-        self._reclassify_stopped(summary)
         if self.running:
             self._terminating = set(self.running)
             reason = self.stop_reason or "runner exit"

@@ -127,15 +127,15 @@ def pack(
     extra = _Amount(0, 0, 0)
 
     for cand in candidates:
-        if not fits_node(capacity, cand) or not fits_time(
-            cand, now=now, end_time=end_time, buffer_s=buffer_s
-        ):
+        if not fits_node(capacity, cand):
+            continue  # never runs here: the caller reports it
+        if not fits_time(cand, now=now, end_time=end_time, buffer_s=buffer_s):
             continue
         needs = _needs(cand)
-        fits_now = needs.within(_Amount(len(free_cpus), len(free_gpus), free_memory))
+        free = _Amount(len(free_cpus), len(free_gpus), free_memory)
+        fits_now = needs.within(free)
         if shadow is None:
             if not fits_now:
-                free = _Amount(len(free_cpus), len(free_gpus), free_memory)
                 when, spare = _shadow(busy, free, needs, now)
                 if fits_time(cand, now=when, end_time=end_time, buffer_s=buffer_s):
                     shadow, extra = when, spare

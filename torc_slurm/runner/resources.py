@@ -29,7 +29,9 @@ from torc_slurm.runner.packing import NodeCapacity
 _MIB = 1024**2
 _GIB = 1024**3
 _NO_DEVICE = {"nodevfiles", "-1", "none"}
-DEFAULT_GPU_VARIABLES = ("SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
+# The visibility variables first: where Slurm constrains devices (cgroups), CUDA_VISIBLE_DEVICES is
+# renumbered from 0 inside the job while SLURM_JOB_GPUS keeps the node's global ids.
+DEFAULT_GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "SLURM_JOB_GPUS")
 
 
 @dataclass(frozen=True)
