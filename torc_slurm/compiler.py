@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple
 
 from torc_slurm.errors import SpecError
 from torc_slurm.spec.models import (
@@ -35,8 +35,8 @@ _JOB_LIST_FIELDS = ("depends_on", "depends_on_regexes", "input_files", "output_f
                     "input_user_data", "output_user_data")
 
 
-@dataclass(frozen=True)
-class CompiledJob:
+@dataclass(slots=True)
+class CompiledJob:  # not frozen: a frozen __init__ costs ~7 us per job, most of a 100k-job compile
     name: str
     command: str
     invocation_script: str | None
@@ -108,7 +108,7 @@ class CompiledWorkflow:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class _Expanded:
     entry: int  # index of the spec entry
     name: str
@@ -118,10 +118,13 @@ class _Expanded:
 
 def compile_workflow(spec: WorkflowSpec, source: str = "<spec>") -> CompiledWorkflow:
     """Validate everything that needs the whole workflow and build the compiled form."""
+    compiler: _Compiler | None = None
     try:
-        return _Compiler(spec).run()
+        compiler = _Compiler(spec)
+        return compiler.run()
     except SpecError as exc:
-        raise exc.with_context(file=source) from None
+        line = compiler.line_of(exc) if compiler is not None else None
+        raise exc.with_context(file=source, line=line) from None
 
 
 class _Compiler:
@@ -129,6 +132,15 @@ class _Compiler:
         self.spec = spec
         self.shared = {name: _values(value, None, f"parameters.{name}")
                        for name, value in spec.parameters.items()}
+        self._figures: dict[str, _Figures] = {}
+        self._entry: int | None = None  # the job entry being expanded (for error lines)
+        self._entries: dict[str, int] = {}  # expanded job name -> its spec entry
+        self._scheduler_names = {s.name for s in spec.slurm_schedulers}
+
+    def line_of(self, exc: SpecError) -> int | None:
+        """The spec line of the job entry an error is about, when the spec was loaded from YAML."""
+        entry = self._entry if self._entry is not None else self._entries.get(exc.job or "")
+        return self.spec._lines.job(entry)
 
     def run(self) -> CompiledWorkflow:
         files = self._expand_named("file", self.spec.files, ("name", "path"))
@@ -137,10 +149,15 @@ class _Compiler:
         names = {job.name: index for index, job in enumerate(jobs)}
         file_index = {f["name"]: i for i, (f, _) in enumerate(files)}
         data_index = {d["name"]: i for i, (d, _) in enumerate(data)}
-        inputs = [self._lookup(job, "input_files", file_index) for job in jobs]
-        outputs = [self._lookup(job, "output_files", file_index) for job in jobs]
-        data_in = [self._lookup(job, "input_user_data", data_index) for job in jobs]
-        data_out = [self._lookup(job, "output_user_data", data_index) for job in jobs]
+        lookup = self._lookup
+        inputs = [lookup(job, "input_files", file_index) if job.lists["input_files"] else ()
+                  for job in jobs]
+        outputs = [lookup(job, "output_files", file_index) if job.lists["output_files"] else ()
+                   for job in jobs]
+        data_in = [lookup(job, "input_user_data", data_index) if job.lists["input_user_data"] else ()
+                   for job in jobs]
+        data_out = [lookup(job, "output_user_data", data_index) if job.lists["output_user_data"] else ()
+                    for job in jobs]
         file_producer = _producers(jobs, outputs, [f["name"] for f, _ in files], "output_files")
         data_producer = _producers(jobs, data_out, [d["name"] for d, _ in data], "output_user_data")
 
@@ -158,9 +175,19 @@ class _Compiler:
             job_sets.append(set_ids[members])
         _check_acyclic(jobs, depsets, job_sets)
 
-        compiled = [self._job(job, job_sets[i], inputs[i], outputs[i], data_in[i], data_out[i])
-                    for i, job in enumerate(jobs)]
-        compiled = _ranked(compiled, self.spec.jobs_sort_method)
+        resolved_by_names: dict[tuple[str | None, str | None], tuple[str, _Figures, str | None]] = {}
+        resolved = []
+        for job in jobs:
+            key = (job.text["resource_requirements"], job.text["scheduler"])
+            found = resolved_by_names.get(key)
+            if found is None:
+                found = resolved_by_names[key] = self._resources(job)
+            resolved.append(found)
+        ranks = _ranks(resolved, [self.spec.jobs[job.entry].priority for job in jobs],
+                       self.spec.jobs_sort_method)
+        flags = [(e.priority, e.cancel_on_blocking_job_failure, e.supports_termination) for e in self.spec.jobs]
+        compiled = [_job(job, flags[job.entry], resolved[i], ranks[i], job_sets[i], inputs[i], outputs[i],
+                         data_in[i], data_out[i]) for i, job in enumerate(jobs)]
         external: dict[int, list[int]] = {}
         for index, job_inputs in enumerate(inputs):
             for f in job_inputs:
@@ -204,31 +231,19 @@ class _Compiler:
 
     def _expand_jobs(self) -> list[_Expanded]:
         jobs: list[_Expanded] = []
-        where: dict[str, int] = {}
+        where = self._entries
         for entry_index, entry in enumerate(self.spec.jobs):
+            self._entry = entry_index
             texts = [t for t in (getattr(entry, f) for f in _JOB_TEXT_FIELDS) if t]
             texts += [t for f in _JOB_LIST_FIELDS for t in getattr(entry, f)] + list(entry.env.values())
             params = self._parameters_for(entry.parameters, texts, "job", entry.name)
-            known = set(params)
-            scalars = {f: compile_template(getattr(entry, f), known) if getattr(entry, f) else None
-                       for f in _JOB_TEXT_FIELDS}
-            lists = {f: [compile_template(t, known) for t in getattr(entry, f)] for f in _JOB_LIST_FIELDS}
-            env = {k: compile_template(v, known) for k, v in entry.env.items()}
-            combos = list(_combos(params, entry.parameter_mode, entry.name, "parameters"))
-            if params and not scalars["name"].names:  # type: ignore[union-attr]
-                combos = [self._gather(entry.name, scalars, env, combos)]
-                expanded = [_Expanded(entry_index, entry.name, {f: t.text if t else None for f, t in scalars.items()},
-                                      {f: _dedup(_render(t, c, entry.name, f) for c in combos[0] for t in ts)
-                                       for f, ts in lists.items()})]
-                expanded[0].text["env"] = {k: v.text for k, v in env.items()}  # type: ignore[assignment]
+            if not params:  # the common case of a written-out job: nothing to render
+                text: dict[str, Any] = {f: getattr(entry, f) for f in _JOB_TEXT_FIELDS}
+                text["env"] = dict(entry.env)
+                expanded = [_Expanded(entry_index, entry.name, text,
+                                      {f: list(getattr(entry, f)) for f in _JOB_LIST_FIELDS})]
             else:
-                expanded = []
-                for combo in combos:
-                    text = {f: _render(t, combo, entry.name, f) if t else None for f, t in scalars.items()}
-                    item = _Expanded(entry_index, text["name"] or "", text,  # type: ignore[arg-type]
-                                     {f: [_render(t, combo, entry.name, f) for t in ts] for f, ts in lists.items()})
-                    item.text["env"] = {k: _render(v, combo, entry.name, f"env.{k}") for k, v in env.items()}  # type: ignore[assignment]
-                    expanded.append(item)
+                expanded = self._expand_entry(entry_index, entry, params)
             for item in expanded:
                 _check_name("job", item.name, entry.name)
                 if item.name in where:
@@ -238,7 +253,48 @@ class _Compiler:
                         "put every parameter into the name", job=item.name, field="name")
                 where[item.name] = entry_index
                 jobs.append(item)
+        self._entry = None
         return jobs
+
+    def _expand_entry(self, entry_index: int, entry: Any, params: dict[str, list[Any]]) -> list[_Expanded]:
+        known = set(params)
+        scalars = {f: compile_template(getattr(entry, f), known) if getattr(entry, f) else None
+                   for f in _JOB_TEXT_FIELDS}
+        lists = {f: [compile_template(t, known) for t in getattr(entry, f)] for f in _JOB_LIST_FIELDS}
+        env = {k: compile_template(v, known) for k, v in entry.env.items()}
+        combos = list(_combos(params, entry.parameter_mode, entry.name, "parameters"))
+        if not scalars["name"].names:  # type: ignore[union-attr]
+            self._gather(entry.name, scalars, env, combos)
+            text: dict[str, Any] = {f: t.text if t else None for f, t in scalars.items()}
+            text["env"] = {k: v.text for k, v in env.items()}
+            return [_Expanded(entry_index, entry.name, text,
+                              {f: _dedup(_render(t, c, entry.name, f) for c in combos for t in ts)
+                               for f, ts in lists.items()})]
+        # Render only what varies; the constant fields and lists are shared by every expanded job.
+        const_text: dict[str, Any] = {f: t.text if t else None for f, t in scalars.items()
+                                      if t is None or not t.names}
+        var_text = [(f, t) for f, t in scalars.items() if t is not None and t.names]
+        const_lists = {f: [t.text for t in ts] for f, ts in lists.items() if not any(t.names for t in ts)}
+        var_lists = [(f, ts) for f, ts in lists.items() if f not in const_lists]
+        const_env = not any(t.names for t in env.values())
+        env_text = {k: v.text for k, v in env.items()}
+        expanded = []
+        try:
+            for combo in combos:
+                text = const_text.copy()
+                for f, t in var_text:
+                    text[f] = t.render(combo)
+                text["env"] = env_text if const_env else {k: v.render(combo) for k, v in env.items()}
+                item_lists = const_lists.copy()
+                for f, ts in var_lists:
+                    item_lists[f] = [t.render(combo) for t in ts]
+                expanded.append(_Expanded(entry_index, text["name"], text, item_lists))
+        except ValueError:  # say which field failed: render the failing combination field by field
+            for f, t in [*var_text, *((f"env.{k}", v) for k, v in env.items()),
+                         *((f, t) for f, ts in var_lists for t in ts)]:
+                _render(t, combo, entry.name, f)
+            raise
+        return expanded
 
     @staticmethod
     def _gather(name: str, scalars: Mapping[str, Template | None], env: Mapping[str, Template],
@@ -254,8 +310,11 @@ class _Compiler:
     # -- resolution ------------------------------------------------------------------------
     @staticmethod
     def _lookup(job: _Expanded, field_name: str, index: Mapping[str, int]) -> tuple[int, ...]:
+        names = job.lists[field_name]
+        if not names:
+            return ()
         found = []
-        for name in job.lists[field_name]:
+        for name in names:
             if name not in index:
                 kind = "file" if "files" in field_name else "user_data"
                 raise SpecError(f"unknown {kind} {name!r} (define it under '{kind if kind == 'user_data' else 'files'}')",
@@ -264,30 +323,41 @@ class _Compiler:
         return tuple(dict.fromkeys(found))
 
     def _prerequisites(self, jobs, names, inputs, data_in, file_producer, data_producer):
-        regex_cache: dict[str, tuple[int, ...]] = {}
-        all_names = list(names)
+        """Each job's prerequisites as a frozenset. A regex is compiled and matched against the job
+        names once per distinct pattern; jobs whose only dependency is the same pattern share one
+        frozenset object, so interning 1000 x 1000 costs no more than 1000 x 1."""
+        regex_cache: dict[str, frozenset[int]] = {}
+        empty: frozenset[int] = frozenset()
         result: list[frozenset[int]] = []
         for index, job in enumerate(jobs):
+            lists = job.lists
+            if not (lists["depends_on"] or lists["depends_on_regexes"] or inputs[index] or data_in[index]):
+                result.append(empty)
+                continue
             members: set[int] = set()
-            for name in job.lists["depends_on"]:
+            shared: list[frozenset[int]] = []
+            for name in lists["depends_on"]:
                 if name not in names:
                     raise SpecError(f"depends on unknown job {name!r}", job=job.name, field="depends_on")
                 if names[name] == index:
                     raise SpecError("a job cannot depend on itself", job=job.name, field="depends_on")
                 members.add(names[name])
-            for pattern in job.lists["depends_on_regexes"]:
-                if pattern not in regex_cache:
+            for pattern in lists["depends_on_regexes"]:
+                matches = regex_cache.get(pattern)
+                if matches is None:
                     try:
                         compiled = re.compile(pattern)
                     except re.error as exc:
                         raise SpecError(f"invalid regular expression {pattern!r}: {exc}",
                                         job=job.name, field="depends_on_regexes") from None
-                    regex_cache[pattern] = tuple(i for i, n in enumerate(all_names) if compiled.search(n))
-                matched = [i for i in regex_cache[pattern] if i != index]
-                if not matched:
+                    search = compiled.search
+                    matches = regex_cache[pattern] = frozenset(i for i, n in enumerate(names) if search(n))
+                if index in matches:  # a job never matches itself
+                    matches = matches - {index}
+                if not matches:
                     raise SpecError(f"regular expression {pattern!r} matches no other job",
                                     job=job.name, field="depends_on_regexes")
-                members.update(matched)
+                shared.append(matches)
             for kind, needed, producers in (("input_files", inputs[index], file_producer),
                                             ("input_user_data", data_in[index], data_producer)):
                 for item in needed:
@@ -296,30 +366,57 @@ class _Compiler:
                         raise SpecError("a job cannot consume what it produces itself", job=job.name, field=kind)
                     if producer is not None:
                         members.add(producer)
-            result.append(frozenset(members))
+            if len(shared) == 1 and members <= shared[0]:
+                result.append(shared[0])
+            else:
+                result.append(frozenset(members.union(*shared)))
         return result
 
-    def _job(self, job: _Expanded, depset, inputs, outputs, data_in, data_out) -> CompiledJob:
-        entry = self.spec.jobs[job.entry]
+    def _resources(self, job: _Expanded) -> tuple[str, _Figures, str | None]:
+        """The job's resource figures and scheduler, checked; parsed once per entry name."""
         rr_name = job.text["resource_requirements"] or DEFAULT_RESOURCES_NAME
-        resources: ResourceRequirements | None = self.spec.resources_by_name().get(rr_name)
-        if resources is None:
-            raise SpecError(f"unknown resource_requirements {rr_name!r}", job=job.name, field="resource_requirements")
+        figures = self._figures.get(rr_name)
+        if figures is None:
+            resources: ResourceRequirements | None = self.spec.resources_by_name().get(rr_name)
+            if resources is None:
+                raise SpecError(f"unknown resource_requirements {rr_name!r}", job=job.name,
+                                field="resource_requirements")
+            figures = self._figures[rr_name] = _Figures(
+                resources.num_cpus, resources.num_gpus, resources.num_nodes, resources.memory_bytes,
+                resources.runtime_seconds)
         scheduler = job.text["scheduler"]
-        if scheduler is not None and scheduler not in {s.name for s in self.spec.slurm_schedulers}:
+        if scheduler is not None and scheduler not in self._scheduler_names:
             choices = ", ".join(s.name for s in self.spec.slurm_schedulers) or "none are defined"
             raise SpecError(f"unknown scheduler {scheduler!r} (slurm_schedulers: {choices})",
                             job=job.name, field="scheduler")
-        return CompiledJob(
-            name=job.name, command=job.text["command"] or "", invocation_script=job.text["invocation_script"],
-            env=dict(job.text["env"]),  # type: ignore[arg-type]
-            num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, num_nodes=resources.num_nodes,
-            memory_bytes=resources.memory_bytes, runtime_s=resources.runtime_seconds,
-            resource_requirements=rr_name, scheduler=scheduler, priority=entry.priority,
-            cancel_on_blocking_job_failure=entry.cancel_on_blocking_job_failure,
-            supports_termination=entry.supports_termination, depset=depset,
-            input_files=inputs, output_files=outputs, input_user_data=data_in, output_user_data=data_out,
-        )
+        return rr_name, figures, scheduler
+
+
+# _job() builds CompiledJob positionally (keywords cost 5x as much, per job): keep the two in step.
+assert tuple(f.name for f in fields(CompiledJob)) == (
+    "name", "command", "invocation_script", "env", "num_cpus", "num_gpus", "num_nodes", "memory_bytes",
+    "runtime_s", "resource_requirements", "scheduler", "priority", "cancel_on_blocking_job_failure",
+    "supports_termination", "depset", "input_files", "output_files", "input_user_data", "output_user_data",
+    "rank"), "CompiledJob's fields changed: update _job()"
+
+
+def _job(job: _Expanded, flags: tuple[int, bool, bool], resolved: tuple[str, _Figures, str | None],
+         rank: int, depset, inputs, outputs, data_in, data_out) -> CompiledJob:
+    text = job.text
+    rr_name, f, scheduler = resolved
+    env = text["env"]
+    return CompiledJob(  # positional, in field order (checked above)
+        job.name, text["command"] or "", text["invocation_script"], dict(env) if env else {},  # type: ignore[arg-type]
+        f.cpus, f.gpus, f.nodes, f.memory_bytes, f.runtime_s, rr_name, scheduler, flags[0], flags[1], flags[2],
+        depset, inputs, outputs, data_in, data_out, rank)
+
+
+class _Figures(NamedTuple):
+    cpus: int
+    gpus: int
+    nodes: int
+    memory_bytes: int
+    runtime_s: int
 
 
 def _values(raw: Any, job: str | None, field_name: str) -> list[Any]:
@@ -414,21 +511,17 @@ def _find_cycle(jobs, depsets, job_sets, stuck: set[int]) -> list[int]:
         path.append(nxt)
 
 
-def _ranked(jobs: list[CompiledJob], method: str) -> list[CompiledJob]:
-    def key(item: tuple[int, CompiledJob]) -> tuple[int, ...]:
-        index, job = item
-        if method == "gpus_runtime_memory":
-            return (-job.priority, -job.num_gpus, -job.runtime_s, -job.memory_bytes, index)
-        if method == "gpus_memory_runtime":
-            return (-job.priority, -job.num_gpus, -job.memory_bytes, -job.runtime_s, index)
-        return (-job.priority, index)
-
-    order = sorted(enumerate(jobs), key=key)
-    ranks = [0] * len(jobs)
-    for rank, (index, _) in enumerate(order):
-        ranks[index] = rank
-    return [_with_rank(job, ranks[i]) for i, job in enumerate(jobs)]
-
-
-def _with_rank(job: CompiledJob, rank: int) -> CompiledJob:
-    return replace(job, rank=rank)
+def _ranks(resolved: Sequence[tuple[str, _Figures, str | None]], priorities: Sequence[int],
+           method: str) -> list[int]:
+    """Claim order: priority (high first), then jobs_sort_method (big first), then spec order."""
+    figures = [f for _, f, _ in resolved]
+    if method == "gpus_runtime_memory":
+        keys = [(-p, -f.gpus, -f.runtime_s, -f.memory_bytes, i) for i, (p, f) in enumerate(zip(priorities, figures))]
+    elif method == "gpus_memory_runtime":
+        keys = [(-p, -f.gpus, -f.memory_bytes, -f.runtime_s, i) for i, (p, f) in enumerate(zip(priorities, figures))]
+    else:
+        keys = [(-p, i) for i, p in enumerate(priorities)]
+    ranks = [0] * len(keys)
+    for rank, key in enumerate(sorted(keys)):
+        ranks[key[-1]] = rank
+    return ranks

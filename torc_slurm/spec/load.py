@@ -13,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from torc_slurm.errors import SpecError
-from torc_slurm.spec.models import WorkflowSpec
+from torc_slurm.spec.models import SourceLines, WorkflowSpec
 
 _KINDS = {"jobs": "job", "files": "file", "user_data": "user_data", "resource_requirements":
           "resource_requirements", "slurm_schedulers": "scheduler"}
@@ -32,8 +32,7 @@ def load_spec(path: str | Path) -> WorkflowSpec:
 
 def parse_spec(text: str, source: str = "<spec>") -> WorkflowSpec:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root, data = _compose_and_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -42,9 +41,35 @@ def parse_spec(text: str, source: str = "<spec>") -> WorkflowSpec:
     if not isinstance(data, dict):
         raise SpecError("a spec must be a mapping with at least 'name' and 'jobs'", file=source)
     try:
-        return WorkflowSpec.model_validate(data)
+        spec = WorkflowSpec.model_validate(data)
     except ValidationError as exc:
         raise _spec_error(exc, data, root, source) from None
+    spec._lines = SourceLines(_job_lines(root))
+    return spec
+
+
+def _job_lines(root: yaml.Node | None) -> tuple[int | None, ...]:
+    """The 1-based line where each entry of ``jobs`` starts."""
+    if not isinstance(root, yaml.MappingNode):
+        return ()
+    jobs = next((value for key, value in root.value if key.value == "jobs"), None)
+    if not isinstance(jobs, yaml.SequenceNode):
+        return ()
+    return tuple(node.start_mark.line + 1 for node in jobs.value)
+
+
+# libyaml is ~20x faster than the pure-Python parser (a 20,000-job spec: ~1 s instead of ~25 s).
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _compose_and_load(text: str) -> tuple[yaml.Node | None, Any]:
+    """Parse once: the node tree (for line numbers) and the data built from it."""
+    loader = _LOADER(text)
+    try:
+        root = loader.get_single_node()
+        return root, (loader.construct_document(root) if root is not None else None)
+    finally:
+        loader.dispose()
 
 
 def _spec_error(exc: ValidationError, data: dict[str, Any], root: yaml.Node | None,

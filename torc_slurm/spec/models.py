@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from torc_slurm.spec.units import parse_duration, parse_memory, parse_walltime
 
@@ -172,6 +172,28 @@ class JobSpec(StrictModel):
         return value
 
 
+class SourceLines:
+    """Where each job entry starts in the spec file (1-based), so errors found after loading (by the
+    compiler) can name the line too. Location, not content: it never makes two specs unequal."""
+
+    __slots__ = ("jobs",)
+
+    def __init__(self, jobs: tuple[int | None, ...] = ()) -> None:
+        self.jobs = jobs
+
+    def job(self, index: int | None) -> int | None:
+        return self.jobs[index] if index is not None and 0 <= index < len(self.jobs) else None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SourceLines)
+
+    def __hash__(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return f"SourceLines({len(self.jobs)} jobs)"
+
+
 class WorkflowSpec(StrictModel):
     name: str
     description: str | None = None
@@ -211,6 +233,8 @@ class WorkflowSpec(StrictModel):
                     raise ValueError(f"{label} name {item.name!r} is defined twice")
                 seen.add(item.name)
         return self
+
+    _lines: SourceLines = PrivateAttr(default_factory=SourceLines)  # set by spec.load
 
     def resources_by_name(self) -> dict[str, ResourceRequirements]:
         table = {DEFAULT_RESOURCES_NAME: BUILTIN_DEFAULT_RESOURCES}

@@ -16,7 +16,8 @@ import itertools
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 Value = int | float | str
@@ -90,21 +91,17 @@ def _parse_range(text: str) -> list[Value]:
     match = _FLOAT_RANGE.match(text)
     if not match:
         raise ValueError(f"invalid range {text!r}: use 'start:end' or 'start:end:step'")
-    start, stop = float(match[1]), float(match[2])
-    step = float(match[3]) if match[3] else 1.0
-    if step <= 0 or not all(map(math.isfinite, (start, stop, step))):
+    # Decimal arithmetic on the written numbers: "0.1:0.3:0.1" has exactly 3 values and ends at 0.3.
+    start, stop = Decimal(match[1]), Decimal(match[2])
+    step = Decimal(match[3]) if match[3] else Decimal(1)
+    if step <= 0 or not all(math.isfinite(float(x)) for x in (start, stop, step)):
         raise ValueError(f"range {text!r}: the step must be a positive number")
     if stop < start:
         raise ValueError(f"range {text!r} is empty: the end is below the start")
-    count = math.floor((stop - start) / step + 1e-9) + 1
+    count = int((stop - start) / step) + 1
     if count > MAX_VALUES:
         raise ValueError(f"range {text!r} has more than {MAX_VALUES:,} values")
-    decimals = max(_decimals(match[1]), _decimals(match[3] or "1"))
-    return [round(start + k * step, decimals + 6) for k in range(count)]
-
-
-def _decimals(number: str) -> int:
-    return len(number.split(".")[1]) if "." in number and "e" not in number.lower() else 0
+    return [float(start + k * step) for k in range(count)]
 
 
 def combinations(parameters: Mapping[str, Sequence[Value]], mode: str) -> Iterator[dict[str, Value]]:
@@ -128,10 +125,14 @@ def combinations(parameters: Mapping[str, Sequence[Value]], mode: str) -> Iterat
 
 @dataclass(frozen=True)
 class Template:
-    """A string split once into literal text and placeholders, rendered many times cheaply."""
+    """A string split once into literal text and placeholders, rendered many times cheaply.
+
+    ``fmt`` is the same template as a ``str.format`` string (literal braces doubled), so rendering
+    is one C call; the part-by-part path only runs to explain a failure."""
 
     text: str
     parts: tuple[str | tuple[str, str | None, str], ...]
+    fmt: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def names(self) -> frozenset[str]:
@@ -140,6 +141,11 @@ class Template:
     def render(self, values: Mapping[str, Value]) -> str:
         if len(self.parts) == 1 and isinstance(self.parts[0], str):
             return self.parts[0]
+        if self.fmt is not None:
+            try:
+                return self.fmt.format_map(values)
+            except (ValueError, TypeError):
+                pass  # explain it below
         out = []
         for part in self.parts:
             if isinstance(part, str):
@@ -160,17 +166,25 @@ class Template:
 def compile_template(text: str, known: frozenset[str] | set[str]) -> Template:
     """Split ``text`` at the placeholders that name one of ``known``."""
     parts: list[str | tuple[str, str | None, str]] = []
+    fmt: list[str] = []
     position = 0
     for match in _PLACEHOLDER.finditer(text):
         if match[1] not in known:
             continue
         if match.start() > position:
             parts.append(text[position : match.start()])
+            fmt.append(_escape(text[position : match.start()]))
         parts.append((match[1], match[2], match[3] or ""))
+        fmt.append(match[0])
         position = match.end()
     if position < len(text) or not parts:
         parts.append(text[position:])
-    return Template(text, tuple(parts))
+        fmt.append(_escape(text[position:]))
+    return Template(text, tuple(parts), "".join(fmt))
+
+
+def _escape(literal: str) -> str:
+    return literal.replace("{", "{{").replace("}", "}}")
 
 
 def referenced_names(texts: Sequence[str], known: frozenset[str] | set[str]) -> set[str]:

@@ -30,7 +30,7 @@ def parse_duration(text: str) -> int:
     if not isinstance(text, str) or not text.strip().upper().startswith("P"):
         raise ValueError(f"invalid duration {text!r}: use ISO-8601, e.g. 'PT30M' or 'P0DT1H'")
     try:
-        delta = _TIMEDELTA.validate_python(text.strip())
+        delta = _TIMEDELTA.validate_python(text.strip().upper())  # 'pt30m' too, as the check above allows
     except ValidationError:
         raise ValueError(f"invalid duration {text!r}: use ISO-8601, e.g. 'PT30M' or 'P0DT1H'") from None
     seconds = delta.total_seconds()
@@ -41,7 +41,7 @@ def parse_duration(text: str) -> int:
 
 def parse_walltime(text: str) -> int:
     """Slurm 'HH:MM:SS' or 'D-HH:MM:SS' -> seconds."""
-    match = _WALLTIME.match(text.strip()) if isinstance(text, str) else None
+    match = _WALLTIME.fullmatch(text) if isinstance(text, str) else None  # no stray whitespace/newlines
     if not match:
         raise ValueError(f"invalid walltime {text!r}: use 'HH:MM:SS' or 'D-HH:MM:SS'")
     days, hours, minutes, seconds = (int(g or 0) for g in match.groups())

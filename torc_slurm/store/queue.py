@@ -134,14 +134,19 @@ class Queue:
         ``release`` claimed jobs it will not start after all (they go back to ready, attempt undone)."""
         result = CycleResult()
         now = time.time()
+        settled = {(out.job_id, out.attempt) for out in outcomes}  # their outcome below supersedes 'running'
         with self.db.transaction() as conn:
             for job_id, attempt in started:
-                conn.execute("UPDATE jobs SET status = 'running' WHERE id = ? AND runner_id = ? AND attempt = ?"
-                             " AND status = 'pending'", (job_id, runner_id, attempt))
+                if (job_id, attempt) not in settled:
+                    conn.execute("UPDATE jobs SET status = 'running' WHERE id = ? AND runner_id = ? AND attempt = ?"
+                                 " AND status = 'pending'", (job_id, runner_id, attempt))
             changed = self._record(conn, runner_id, outcomes)
             if release:
                 changed += _hand_back(conn, runner_id, release)
-            conn.execute("UPDATE runners SET heartbeat_at = ? WHERE id = ?", (now, runner_id))
+            # A runner swept as lost that turns out alive is active again: its old jobs were already
+            # returned (their outcomes are not applied), and what it claims now must stay sweepable.
+            conn.execute("UPDATE runners SET heartbeat_at = ?, status = 'active', ended_at = NULL"
+                         " WHERE id = ? AND status IN ('active', 'lost')", (now, runner_id))
             if sweep_timeout is not None:
                 changed += self._sweep(conn, now - sweep_timeout)
             result.canceled = [r[0] for r in conn.execute(
@@ -186,11 +191,15 @@ class Queue:
         return [ReadyJob(*row) for row in conn.execute(" ".join(sql), params)]
 
     def _claim(self, conn: sqlite3.Connection, runner_id: int, job_ids: Sequence[int]) -> list[ClaimedJob]:
+        job_ids = list(dict.fromkeys(job_ids))  # a chooser that names a job twice claims it once
         if not job_ids:
             return []
         marks = ",".join("?" * len(job_ids))
+        # Unary + keeps the planner on the rowid lookups: with plain "status = ... AND workflow_id = ..."
+        # it picks jobs_by_status and scans every ready job of the workflow (~70 ms at 100k ready).
         conn.execute(f"UPDATE jobs SET status = 'pending', runner_id = ?, attempt = attempt + 1"
-                     f" WHERE id IN ({marks}) AND status = 'ready'", (runner_id, *job_ids))
+                     f" WHERE id IN ({marks}) AND +status = 'ready' AND +workflow_id = ?",
+                     (runner_id, *job_ids, self.workflow_id))
         outputs: dict[int, list[str]] = {}
         for job_id, path in conn.execute(
                 f"SELECT io.job_id, f.path FROM job_io io JOIN files f ON f.id = io.item_id"
@@ -281,7 +290,8 @@ def _insert_result(conn: sqlite3.Connection, workflow_id: int, runner_id: int, o
 
 def _unblock(conn: sqlite3.Connection, finished: list[tuple[int, bool]]) -> int:
     """Count finished jobs out of the sets they belong to; release the jobs whose set emptied.
-    Touches only those sets and their waiting jobs, never the whole table. Returns jobs released."""
+    Touches only those sets and their waiting jobs (through indexes), never the whole table, and
+    releases all the waiters of a set in one statement. Returns the jobs released or canceled."""
     released = 0
     work = list(finished)
     while work:
@@ -293,15 +303,17 @@ def _unblock(conn: sqlite3.Connection, finished: list[tuple[int, bool]]) -> int:
                                                (set_id,)).fetchone()
             if remaining > 0:
                 continue
-            waiting = conn.execute("SELECT id, cancel_on_blocking_job_failure FROM jobs WHERE depset_id = ?"
-                                   " AND status = 'blocked'", (set_id,)).fetchall()
-            for waiter_id, cancel in waiting:
-                if failures and cancel:
-                    conn.execute("UPDATE jobs SET status = 'canceled' WHERE id = ?", (waiter_id,))
-                    work.append((waiter_id, True))
-                else:
-                    conn.execute("UPDATE jobs SET status = 'ready' WHERE id = ?", (waiter_id,))
-            released += len(waiting)
+            if failures:  # a prerequisite failed: waiters that asked for it are canceled, transitively
+                canceled = [row[0] for row in conn.execute(
+                    "SELECT id FROM jobs WHERE depset_id = ? AND status = 'blocked'"
+                    " AND cancel_on_blocking_job_failure = 1", (set_id,))]
+                if canceled:
+                    conn.execute("UPDATE jobs SET status = 'canceled' WHERE depset_id = ? AND status = 'blocked'"
+                                 " AND cancel_on_blocking_job_failure = 1", (set_id,))
+                    work.extend((waiter, True) for waiter in canceled)
+                    released += len(canceled)
+            released += conn.execute("UPDATE jobs SET status = 'ready' WHERE depset_id = ? AND status = 'blocked'",
+                                     (set_id,)).rowcount
     return released
 
 
