@@ -16,7 +16,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from torc_slurm.errors import SlurmError, SpecError
-from torc_slurm.spec.models import StrictModel
+from torc_slurm.spec.models import MemoryText, StrictModel, WalltimeText
 from torc_slurm.spec.units import parse_memory, parse_walltime
 
 if TYPE_CHECKING:
@@ -34,27 +34,15 @@ class Partition(StrictModel):
 
     name: str
     cpus_per_node: int = Field(ge=1)
-    memory: str
+    memory: MemoryText
     gpus_per_node: int = Field(0, ge=0)
-    max_walltime: str
+    max_walltime: WalltimeText
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         if not _SLURM_WORD.fullmatch(value):
             raise ValueError(f"partition name {value!r} is not a valid Slurm name")
-        return value
-
-    @field_validator("memory")
-    @classmethod
-    def _memory(cls, value: str) -> str:
-        parse_memory(value)
-        return value
-
-    @field_validator("max_walltime")
-    @classmethod
-    def _walltime(cls, value: str) -> str:
-        parse_walltime(value)
         return value
 
     @property

@@ -7,9 +7,10 @@ validated here only as far as they can be before parameter expansion (see ``para
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Union
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from torc_slurm.spec.units import parse_duration, parse_memory, parse_walltime
 
@@ -28,6 +29,21 @@ _NAME = re.compile(r"^[A-Za-z0-9_.+\-@=,:\[\]{}() ]+$")
 DEFAULT_RESOURCES_NAME = "default"
 
 
+def _parsed_by(parser: Callable[[str], int]) -> AfterValidator:
+    """Keep the text as written, but only if ``parser`` accepts it."""
+
+    def check(value: str) -> str:
+        parser(value)
+        return value
+
+    return AfterValidator(check)
+
+
+MemoryText = Annotated[str, _parsed_by(parse_memory)]      # '100m', '4g', '1t'
+DurationText = Annotated[str, _parsed_by(parse_duration)]  # ISO-8601: 'PT30M'
+WalltimeText = Annotated[str, _parsed_by(parse_walltime)]  # Slurm: 'HH:MM:SS', 'D-HH:MM:SS'
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -40,20 +56,8 @@ class ResourceRequirements(StrictModel):
     num_cpus: int = Field(1, ge=1)
     num_gpus: int = Field(0, ge=0)
     num_nodes: int = Field(1, ge=1)
-    memory: str = "1g"
-    runtime: str = "PT1H"
-
-    @field_validator("memory")
-    @classmethod
-    def _memory(cls, value: str) -> str:
-        parse_memory(value)
-        return value
-
-    @field_validator("runtime")
-    @classmethod
-    def _runtime(cls, value: str) -> str:
-        parse_duration(value)
-        return value
+    memory: MemoryText = "1g"
+    runtime: DurationText = "PT1H"
 
     @property
     def memory_bytes(self) -> int:
@@ -74,7 +78,7 @@ class SlurmScheduler(StrictModel):
     account: str | None = None
     partition: str | None = None
     nodes: int = Field(1, ge=1)
-    walltime: str = "01:00:00"
+    walltime: WalltimeText = "01:00:00"
     mem: str | None = None
     gres: str | None = None
     qos: str | None = None
@@ -101,12 +105,6 @@ class SlurmScheduler(StrictModel):
     def _size(cls, value: str | None) -> str | None:
         if value is not None and not _SLURM_SIZE.fullmatch(value):
             raise ValueError(f"{value!r} is not a Slurm size such as '64G' or '500M'")
-        return value
-
-    @field_validator("walltime")
-    @classmethod
-    def _walltime(cls, value: str) -> str:
-        parse_walltime(value)
         return value
 
     @field_validator("extra")
