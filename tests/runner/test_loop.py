@@ -364,3 +364,33 @@ def test_runner_cpu_use_while_jobs_run_long(work: Path) -> None:
     assert rc == 143, log.read_text()
     assert {r["status"] for r in jobs(db, wf).values()} == {"ready"}
 
+
+
+def test_a_job_signalled_just_before_the_runner_counts_as_terminated(work: Path) -> None:
+    """scancel signals every process of the allocation, and a job may die of SIGTERM a moment before
+    its runner hears its own SIGTERM: that job was stopped, not failed, and goes back to ready."""
+    import threading
+
+    spec = write_spec(work, f"""
+        name: race
+        jobs:
+          - name: victim
+            command: "touch {work}/dying; kill -TERM $$"
+        resource_requirements:
+          - {{name: default, runtime: PT1M, memory: 10m}}
+    """)
+    db = work / "torc.db"
+    wf = create_workflow(db, spec)
+
+    def signal_runner_after_the_job() -> None:
+        wait_until(lambda: (work / "dying").exists(), timeout=30, what="the job to start dying")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=signal_runner_after_the_job)
+    thread.start()
+    runner, summary = run_runner(db, wf, node=detect_node(environ={}, num_cpus=1), output_dir=work / "out")
+    thread.join()
+    assert runner.stop_reason == "SIGTERM"
+    assert summary.failed == 0 and summary.terminated == 1
+    assert [r["status"] for r in results(db, wf)] == ["terminated"]
+    assert [r["status"] for r in jobs(db, wf).values()] == ["ready"]
