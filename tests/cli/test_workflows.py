@@ -370,3 +370,33 @@ def test_bugs_keep_their_traceback(db: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr("torc_slurm.store.workflows.list_workflows", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         invoke(db, "workflows", "list")
+
+
+def test_sync_status_returns_jobs_of_silent_runners(tmp_path: Path) -> None:
+    """A runner that stopped beating (kill -9, node loss) leaves claimed jobs; sync-status hands
+    them back once its heartbeat is older than the timeout, and not before."""
+    import time
+
+    from torc_slurm.store.db import Database
+    from torc_slurm.store.queue import Queue
+
+    db_path = tmp_path / "torc.db"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: s\njobs:\n  - {name: a, command: 'true'}\n  - {name: b, command: 'true'}\n")
+    assert invoke(db_path, "workflows", "create", str(spec)).exit_code == 0
+    assert invoke(db_path, "workflows", "init", "1").exit_code == 0
+    with Database(db_path) as db:
+        queue = Queue(db, 1)
+        silent = queue.register_runner(hostname="lost-node", pid=1)
+        claimed = queue.cycle(silent, choose=lambda ready: [r.job_id for r in ready]).claimed
+        assert len(claimed) == 2
+        with db.transaction() as conn:
+            conn.execute("UPDATE runners SET heartbeat_at = ? WHERE id = ?", (time.time() - 30, silent))
+    early = invoke(db_path, "workflows", "sync-status", "1", "--heartbeat-timeout", "60")
+    assert early.exit_code == 0 and "Returned 0 job(s)" in early.output
+    late = invoke(db_path, "workflows", "sync-status", "1", "--heartbeat-timeout", "10")
+    assert late.exit_code == 0 and "Returned 2 job(s)" in late.output
+    with Database(db_path) as db:
+        statuses = [r["status"] for r in db.read("SELECT status FROM jobs WHERE workflow_id = 1")]
+        lost = db.read("SELECT status FROM runners WHERE id = ?", (silent,))[0]["status"]
+    assert statuses == ["ready", "ready"] and lost == "lost"

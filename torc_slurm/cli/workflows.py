@@ -125,6 +125,23 @@ def status(app: App, workflow_id: int, fmt: str) -> None:
         raise click.exceptions.Exit(1)
 
 
+@workflows.command("sync-status")
+@click.argument("workflow_id", metavar="ID", type=int)
+@click.option("--heartbeat-timeout", type=click.FloatRange(min=1), default=120.0, show_default=True,
+              help="Runners silent this long are presumed dead (killed, node lost).")
+@pass_app
+def sync_status(app: App, workflow_id: int, heartbeat_timeout: float) -> None:
+    """Return the pending/running jobs of runners whose heartbeat went stale to ready.
+
+    Live runners do this sweep too; run it by hand after a node loss when no runner is left."""
+    from torc_slurm.store.queue import Queue
+    from torc_slurm.store.workflows import get_workflow
+
+    get_workflow(app.db, workflow_id)
+    returned = Queue(app.db, workflow_id).sweep_stale_runners(heartbeat_timeout)
+    app.console.print(f"Returned {returned} job(s) of lost runners to ready")
+
+
 @workflows.command("cancel")
 @click.argument("workflow_id", metavar="ID", type=int)
 @pass_app
