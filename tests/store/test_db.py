@@ -294,3 +294,45 @@ def test_two_handles_see_each_others_commits(db: Database, tmp_path: Path) -> No
     initialize_workflow(db, workflow_id)
     assert status_counts(other, workflow_id)["ready"] == 1
     other.close()
+
+
+def test_a_long_held_lock_makes_us_wait_with_a_clear_log_line(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Another process holds the queue lock for a while: we log that we are waiting, then proceed."""
+    import logging
+    import subprocess
+    import sys
+    import time
+
+    from torc_slurm.store.lock import QueueLock
+
+    lock_path, ready, release = tmp_path / "q.lock", tmp_path / "held", tmp_path / "release"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import filelock, pathlib, time\n"
+        f"with filelock.FileLock({str(lock_path)!r}):\n"
+        f"    pathlib.Path({str(ready)!r}).touch()\n"
+        f"    while not pathlib.Path({str(release)!r}).exists(): time.sleep(0.01)\n")])
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert holder.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        lock = QueueLock(str(lock_path), warn_after=0.2)
+        caplog.set_level("WARNING", logger="torc_slurm.store.lock")
+
+        def release_after_a_warning(record: object) -> bool:  # the warning itself frees the holder
+            release.touch()
+            return True
+
+        logger = logging.getLogger("torc_slurm.store.lock")
+        logger.addFilter(release_after_a_warning)
+        try:
+            with lock.held():
+                pass
+        finally:
+            logger.removeFilter(release_after_a_warning)
+    finally:
+        release.touch()
+        holder.wait(timeout=30)
+    assert lock.acquisitions == 1
+    assert any("still waiting for the queue lock" in r.getMessage() for r in caplog.records)
