@@ -223,6 +223,8 @@ def test_outcomes_missing_output_missing_binary_and_resource_figures(work: Path)
     assert by_name["exits_3"]["return_code"] == 3 and jobs(db, wf)["exits_3"]["return_code"] == 3
     heavy = by_name["heavy"]
     assert heavy["peak_rss_bytes"] >= 60 * 2**20, heavy
+    # A tiny job's wait4 peak is only the runner's own pages mapped before exec: not reported.
+    assert by_name["with_output"]["peak_rss_bytes"] is None
     assert heavy["cpu_time_s"] >= 0.25, heavy
     assert heavy["exec_s"] == pytest.approx(heavy["ended_at"] - heavy["started_at"]) and heavy["exec_s"] >= 0.3
     stderr = (work / "out" / "job_stdio" / f"wf{wf}_job{by_name['no_binary']['job_id']}_attempt1.err").read_text()

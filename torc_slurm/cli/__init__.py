@@ -13,6 +13,7 @@ import click
 from torc_slurm import __version__
 from torc_slurm.cli.app import App, error
 from torc_slurm.cli.jobs import jobs
+from torc_slurm.cli.reports import reports
 from torc_slurm.cli.run import run
 from torc_slurm.cli.slurm import slurm, submit
 from torc_slurm.cli.workflows import workflows
@@ -67,6 +68,7 @@ def torc(ctx: click.Context, db_path: Path, lock_kind: str, verbose: int) -> Non
 
 torc.add_command(workflows)
 torc.add_command(jobs)
+torc.add_command(reports)
 torc.add_command(run)
 torc.add_command(slurm)
 torc.add_command(submit)

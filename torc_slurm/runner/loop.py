@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from torc_slurm.runner.monitor import ResourceMonitor
 from torc_slurm.runner.packing import Candidate, Placement, fits_node, fits_time, pack
 from torc_slurm.runner.process import Finished, LaunchSpec, ProcessPool
@@ -93,6 +95,7 @@ class Runner:
         self._outcomes: list[Outcome] = []
         self._pin_warned = False
         self._terminating: set[int] = set()
+        self._own_rss: int | None = None
         self._backlog: dict[int, ClaimedJob] = {}  # claimed, not started yet (claim order)
         self._last_claimed = 0
         self._outcomes_since = 0.0
@@ -430,9 +433,19 @@ class Runner:
             status, message = "terminated", f"stopped by the runner ({self.stop_reason}); returned to ready"
         return Outcome(
             job.id, job.attempt, status, done.return_code, done.signal, done.started_at, done.ended_at,
-            done.peak_rss_bytes, done.cpu_time_s,
+            self._trusted_peak_rss(done.peak_rss_bytes), done.cpu_time_s,
             stats.avg_cpu_percent if stats else None, stats.peak_cpu_percent if stats else None,
             stats.avg_memory_bytes if stats else None, stats.peak_memory_bytes if stats else None, message)
+
+    def _trusted_peak_rss(self, peak: int | None) -> int | None:
+        """wait4's peak RSS counts the runner's own pages that the child had mapped between fork and
+        exec, so a figure at or below the runner's size says nothing about the job: drop it (the
+        monitor's sampled tree peak remains)."""
+        if not peak:
+            return None
+        if self._own_rss is None:
+            self._own_rss = psutil.Process().memory_info().rss
+        return peak if peak > self._own_rss else None
 
     def _killed_by_stop(self, signal_number: int | None, return_code: int | None, ended_at: float | None) -> bool:
         """Killed by SIGTERM/SIGKILL/SIGINT around the time the runner was told to stop. Slurm (scancel,
