@@ -186,8 +186,8 @@ def test_walltime_wind_down_returns_jobs_to_ready(work: Path) -> None:
 
 # -- outcomes ---------------------------------------------------------------------------------------
 HEAVY = """\
-import time
-block = bytearray(60 * 2**20)
+import sys, time
+block = bytearray(int(sys.argv[1]))
 block[::4096] = b"x" * len(block[::4096])  # touch every page: it counts in the peak RSS
 start = time.process_time()
 while time.process_time() - start < 0.3:
@@ -197,6 +197,8 @@ while time.process_time() - start < 0.3:
 
 def test_outcomes_missing_output_missing_binary_and_resource_figures(work: Path) -> None:
     (work / "heavy.py").write_text(HEAVY)
+    # More than this (runner) process holds, so its wait4 figure is the job's own.
+    heavy_bytes = psutil.Process().memory_info().rss + 60 * 2**20
     spec = write_spec(work, f"""
         name: outcomes
         jobs:
@@ -204,7 +206,7 @@ def test_outcomes_missing_output_missing_binary_and_resource_figures(work: Path)
           - {{name: with_output, command: "echo hi > made.txt", output_files: [made]}}
           - {{name: no_binary, command: "/no/such/binary --flag"}}
           - {{name: exits_3, command: "exit 3"}}
-          - {{name: heavy, command: "{PYTHON} {work / 'heavy.py'}"}}
+          - {{name: heavy, command: "{PYTHON} {work / 'heavy.py'} {heavy_bytes}"}}
         files:
           - {{name: out, path: never.txt}}
           - {{name: made, path: made.txt}}
@@ -222,7 +224,7 @@ def test_outcomes_missing_output_missing_binary_and_resource_figures(work: Path)
     assert by_name["no_binary"]["return_code"] == 127
     assert by_name["exits_3"]["return_code"] == 3 and jobs(db, wf)["exits_3"]["return_code"] == 3
     heavy = by_name["heavy"]
-    assert heavy["peak_rss_bytes"] >= 60 * 2**20, heavy
+    assert heavy["peak_rss_bytes"] >= heavy_bytes, heavy
     # A tiny job's wait4 peak is only the runner's own pages mapped before exec: not reported.
     assert by_name["with_output"]["peak_rss_bytes"] is None
     assert heavy["cpu_time_s"] >= 0.25, heavy
