@@ -286,7 +286,6 @@ def test_list_table(db: Path) -> None:
 
 # -- cancel, delete ------------------------------------------------------------------------------
 def test_cancel(db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "torc_slurm.slurm.allocations", None)  # Slurm layer absent
     workflow = create(db, write_spec(tmp_path, CHAIN))
     invoke(db, "workflows", "init", workflow)
     finish_job(db, workflow, "first")

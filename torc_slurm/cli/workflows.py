@@ -168,7 +168,8 @@ def cancel(app: App, workflow_id: int) -> None:
 def delete(app: App, workflow_id: int, yes: bool) -> None:
     """Delete workflow ID and everything recorded about it.
 
-    Jobs, results, events and allocation records go. Asks first unless --yes is given; when not at
+    Jobs, results, events and allocation records go; live Slurm allocations are canceled first so
+    no runner is left pointing at a missing workflow. Asks first unless --yes is given; when not at
     a terminal it refuses without --yes.
     """
     from torc_slurm.store.workflows import delete_workflow, get_workflow, status_counts
@@ -181,20 +182,19 @@ def delete(app: App, workflow_id: int, yes: bool) -> None:
             app.abort(f"refusing to delete workflow {workflow_id} without confirmation; pass --yes")
         if not click.confirm(question, default=False, err=True):
             app.abort("nothing deleted")
+    canceled = _cancel_allocations(app, workflow_id)
+    if canceled:
+        app.note(f"Canceled Slurm allocation(s) {', '.join(canceled)}")
     delete_workflow(app.db, workflow_id)
     app.console.print(f"Deleted workflow {workflow_id}")
 
 
 # -- helpers ---------------------------------------------------------------------------------------
 def _cancel_allocations(app: App, workflow_id: int) -> list[str]:
-    """scancel the workflow's live Slurm allocations (their job ids); nothing if the Slurm layer is absent."""
-    try:
-        from torc_slurm.slurm.allocations import cancel_allocations
-    except ImportError as exc:
-        if exc.name in ("torc_slurm.slurm", "torc_slurm.slurm.allocations"):
-            return []
-        raise
-    return list(cancel_allocations(app.db, workflow_id) or [])
+    """scancel the workflow's live Slurm allocations; their job ids (Slurm is asked only if any)."""
+    from torc_slurm.slurm.allocations import cancel_allocations
+
+    return cancel_allocations(app.db, workflow_id)
 
 
 def _counts_table(title: str, counts: dict[str, int]):  # noqa: ANN202
