@@ -66,7 +66,7 @@ def _workflow_id(app, db, spec_or_id: str) -> int:
 
 
 def _report(app, db, workflow_id: int, summary, stop_reason: str | None) -> None:
-    from torc_slurm.store.workflows import status_counts
+    from torc_slurm.store.workflows import UNFINISHED, status_counts
 
     counts = status_counts(db, workflow_id)
     line = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
@@ -78,7 +78,7 @@ def _report(app, db, workflow_id: int, summary, stop_reason: str | None) -> None
     if summary.unrunnable:
         listed = "; ".join(summary.unrunnable[:10])
         app.abort(f"{len(summary.unrunnable)} ready jobs need more than this machine has: {listed}", 1)
-    unfinished = sum(counts[s] for s in ("uninitialized", "blocked", "ready", "pending", "running"))
+    unfinished = sum(counts[s] for s in UNFINISHED)
     if unfinished:
         app.abort(f"{unfinished} jobs could not run here ({summary.exit_reason}); see `torc jobs list {workflow_id}`", 1)
     if counts["failed"] or counts["canceled"]:

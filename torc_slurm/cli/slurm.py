@@ -87,7 +87,6 @@ def run_jobs(app, db_path: Path, workflow_id: int, output_dir: Path, scheduler, 
 
     from torc_slurm.runner.resources import detect_node
     from torc_slurm.runner.session import make_runner
-    from torc_slurm.runner.walltime import EndTime
     from torc_slurm.slurm import env as slurm_env
     from torc_slurm.store.db import Database
 

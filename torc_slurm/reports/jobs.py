@@ -15,8 +15,8 @@ from typing import Any
 from torc_slurm.errors import QueueError
 from torc_slurm.reports import human_bytes, human_seconds
 from torc_slurm.store.db import Database
+from torc_slurm.store.workflows import UNFINISHED
 
-UNFINISHED = ("uninitialized", "blocked", "ready", "pending", "running")
 FAILED = ("failed", "canceled", "terminated")
 FINISHED = ("completed", "failed", "canceled", "terminated", "disabled")
 MAX_LISTED = 10

@@ -27,9 +27,9 @@ from torc_slurm.runner.resources import DetectedNode, pin_plan
 from torc_slurm.runner.walltime import EndTime
 from torc_slurm.store.db import Database
 from torc_slurm.store.queue import ClaimedJob, Limits, Outcome, Queue, ReadyJob
+from torc_slurm.store.workflows import UNFINISHED
 
 log = logging.getLogger(__name__)
-UNFINISHED = ("uninitialized", "blocked", "ready", "pending", "running")
 MAX_PREFETCH = 512  # adaptive claim-ahead never exceeds this many jobs
 # A job killed by a signal this close to the runner's stop request died of the same event.
 STOP_SIGNAL_WINDOW_S = 1.0

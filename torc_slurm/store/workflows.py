@@ -17,7 +17,6 @@ from torc_slurm.store.db import Database
 JOB_STATUSES = ("uninitialized", "blocked", "ready", "pending", "running", "completed", "failed",
                 "canceled", "terminated", "disabled")
 UNFINISHED = ("uninitialized", "blocked", "ready", "pending", "running")
-DONE = ("completed", "failed", "canceled", "terminated", "disabled")
 
 
 @dataclass(frozen=True)
