@@ -20,10 +20,24 @@ from torc_slurm.errors import QueueError
 from torc_slurm.store.lock import LockKind, QueueLock
 
 APPLICATION_ID = 0x746F7263  # "torc"
-SCHEMA_VERSION = 1
 DEFAULT_DB = "torc.db"
-# version -> SQL that upgrades from version-1. Version 1 is the whole schema.
-MIGRATIONS: dict[int, str] = {1: resources.files("torc_slurm.store").joinpath("schema.sql").read_text()}
+
+
+def _load_migrations() -> dict[int, str]:
+    """version -> SQL that upgrades from version-1: ``schema.sql`` is version 1, then each
+    ``migrations/NNN_*.sql`` is version NNN."""
+    package = resources.files("torc_slurm.store")
+    steps = {1: package.joinpath("schema.sql").read_text()}
+    for entry in package.joinpath("migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            steps[int(entry.name.split("_", 1)[0])] = entry.read_text()
+    if sorted(steps) != list(range(1, len(steps) + 1)):
+        raise RuntimeError(f"schema migrations are not numbered 1..N: {sorted(steps)}")
+    return steps
+
+
+MIGRATIONS = _load_migrations()
+SCHEMA_VERSION = max(MIGRATIONS)
 
 
 def default_db_path() -> Path:
