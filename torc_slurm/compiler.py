@@ -1,20 +1,29 @@
 """Spec -> CompiledWorkflow: expanded jobs, interned dependency sets, files. Pure: no I/O.
 
-Dependencies come from ``depends_on`` (names), ``depends_on_regexes`` (``re.search``; each pattern
-must match at least one other job; a job never matches itself), and file and user_data edges (the
-consumer of an input depends on its single producer). Each job points at one *dependency set*;
-equal sets are stored once, so 1000 jobs waiting on the same 1000 jobs cost 1000 membership rows,
-not a million edges.
+Dependencies come from ``depends_on`` (names), ``depends_on_regexes`` (an unanchored search, as
+``re.search``; each pattern must match at least one other job; a job never matches itself), and
+file and user_data edges (the consumer of an input depends on its single producer). Each job points
+at one *dependency set*; equal sets are stored once, so 1000 jobs waiting on the same 1000 jobs cost
+1000 membership rows, not a million edges.
+
+Regexes run on RE2 (``google-re2``), which matches in time linear in the name's length whatever the
+pattern: ``^(a+)+$`` cannot hang ``create``. Its syntax is torc's (Rust ``regex``): no backreferences
+and no lookaround; a pattern using them is refused, naming the job.
+
+Sizes are checked before anything is expanded: at most ``MAX_JOBS`` jobs (and as many files and
+user_data entries) per workflow, counted from the parameters' lengths (see ``spec.limits``).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
+import re2
+
 from torc_slurm.errors import SpecError
+from torc_slurm.spec.limits import MAX_JOBS, short_repr, short_text
 from torc_slurm.spec.models import (
     DEFAULT_RESOURCES_NAME,
     ResourceRequirements,
@@ -26,9 +35,27 @@ from torc_slurm.spec.parameters import (
     Template,
     combinations,
     compile_template,
+    count_combinations,
     parse_values,
     referenced_names,
 )
+
+_REGEX_OPTIONS = re2.Options()
+_REGEX_OPTIONS.log_errors = False  # RE2 would print its own copy of every error on stderr
+_MAX_MESSAGE = 2000
+
+
+def compile_regex(pattern: str) -> Any:
+    """``pattern`` compiled by RE2 (linear-time matching); raises ValueError saying why it cannot be."""
+    try:
+        return re2.compile(pattern, _REGEX_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValueError(f"invalid regular expression {short_repr(pattern)}: {reason} (patterns use RE2/Rust "
+                         "regex syntax, which has no backreferences and no lookaround)") from None
+    except (TypeError, UnicodeError) as exc:
+        raise ValueError(f"invalid regular expression {short_repr(pattern)}: {exc}") from None
+
 
 _JOB_TEXT_FIELDS = ("name", "command", "invocation_script", "resource_requirements", "scheduler")
 _JOB_LIST_FIELDS = ("depends_on", "depends_on_regexes", "input_files", "output_files",
@@ -124,7 +151,11 @@ def compile_workflow(spec: WorkflowSpec, source: str = "<spec>") -> CompiledWork
         return compiler.run()
     except SpecError as exc:
         line = compiler.line_of(exc) if compiler is not None else None
-        raise exc.with_context(file=source, line=line) from None
+        error = exc.with_context(file=source, line=line)
+        if len(error.message) > _MAX_MESSAGE or len(error.job or "") > 200:  # a message, not a dump
+            error = SpecError(short_text(error.message, _MAX_MESSAGE), file=error.file,
+                              job=error.job and short_text(error.job, 200), field=error.field, line=error.line)
+        raise error from None
 
 
 class _Compiler:
@@ -217,6 +248,7 @@ class _Compiler:
         for entry in entries:
             texts = [getattr(entry, f) for f in fields]
             params = self._parameters_for(entry.parameters, texts, kind, None)
+            _check_size(kind, params, entry.parameter_mode, len(result), None, f"{kind}[{entry.name}].parameters")
             templates = {f: compile_template(getattr(entry, f), set(params)) for f in fields}
             for combo in _combos(params, entry.parameter_mode, None, f"{kind} '{entry.name}'"):
                 rendered = {f: _render(t, combo, None, f"{kind}s[{entry.name}].{f}") for f, t in templates.items()}
@@ -237,6 +269,7 @@ class _Compiler:
             texts = [t for t in (getattr(entry, f) for f in _JOB_TEXT_FIELDS) if t]
             texts += [t for f in _JOB_LIST_FIELDS for t in getattr(entry, f)] + list(entry.env.values())
             params = self._parameters_for(entry.parameters, texts, "job", entry.name)
+            _check_size("job", params, entry.parameter_mode, len(jobs), entry.name, "parameters")
             if not params:  # the common case of a written-out job: nothing to render
                 text: dict[str, Any] = {f: getattr(entry, f) for f in _JOB_TEXT_FIELDS}
                 text["env"] = dict(entry.env)
@@ -346,16 +379,14 @@ class _Compiler:
                 matches = regex_cache.get(pattern)
                 if matches is None:
                     try:
-                        compiled = re.compile(pattern)
-                    except re.error as exc:
-                        raise SpecError(f"invalid regular expression {pattern!r}: {exc}",
-                                        job=job.name, field="depends_on_regexes") from None
-                    search = compiled.search
+                        search = compile_regex(pattern).search
+                    except ValueError as exc:
+                        raise SpecError(str(exc), job=job.name, field="depends_on_regexes") from None
                     matches = regex_cache[pattern] = frozenset(i for i, n in enumerate(names) if search(n))
                 if index in matches:  # a job never matches itself
                     matches = matches - {index}
                 if not matches:
-                    raise SpecError(f"regular expression {pattern!r} matches no other job",
+                    raise SpecError(f"regular expression {short_repr(pattern)} matches no other job",
                                     job=job.name, field="depends_on_regexes")
                 shared.append(matches)
             for kind, needed, producers in (("input_files", inputs[index], file_producer),
@@ -431,6 +462,23 @@ def _combos(params, mode, job, field_name):
         yield from combinations(params, mode)
     except ValueError as exc:
         raise SpecError(str(exc), job=job, field=field_name) from None
+
+
+def _check_size(kind: str, params: Mapping[str, Sequence[Any]], mode: str, so_far: int, job: str | None,
+                field_name: str) -> None:
+    """Refuse an entry whose parameters would take the workflow past ``MAX_JOBS`` entries of its kind,
+    before anything is expanded (a product's count is the product of the lengths)."""
+    try:
+        count = count_combinations(params, mode)
+    except ValueError as exc:
+        raise SpecError(str(exc), job=job, field=field_name) from None
+    if so_far + count <= MAX_JOBS:
+        return
+    sizes = (" x " if mode == "product" else ", ").join(f"{name}: {len(values):,}" for name, values in params.items())
+    plural = {"job": "jobs", "file": "files"}.get(kind, f"{kind} entries")
+    already = f" on top of the {so_far:,} before it" if so_far else ""
+    raise SpecError(f"the parameters ({sizes}; {mode}) expand to {count:,} {plural}{already}; a workflow may "
+                    f"have at most {MAX_JOBS:,} {plural}", job=job, field=field_name)
 
 
 def _placeholders(texts: Iterable[str], known: set[str]) -> set[str]:

@@ -173,7 +173,7 @@ def test_unknown_keys_are_errors_everywhere(where: str, snippet: str) -> None:
         ("name: w\njobs:\n  - {name: a, command: x, parameter_mode: cross}\n", "'product' or 'zip'"),
         ("name: w\njobs_sort_method: random\njobs:\n  - {name: a, command: x}\n", "gpus_runtime_memory"),
         ("name: w\njobs:\n  - {name: a, command: x}\nresource_requirements:\n  - {name: r, num_cpus: 0}\n",
-         "greater than or equal to 1"),
+         "must be between 1 and 1,000,000"),
         ("name: w\njobs:\n  - {name: a, command: x}\nresource_requirements:\n  - {name: r}\n  - {name: r}\n",
          "defined twice"),
         ("name: w\njobs:\n  - {name: a, command: x}\nslurm_defaults: {'Bad Key': 1}\n", "sbatch option name"),
@@ -345,10 +345,10 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_undecodable_file(tmp_path: Path) -> None:
     path = tmp_path / "bin.yaml"
-    path.write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(SpecError, match="cannot read") as info:
+    path.write_bytes(b"name: w\n\xff\xfegarbage")
+    with pytest.raises(SpecError, match="not UTF-8 text") as info:
         load_spec(path)
-    assert info.value.file == str(path)
+    assert (info.value.file, info.value.line) == (str(path), 2)
 
 
 def test_load_uses_one_parse(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

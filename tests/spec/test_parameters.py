@@ -53,7 +53,7 @@ def job_names(s: WorkflowSpec) -> list[str]:
     ],
 )
 def test_parse_values(raw: Any, expected: list[Any]) -> None:
-    values = parse_values(raw)
+    values = list(parse_values(raw))
     assert values == expected
     assert [type(v) for v in values] == [type(v) for v in expected]
 

@@ -1,11 +1,19 @@
 """Read a spec file (YAML or JSON) into a validated ``WorkflowSpec``.
 
-Every failure becomes one ``SpecError`` naming the file, the job, the field and, where YAML gives
-it, the line.
+Every failure becomes one ``SpecError`` naming the file, the job, the field and, where the text gives
+it, the line; never a traceback, and nothing is written. What is refused, and the limits, are listed
+in ``spec.limits``: only regular files of at most 64 MiB of UTF-8 text are read (a FIFO, a device or
+a directory is refused before it is opened, so nothing blocks), YAML goes through the bounded reader
+in ``spec.safe_yaml``, and a ``.json`` file is read as JSON (duplicate keys refused there too).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,42 +21,219 @@ import yaml
 from pydantic import ValidationError
 
 from torc_slurm.errors import SpecError
+from torc_slurm.spec import safe_yaml
+from torc_slurm.spec.limits import MAX_INTEGER_DIGITS, MAX_NESTING, MAX_SPEC_BYTES, short_repr, short_text
 from torc_slurm.spec.models import SourceLines, WorkflowSpec
 
 _KINDS = {"jobs": "job", "files": "file", "user_data": "user_data", "resource_requirements":
           "resource_requirements", "slurm_schedulers": "scheduler"}
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+_BAD_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+_MAX_MESSAGE = 2000
 
 
 def load_spec(path: str | Path) -> WorkflowSpec:
     path = Path(path)
+    return parse_spec(read_spec_text(path), source=str(path))
+
+
+def read_spec_text(path: Path) -> str:
+    """The text of a spec file: a regular file of at most ``MAX_SPEC_BYTES``, strict UTF-8, no NUL."""
+    source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError("spec file not found", file=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read spec file: {exc}", file=str(path)) from None
-    return parse_spec(text, source=str(path))
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise SpecError("spec file not found", file=source) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file: {exc.strerror or exc}", file=source) from None
+    _check_regular(info, source)
+    try:
+        # O_NONBLOCK: if a FIFO was put in its place since the stat, opening it does not wait.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file: {exc.strerror or exc}", file=source) from None
+    try:
+        _check_regular(os.fstat(fd), source)
+        chunks, total = [], 0
+        while total <= MAX_SPEC_BYTES:
+            chunk = os.read(fd, min(1 << 20, MAX_SPEC_BYTES + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file: {exc.strerror or exc}", file=source) from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"the spec file is larger than {MAX_SPEC_BYTES // 2**20} MiB, the most a spec may be",
+                        file=source)
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise SpecError("the file contains NUL bytes, so it is binary (or UTF-16), not a YAML or JSON spec",
+                        file=source, line=data.count(b"\n", 0, nul) + 1)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"the file is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start:,})",
+                        file=source, line=data.count(b"\n", 0, exc.start) + 1) from None
+
+
+def _check_regular(info: os.stat_result, source: str) -> None:
+    if stat.S_ISREG(info.st_mode):
+        if info.st_size > MAX_SPEC_BYTES:
+            raise SpecError(f"the spec file is {info.st_size:,} bytes; a spec may be at most "
+                            f"{MAX_SPEC_BYTES // 2**20} MiB", file=source)
+        return
+    kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file")
+    raise SpecError(f"this is {kind}, not a spec file: give the path of a YAML or JSON file", file=source)
 
 
 def parse_spec(text: str, source: str = "<spec>") -> WorkflowSpec:
-    try:
-        root, data = _compose_and_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"not valid YAML/JSON: {problem}", file=source,
-                        line=mark.line + 1 if mark else None) from None
+    bad = _BAD_CHARACTER.search(text)
+    if bad:
+        raise SpecError(f"the text contains {_describe_character(bad[0])}", file=source,
+                        line=text.count("\n", 0, bad.start()) + 1)
+    root: Any = None
+    if source.lower().endswith(".json"):
+        data = _load_json(text, source)
+        lines: Callable[[], Any] = lambda: _compose_quietly(text)  # noqa: E731  (line numbers, when asked)
+    else:
+        root, data = _load_yaml(text, source)
+        lines = lambda: root  # noqa: E731
+    if data is None:
+        raise SpecError("the spec is empty: it needs at least 'name' and 'jobs'", file=source)
     if not isinstance(data, dict):
-        raise SpecError("a spec must be a mapping with at least 'name' and 'jobs'", file=source)
+        raise SpecError(f"a spec must be a mapping with at least 'name' and 'jobs', not {_kind(data)}",
+                        file=source)
+    if "\\" in text:  # escapes are the only way to NUL characters or lone surrogates inside strings
+        _check_strings(data, source, lines)
     try:
         spec = WorkflowSpec.model_validate(data)
     except ValidationError as exc:
-        raise _spec_error(exc, data, root, source) from None
-    spec._lines = SourceLines(_job_lines(root))
+        raise _spec_error(exc, data, lines(), source) from None
+    except (ValueError, TypeError, RecursionError, ArithmeticError) as exc:  # a validator's own bug
+        raise SpecError(f"cannot validate the spec: {exc}", file=source) from None
+    spec._lines = SourceLines(lambda: _job_lines(lines()))
     return spec
 
 
-def _job_lines(root: yaml.Node | None) -> tuple[int | None, ...]:
+# -- YAML and JSON ---------------------------------------------------------------------------------
+
+def _load_yaml(text: str, source: str) -> tuple[Any, Any]:
+    try:
+        return safe_yaml.load(text)
+    except safe_yaml.LimitError as exc:
+        raise _limit_error(exc, source) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"not valid YAML: {problem}", file=source, line=mark.line + 1 if mark else None) from None
+    except (ValueError, TypeError, RecursionError, ArithmeticError, MemoryError) as exc:
+        raise SpecError(f"cannot read the YAML: {exc}", file=source) from None
+
+
+class _JsonRefused(Exception):
+    pass
+
+
+def _json_int(text: str) -> int:
+    if len(text) > MAX_INTEGER_DIGITS:
+        raise _JsonRefused(f"an integer of {len(text):,} digits is too long (at most {MAX_INTEGER_DIGITS:,})")
+    return int(text)
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) < len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise _JsonRefused(f"duplicate key {short_repr(key)}")
+    return result
+
+
+def _load_json(text: str, source: str) -> Any:
+    try:
+        data = json.loads(text, object_pairs_hook=_json_object, parse_int=_json_int)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"not valid JSON: {exc.msg}", file=source, line=exc.lineno) from None
+    except _JsonRefused as exc:
+        # The YAML reader finds the same problem with its line (and both lines of a duplicate key).
+        try:
+            safe_yaml.compose(text)
+        except safe_yaml.LimitError as located:
+            raise _limit_error(located, source) from None
+        except Exception:  # noqa: BLE001 - only a better message was at stake
+            pass
+        raise SpecError(str(exc), file=source) from None
+    except RecursionError:
+        raise SpecError(f"the spec is nested more than {MAX_NESTING} levels deep", file=source) from None
+    except (ValueError, TypeError, MemoryError) as exc:
+        raise SpecError(f"cannot read the JSON: {exc}", file=source) from None
+    _check_depth(data, source)
+    return data
+
+
+def _compose_quietly(text: str) -> Any:
+    """The YAML node tree of a JSON text (for line numbers only), or None."""
+    try:
+        return safe_yaml.compose(text)
+    except Exception:  # noqa: BLE001 - JSON YAML cannot read (rare) just has no line numbers
+        return None
+
+
+def _check_depth(data: Any, source: str) -> None:
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > MAX_NESTING:
+                    raise SpecError(f"the spec is nested more than {MAX_NESTING} levels deep", file=source)
+                stack.append((child, depth + 1))
+
+
+def _check_strings(data: Any, source: str, lines: Callable[[], Any]) -> None:
+    """No NUL character and no lone surrogate in any key or string (aliases are visited once)."""
+    seen: set[int] = set()
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
+    while stack:
+        value, loc = stack.pop()
+        if isinstance(value, str):
+            bad = _BAD_CHARACTER.search(value)
+            if bad:
+                job, field = describe_location(loc, data)
+                raise SpecError(f"the value contains {_describe_character(bad[0])}", file=source, job=job,
+                                field=field, line=_line_of(lines(), loc))
+            continue
+        if not isinstance(value, (dict, list)) or id(value) in seen:
+            continue
+        seen.add(id(value))
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, child in items:
+            if isinstance(key, str):
+                stack.append((key, loc))
+            stack.append((child, (*loc, key)))
+
+
+def _describe_character(character: str) -> str:
+    if character == "\x00":
+        return "a NUL character ('\\0'), which no command, name or path can hold"
+    return f"an unpaired surrogate ('\\u{ord(character):04x}'), which is not valid Unicode"
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
+        type(value), type(value).__name__)
+
+
+# -- error locations -----------------------------------------------------------------------------
+
+def _job_lines(root: Any) -> tuple[int | None, ...]:
     """The 1-based line where each entry of ``jobs`` starts."""
     if not isinstance(root, yaml.MappingNode):
         return ()
@@ -58,22 +243,12 @@ def _job_lines(root: yaml.Node | None) -> tuple[int | None, ...]:
     return tuple(node.start_mark.line + 1 for node in jobs.value)
 
 
-# libyaml is ~20x faster than the pure-Python parser (a 20,000-job spec: ~1 s instead of ~25 s).
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+def _limit_error(exc: safe_yaml.LimitError, source: str) -> SpecError:
+    job, field = _where(exc.loc, lambda prefix: exc.names.get(prefix))
+    return SpecError(exc.message, file=source, job=job, field=field, line=exc.line)
 
 
-def _compose_and_load(text: str) -> tuple[yaml.Node | None, Any]:
-    """Parse once: the node tree (for line numbers) and the data built from it."""
-    loader = _LOADER(text)
-    try:
-        root = loader.get_single_node()
-        return root, (loader.construct_document(root) if root is not None else None)
-    finally:
-        loader.dispose()
-
-
-def _spec_error(exc: ValidationError, data: dict[str, Any], root: yaml.Node | None,
-                source: str) -> SpecError:
+def _spec_error(exc: ValidationError, data: dict[str, Any], root: Any, source: str) -> SpecError:
     first = exc.errors()[0]
     loc = tuple(first["loc"])
     message = first["msg"].removeprefix("Value error, ")
@@ -81,7 +256,9 @@ def _spec_error(exc: ValidationError, data: dict[str, Any], root: yaml.Node | No
         message = "unknown key"
     elif first["type"] == "missing":
         message = "required field is missing"
-    more = len(exc.errors()) - 1
+    if len(message) > _MAX_MESSAGE:
+        message = message[: _MAX_MESSAGE - 20] + " … (message cut)"
+    more = exc.error_count() - 1
     if more:
         message += f" (and {more} more problem{'s' if more > 1 else ''})"
     job, field = describe_location(loc, data)
@@ -90,19 +267,28 @@ def _spec_error(exc: ValidationError, data: dict[str, Any], root: yaml.Node | No
 
 def describe_location(loc: tuple[Any, ...], data: dict[str, Any]) -> tuple[str | None, str | None]:
     """('jobs', 3, 'command') -> ("<name of job 3>", "command"); other sections keep their path."""
-    if len(loc) >= 2 and loc[0] in _KINDS and isinstance(loc[1], int):
-        items = data.get(loc[0]) or []
-        item = items[loc[1]] if loc[1] < len(items) else None
+
+    def name_of(prefix: tuple[Any, ...]) -> str | None:
+        items = data.get(prefix[0])
+        item = items[prefix[1]] if isinstance(items, list) and prefix[1] < len(items) else None
         name = item.get("name") if isinstance(item, dict) else None
-        label = name if name else f"#{loc[1] + 1}"
+        return name if isinstance(name, str) else None
+
+    return _where(loc, name_of)
+
+
+def _where(loc: tuple[Any, ...], name_of: Callable[[tuple[Any, ...]], str | None]) -> tuple[str | None, str | None]:
+    if len(loc) >= 2 and loc[0] in _KINDS and isinstance(loc[1], int):
+        name = name_of(loc[:2])
+        label = short_text(name) if name else f"#{loc[1] + 1}"
         field = ".".join(str(part) for part in loc[2:]) or None
         if loc[0] == "jobs":
-            return str(label), field
+            return label, field
         return None, f"{loc[0]}[{label}]" + (f".{field}" if field else "")
     return None, ".".join(str(part) for part in loc) or None
 
 
-def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+def _line_of(node: Any, loc: tuple[Any, ...]) -> int | None:
     """Follow ``loc`` through the YAML node tree; the line of the deepest node reached (1-based)."""
     line = None
     for part in loc:

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, field_validator,
+                      model_validator)
 
+from torc_slurm.spec.limits import (MAX_ARGUMENT_BYTES, MAX_COUNT, MAX_MEMORY_BYTES, MAX_SECONDS, SQLITE_INT_MAX,
+                                    SQLITE_INT_MIN, short_repr)
+from torc_slurm.spec.parameters import parse_values
 from torc_slurm.spec.units import parse_duration, parse_memory, parse_walltime
 
-# A parameter value: a string to parse ("0:99", "[1,2]", "['a','b']"), a YAML list, or a scalar.
-ParameterValue = Union[str, int, float, list[Union[int, float, str]]]
 ParameterMode = Literal["product", "zip"]
 SortMethod = Literal["gpus_runtime_memory", "gpus_memory_runtime", "none"]
 
@@ -29,19 +31,92 @@ _NAME = re.compile(r"^[A-Za-z0-9_.+\-@=,:\[\]{}() ]+$")
 DEFAULT_RESOURCES_NAME = "default"
 
 
-def _parsed_by(parser: Callable[[str], int]) -> AfterValidator:
-    """Keep the text as written, but only if ``parser`` accepts it."""
+def _parsed_by(parser: Callable[[str], int], most: int, what: str) -> AfterValidator:
+    """Keep the text as written, but only if ``parser`` accepts it and its value is at most ``most``."""
 
     def check(value: str) -> str:
-        parser(value)
+        if parser(value) > most:
+            raise ValueError(f"{short_repr(value)} is more than {what}")
         return value
 
     return AfterValidator(check)
 
 
-MemoryText = Annotated[str, _parsed_by(parse_memory)]      # '100m', '4g', '1t'
-DurationText = Annotated[str, _parsed_by(parse_duration)]  # ISO-8601: 'PT30M'
-WalltimeText = Annotated[str, _parsed_by(parse_walltime)]  # Slurm: 'HH:MM:SS', 'D-HH:MM:SS'
+MemoryText = Annotated[str, _parsed_by(parse_memory, MAX_MEMORY_BYTES, "1 PiB, the most a job may ask for")]
+DurationText = Annotated[str, _parsed_by(parse_duration, MAX_SECONDS, f"{MAX_SECONDS // 86400} days")]
+WalltimeText = Annotated[str, _parsed_by(parse_walltime, MAX_SECONDS, f"{MAX_SECONDS // 86400} days")]
+
+
+def _whole_number(low: int, high: int, what: str = "") -> PlainValidator:
+    """A whole number written as a number (no booleans, no 4.0, no "4") within [low, high]."""
+
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, not {_describe(value)}")
+        if not low <= value <= high:
+            raise ValueError(f"{short_repr(value)} is out of range: {what or 'the value'} must be between "
+                             f"{low:,} and {high:,}")
+        return value
+
+    return PlainValidator(check, json_schema_input_type=int)
+
+
+def Count(low: int, what: str) -> Any:  # noqa: N802 - reads as a type in the models below
+    return Annotated[int, _whole_number(low, MAX_COUNT, what)]
+
+
+Seconds = Annotated[int, _whole_number(0, MAX_SECONDS, "a number of seconds")]
+Priority = Annotated[int, _whole_number(SQLITE_INT_MIN, SQLITE_INT_MAX, "priority (a signed 64-bit integer)")]
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()}; YAML also reads yes/no/on/off as booleans)"
+    if isinstance(value, float):
+        return f"the decimal number {short_repr(value)}"
+    if isinstance(value, str):
+        return f"the text {short_repr(value)}"
+    if value is None:
+        return "an empty value (null)"
+    return {list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+def _parameter_value(value: Any) -> Any:
+    """A parameter: a string range or list ('1:10', '[a, b]'), a number, or a YAML list of numbers and
+    strings. Its values are parsed here too (lazily for ranges), so a bad range fails at load time."""
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, (int, float, str)):
+                raise ValueError(f"a parameter list may hold numbers and strings, not {_describe(item)}")
+    elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"a parameter must be a range or list such as '1:10' or '[a, b]', a number, or a list "
+                         f"of numbers and strings; not {_describe(value)}")
+    parse_values(value)
+    return value
+
+
+# A parameter value: a string to parse ("0:99", "[1,2]", "['a','b']"), a YAML list, or a scalar.
+ParameterValue = Annotated[Union[str, int, float, list[Union[int, float, str]]], PlainValidator(_parameter_value)]
+
+
+def _slurm_default(value: Any) -> str | int:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"a slurm_defaults value must be text or a whole number, not {_describe(value)}")
+    return value
+
+
+SlurmDefault = Annotated[Union[str, int], PlainValidator(_slurm_default)]
+
+
+def _argument(what: str) -> AfterValidator:
+    def check(value: str) -> str:
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size >= MAX_ARGUMENT_BYTES:
+            raise ValueError(f"{what} is {size:,} bytes; Linux passes at most {MAX_ARGUMENT_BYTES:,} bytes "
+                             "as one argument or variable")
+        return value
+
+    return AfterValidator(check)
 
 
 class StrictModel(BaseModel):
@@ -53,9 +128,9 @@ class ResourceRequirements(StrictModel):
     (1 CPU, 0 GPUs, 1 node, 1 GiB, PT1H) for jobs that name none."""
 
     name: str
-    num_cpus: int = Field(1, ge=1)
-    num_gpus: int = Field(0, ge=0)
-    num_nodes: int = Field(1, ge=1)
+    num_cpus: Count(1, "num_cpus") = 1
+    num_gpus: Count(0, "num_gpus") = 0
+    num_nodes: Count(1, "num_nodes") = 1
     memory: MemoryText = "1g"
     runtime: DurationText = "PT1H"
 
@@ -77,12 +152,12 @@ class SlurmScheduler(StrictModel):
     name: str
     account: str | None = None
     partition: str | None = None
-    nodes: int = Field(1, ge=1)
+    nodes: Count(1, "nodes") = 1
     walltime: WalltimeText = "01:00:00"
     mem: str | None = None
     gres: str | None = None
     qos: str | None = None
-    ntasks_per_node: int | None = Field(None, ge=1)
+    ntasks_per_node: Optional[Count(1, "ntasks_per_node")] = None
     tmp: str | None = None
     extra: list[str] = []
 
@@ -90,21 +165,21 @@ class SlurmScheduler(StrictModel):
     @classmethod
     def _name(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", value):
-            raise ValueError(f"scheduler name {value!r} may hold only letters, digits, '_', '.', '-'")
+            raise ValueError(f"scheduler name {short_repr(value)} may hold only letters, digits, '_', '.', '-'")
         return value
 
     @field_validator("account", "partition", "qos", "gres")
     @classmethod
     def _word(cls, value: str | None) -> str | None:
         if value is not None and not _SLURM_WORD.fullmatch(value):
-            raise ValueError(f"{value!r} is not a valid Slurm value (letters, digits and _.,+:=@%/-[] only)")
+            raise ValueError(f"{short_repr(value)} is not a valid Slurm value (letters, digits and _.,+:=@%/-[] only)")
         return value
 
     @field_validator("mem", "tmp")
     @classmethod
     def _size(cls, value: str | None) -> str | None:
         if value is not None and not _SLURM_SIZE.fullmatch(value):
-            raise ValueError(f"{value!r} is not a Slurm size such as '64G' or '500M'")
+            raise ValueError(f"{short_repr(value)} is not a Slurm size such as '64G' or '500M'")
         return value
 
     @field_validator("extra")
@@ -112,7 +187,7 @@ class SlurmScheduler(StrictModel):
     def _extra(cls, values: list[str]) -> list[str]:
         for value in values:
             if not _EXTRA_OPTION.fullmatch(value):
-                raise ValueError(f"extra option {value!r} must look like '--option=value' on one line")
+                raise ValueError(f"extra option {short_repr(value)} must look like '--option=value' on one line")
         return values
 
     @property
@@ -137,8 +212,8 @@ class UserDataSpec(StrictModel):
 
 class JobSpec(StrictModel):
     name: str
-    command: str
-    invocation_script: str | None = None
+    command: Annotated[str, _argument("the command")]
+    invocation_script: Annotated[str, _argument("the invocation_script")] | None = None
     depends_on: list[str] = []
     depends_on_regexes: list[str] = []
     input_files: list[str] = []
@@ -147,10 +222,10 @@ class JobSpec(StrictModel):
     output_user_data: list[str] = []
     resource_requirements: str | None = None
     scheduler: str | None = None
-    priority: int = 0
+    priority: Priority = 0
     cancel_on_blocking_job_failure: bool = False
     supports_termination: bool = False
-    env: dict[str, str] = {}
+    env: dict[str, Annotated[str, _argument("the value")]] = {}
     parameters: dict[str, ParameterValue] = {}
     parameter_mode: ParameterMode = "product"
 
@@ -159,7 +234,7 @@ class JobSpec(StrictModel):
     def _env(cls, values: dict[str, str]) -> dict[str, str]:
         for key in values:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-                raise ValueError(f"environment variable name {key!r} is not valid")
+                raise ValueError(f"environment variable name {short_repr(key)} is not valid")
         return values
 
     @field_validator("command")
@@ -172,15 +247,25 @@ class JobSpec(StrictModel):
 
 class SourceLines:
     """Where each job entry starts in the spec file (1-based), so errors found after loading (by the
-    compiler) can name the line too. Location, not content: it never makes two specs unequal."""
+    compiler) can name the line too. Location, not content: it never makes two specs unequal.
 
-    __slots__ = ("jobs",)
+    ``jobs`` may be a function that finds them, called on first use (a JSON spec is only scanned
+    for lines when an error needs one)."""
 
-    def __init__(self, jobs: tuple[int | None, ...] = ()) -> None:
-        self.jobs = jobs
+    __slots__ = ("_jobs",)
+
+    def __init__(self, jobs: tuple[int | None, ...] | Callable[[], tuple[int | None, ...]] = ()) -> None:
+        self._jobs = jobs
+
+    @property
+    def jobs(self) -> tuple[int | None, ...]:
+        if callable(self._jobs):
+            self._jobs = self._jobs()
+        return self._jobs
 
     def job(self, index: int | None) -> int | None:
-        return self.jobs[index] if index is not None and 0 <= index < len(self.jobs) else None
+        jobs = self.jobs
+        return jobs[index] if index is not None and 0 <= index < len(jobs) else None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SourceLines)
@@ -189,7 +274,7 @@ class SourceLines:
         return 0
 
     def __repr__(self) -> str:
-        return f"SourceLines({len(self.jobs)} jobs)"
+        return "SourceLines(…)" if callable(self._jobs) else f"SourceLines({len(self._jobs)} jobs)"
 
 
 class WorkflowSpec(StrictModel):
@@ -204,19 +289,19 @@ class WorkflowSpec(StrictModel):
     user_data: list[UserDataSpec] = []
     resource_requirements: list[ResourceRequirements] = []
     slurm_schedulers: list[SlurmScheduler] = []
-    slurm_defaults: dict[str, Union[str, int]] = {}
+    slurm_defaults: dict[str, SlurmDefault] = {}
     jobs_sort_method: SortMethod = "gpus_runtime_memory"
-    compute_node_expiration_buffer_seconds: int = Field(60, ge=0)
-    compute_node_wait_for_new_jobs_seconds: int = Field(90, ge=0)
+    compute_node_expiration_buffer_seconds: Seconds = 60
+    compute_node_wait_for_new_jobs_seconds: Seconds = 90
 
     @field_validator("slurm_defaults")
     @classmethod
     def _slurm_defaults(cls, values: dict[str, str | int]) -> dict[str, str | int]:
         for key, value in values.items():
             if not re.fullmatch(r"[a-z][a-z0-9\-_]*", key):
-                raise ValueError(f"slurm_defaults key {key!r} is not an sbatch option name")
+                raise ValueError(f"slurm_defaults key {short_repr(key)} is not an sbatch option name")
             if not _SLURM_WORD.fullmatch(str(value)):
-                raise ValueError(f"slurm_defaults value {value!r} for {key!r} is not a valid Slurm value")
+                raise ValueError(f"slurm_defaults value {short_repr(value)} for {short_repr(key)} is not a valid Slurm value")
         return values
 
     @model_validator(mode="after")
@@ -228,7 +313,7 @@ class WorkflowSpec(StrictModel):
             seen: set[str] = set()
             for item in items:
                 if item.name in seen:
-                    raise ValueError(f"{label} name {item.name!r} is defined twice")
+                    raise ValueError(f"{label} name {short_repr(item.name)} is defined twice")
                 seen.add(item.name)
         return self
 
@@ -244,6 +329,6 @@ def validate_name(kind: str, name: str) -> None:
     """An expanded job/file/user_data name: printable, no path separators, not '.' or '..'."""
     if not name or not _NAME.fullmatch(name) or name in {".", ".."} or ".." in name:
         raise ValueError(
-            f"{kind} name {name!r} is not allowed: use letters, digits, spaces and _.+-@=,:()[]{{}}"
+            f"{kind} name {short_repr(name)} is not allowed: use letters, digits, spaces and _.+-@=,:()[]{{}}"
             " (no '/', no '..', no control characters)"
         )
