@@ -17,7 +17,7 @@ user_data entries) per workflow, counted from the parameters' lengths (see ``spe
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
@@ -296,20 +296,43 @@ class _Compiler:
         used_shared = {name for name in _placeholders(texts, known) if name not in mine}
         return {**{name: self.shared[name] for name in sorted(used_shared)}, **mine}
 
+    def _plan(self, kind: str, entries: Sequence[Any], texts_of: Callable[[Any], list[str]]) -> list[dict[str, Any]]:
+        """Each entry's parameters, after checking that all of them together stay within ``MAX_JOBS``
+        entries of this kind: counted from the lengths, before anything is expanded."""
+        plans = []
+        total = 0
+        for index, entry in enumerate(entries):
+            job = entry.name if kind == "job" else None
+            field_name = "parameters" if kind == "job" else f"{kind}[{entry.name}].parameters"
+            if kind == "job":
+                self._entry = index
+            params = self._parameters_for(entry.parameters, texts_of(entry), kind, job)
+            try:
+                count = count_combinations(params, entry.parameter_mode)
+            except ValueError as exc:
+                raise SpecError(str(exc), job=job, field=field_name) from None
+            # a job whose name uses no parameter stays one job, but its lists expand over every combination
+            gathers = kind == "job" and bool(params) and not referenced_names([entry.name], set(params))
+            if (count if gathers else total + count) > MAX_JOBS:
+                raise SpecError(_too_many(kind, params, entry.parameter_mode, count, 0 if gathers else total,
+                                          "combinations" if gathers else ""), job=job, field=field_name)
+            total += 1 if gathers else count
+            plans.append(params)
+        self._entry = None
+        return plans
+
     def _expand_named(self, kind: str, entries: Sequence[Any], fields: Sequence[str]):
         result: list[tuple[dict[str, str], Any]] = []
         seen: dict[str, int] = {}
-        for entry in entries:
-            texts = [getattr(entry, f) for f in fields]
-            params = self._parameters_for(entry.parameters, texts, kind, None)
-            _check_size(kind, params, entry.parameter_mode, len(result), None, f"{kind}[{entry.name}].parameters")
+        plans = self._plan(kind, entries, lambda entry: [getattr(entry, f) for f in fields])
+        for entry, params in zip(entries, plans):
             templates = {f: compile_template(getattr(entry, f), set(params)) for f in fields}
             for combo in _combos(params, entry.parameter_mode, None, f"{kind} '{entry.name}'"):
                 rendered = {f: _render(t, combo, None, f"{kind}s[{entry.name}].{f}") for f, t in templates.items()}
                 name = rendered["name"]
                 _check_name(kind, name, None)
                 if name in seen:
-                    raise SpecError(f"{kind} name {name!r} is defined twice after parameter expansion",
+                    raise SpecError(f"{kind} name {short_repr(name)} is defined twice after parameter expansion",
                                     field=f"{kind}[{entry.name}].name")
                 seen[name] = len(result)
                 result.append((rendered, entry))
@@ -318,12 +341,9 @@ class _Compiler:
     def _expand_jobs(self) -> list[_Expanded]:
         jobs: list[_Expanded] = []
         where = self._entries
-        for entry_index, entry in enumerate(self.spec.jobs):
+        plans = self._plan("job", self.spec.jobs, _job_texts)
+        for entry_index, (entry, params) in enumerate(zip(self.spec.jobs, plans)):
             self._entry = entry_index
-            texts = [t for t in (getattr(entry, f) for f in _JOB_TEXT_FIELDS) if t]
-            texts += [t for f in _JOB_LIST_FIELDS for t in getattr(entry, f)] + list(entry.env.values())
-            params = self._parameters_for(entry.parameters, texts, "job", entry.name)
-            _check_size("job", params, entry.parameter_mode, len(jobs), entry.name, "parameters")
             if not params:  # the common case of a written-out job: nothing to render
                 text: dict[str, Any] = {f: getattr(entry, f) for f in _JOB_TEXT_FIELDS}
                 text["env"] = dict(entry.env)
@@ -335,7 +355,7 @@ class _Compiler:
                 _check_name("job", item.name, entry.name)
                 if item.name in where:
                     raise SpecError(
-                        f"two jobs are named {item.name!r} after parameter expansion "
+                        f"two jobs are named {short_repr(item.name)} after parameter expansion "
                         f"(spec entries #{where[item.name] + 1} and #{entry_index + 1}); "
                         "put every parameter into the name", job=item.name, field="name")
                 where[item.name] = entry_index
@@ -404,7 +424,7 @@ class _Compiler:
         for name in names:
             if name not in index:
                 kind = "file" if "files" in field_name else "user_data"
-                raise SpecError(f"unknown {kind} {name!r} (define it under '{kind if kind == 'user_data' else 'files'}')",
+                raise SpecError(f"unknown {kind} {short_repr(name)} (define it under '{kind if kind == 'user_data' else 'files'}')",
                                 job=job.name, field=field_name)
             found.append(index[name])
         return tuple(dict.fromkeys(found))
@@ -426,7 +446,7 @@ class _Compiler:
             shared: list[frozenset[int]] = []
             for name in lists["depends_on"]:
                 if name not in names:
-                    raise SpecError(f"depends on unknown job {name!r}", job=job.name, field="depends_on")
+                    raise SpecError(f"depends on unknown job {short_repr(name)}", job=job.name, field="depends_on")
                 if names[name] == index:
                     raise SpecError("a job cannot depend on itself", job=job.name, field="depends_on")
                 members.add(names[name])
@@ -464,7 +484,7 @@ class _Compiler:
         if figures is None:
             resources: ResourceRequirements | None = self.spec.resources_by_name().get(rr_name)
             if resources is None:
-                raise SpecError(f"unknown resource_requirements {rr_name!r}", job=job.name,
+                raise SpecError(f"unknown resource_requirements {short_repr(rr_name)}", job=job.name,
                                 field="resource_requirements")
             figures = self._figures[rr_name] = _Figures(
                 resources.num_cpus, resources.num_gpus, resources.num_nodes, resources.memory_bytes,
@@ -472,7 +492,7 @@ class _Compiler:
         scheduler = job.text["scheduler"]
         if scheduler is not None and scheduler not in self._scheduler_names:
             choices = ", ".join(s.name for s in self.spec.slurm_schedulers) or "none are defined"
-            raise SpecError(f"unknown scheduler {scheduler!r} (slurm_schedulers: {choices})",
+            raise SpecError(f"unknown scheduler {short_repr(scheduler)} (slurm_schedulers: {choices})",
                             job=job.name, field="scheduler")
         return rr_name, figures, scheduler
 
@@ -518,21 +538,18 @@ def _combos(params, mode, job, field_name):
         raise SpecError(str(exc), job=job, field=field_name) from None
 
 
-def _check_size(kind: str, params: Mapping[str, Sequence[Any]], mode: str, so_far: int, job: str | None,
-                field_name: str) -> None:
-    """Refuse an entry whose parameters would take the workflow past ``MAX_JOBS`` entries of its kind,
-    before anything is expanded (a product's count is the product of the lengths)."""
-    try:
-        count = count_combinations(params, mode)
-    except ValueError as exc:
-        raise SpecError(str(exc), job=job, field=field_name) from None
-    if so_far + count <= MAX_JOBS:
-        return
+def _job_texts(entry: Any) -> list[str]:
+    texts = [t for t in (getattr(entry, f) for f in _JOB_TEXT_FIELDS) if t]
+    return texts + [t for f in _JOB_LIST_FIELDS for t in getattr(entry, f)] + list(entry.env.values())
+
+
+def _too_many(kind: str, params: Mapping[str, Sequence[Any]], mode: str, count: int, so_far: int,
+              noun: str = "") -> str:
     sizes = (" x " if mode == "product" else ", ").join(f"{name}: {len(values):,}" for name, values in params.items())
     plural = {"job": "jobs", "file": "files"}.get(kind, f"{kind} entries")
     already = f" on top of the {so_far:,} before it" if so_far else ""
-    raise SpecError(f"the parameters ({sizes}; {mode}) expand to {count:,} {plural}{already}; a workflow may "
-                    f"have at most {MAX_JOBS:,} {plural}", job=job, field=field_name)
+    return (f"the parameters ({sizes}; {mode}) expand to {count:,} {noun or plural}{already}; a workflow may "
+            f"have at most {MAX_JOBS:,} {plural}" + (" (and as many combinations in one entry)" if noun else ""))
 
 
 def _placeholders(texts: Iterable[str], known: set[str]) -> set[str]:
@@ -563,8 +580,8 @@ def _producers(jobs: Sequence[_Expanded], outputs: Sequence[tuple[int, ...]], na
     for index, produced in enumerate(outputs):
         for item in produced:
             if item in producer:
-                raise SpecError(f"{names[item]!r} is produced by two jobs: "
-                                f"{jobs[producer[item]].name!r} and {jobs[index].name!r}",
+                raise SpecError(f"{short_repr(names[item])} is produced by two jobs: "
+                                f"{short_repr(jobs[producer[item]].name)} and {short_repr(jobs[index].name)}",
                                 job=jobs[index].name, field=field_name)
             producer[item] = index
     return producer

@@ -131,6 +131,9 @@ def _load_yaml(text: str, source: str) -> tuple[Any, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        if context and isinstance(exc, yaml.composer.ComposerError):  # "expected a single document, but found …"
+            problem = f"{context}, {problem}"
         raise SpecError(f"not valid YAML: {problem}", file=source, line=mark.line + 1 if mark else None) from None
     except (ValueError, TypeError, RecursionError, ArithmeticError, MemoryError) as exc:
         raise SpecError(f"cannot read the YAML: {exc}", file=source) from None

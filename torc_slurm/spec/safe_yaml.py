@@ -33,7 +33,8 @@ _FLOAT = "tag:yaml.org,2002:float"
 _MERGE = "tag:yaml.org,2002:merge"
 _ALLOWED_TAGS = {_STR, _INT, _FLOAT, _MERGE, "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null",
                  "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"}
-_SEXAGESIMAL = ":"  # PyYAML's int and float patterns accept '190:20:30'; ours do not
+_SEXAGESIMAL = ":"
+_MAX_PATH = 6  # parts of a location shown in an error  # PyYAML's int and float patterns accept '190:20:30'; ours do not
 
 
 class LimitError(Exception):
@@ -247,7 +248,10 @@ class _Composer:
 
     def _fail(self, message: str, node: Node, mark: Any = None) -> None:
         mark = mark or node.start_mark
-        raise LimitError(message, mark.line + 1, *self._where())
+        loc, names = self._where()
+        if len(loc) > _MAX_PATH:  # 'metadata.0.0.0.0…' a hundred times says nothing more
+            loc = (*loc[:_MAX_PATH], "…")
+        raise LimitError(message, mark.line + 1, loc, names)
 
     def _where(self) -> tuple[tuple[Any, ...], dict[tuple[Any, ...], str]]:
         """The path to the value being composed, and the ``name`` of each mapping along it."""
