@@ -529,3 +529,50 @@ def test_a_back_edge_is_always_a_cycle_error(case: tuple[list[dict[str, Any]], s
     edges, _ = oracle(jobs)
     for waiter, waited_on in zip(named, named[1:]):  # "each job waits for the next"
         assert waited_on in edges[waiter], (waiter, waited_on)
+
+
+# -- the regex engine: RE2, linear time, the same matches as re.search ------------------------------
+
+def test_a_catastrophic_pattern_is_linear() -> None:
+    """'^(a+)+$' on 'aaa…a_N' backtracks 2^31 times per name in re; RE2 does not backtrack."""
+    import time
+
+    names = [f"{'a' * 31}_{i}" for i in range(200)]
+    started = time.perf_counter()
+    error = error_of([job(n) for n in names] + [job("z", depends_on_regexes=["^(a+)+$"])])
+    assert time.perf_counter() - started < 5
+    assert (error.job, error.field) == ("z", "depends_on_regexes") and "matches no other job" in str(error)
+    compiled = compile_jobs([job(n) for n in names] + [job("z", depends_on_regexes=["(a+)+_1"])])
+    assert len(prerequisites(compiled)["z"]) == len([n for n in names if "_1" in n])
+
+
+@pytest.mark.parametrize(
+    ("pattern", "prefix"),
+    [("^pre_.*", "pre_"), (r"^gen_\d+$", "gen_"), ("^ab*", "a"), ("^ab?c", "a"), ("^ab{2}", "a"),
+     ("^abc+", "abc"), ("^a|b", ""), ("^(a)b", ""), ("pre", ""), ("^", ""), ("^é_x$", "é_x"), ("^a.b", "a")],
+)
+def test_literal_prefix(pattern: str, prefix: str) -> None:
+    assert compiler_module.literal_prefix(pattern) == prefix
+
+
+NAME_TEXT = st.text(alphabet="ab_1é", min_size=1, max_size=6)
+PATTERN_PARTS = st.lists(st.sampled_from(["a", "b", "_", "1", "é", ".", ".*", "b*", "a?", "+", "[ab]", "(a|b)",
+                                          r"\d", "$", "a{2}", "(?i)A", r"\w"]), max_size=4)
+
+
+@given(st.lists(NAME_TEXT, min_size=1, max_size=30, unique=True), st.booleans(), NAME_TEXT, PATTERN_PARTS)
+@settings(max_examples=200, deadline=None)
+def test_re2_with_prefix_narrowing_finds_what_re_search_finds(names: list[str], anchored: bool, literal: str,
+                                                              parts: list[str]) -> None:
+    pattern = ("^" if anchored else "") + literal + "".join(parts)
+    try:
+        expected = {i for i, n in enumerate(names) if re.search(pattern, n)}
+    except re.error:
+        return
+    index = compiler_module._NameIndex({n: i for i, n in enumerate(names)})
+    try:
+        found = index.matches(pattern)
+    except ValueError as exc:  # Python-only syntax, e.g. possessive '*+' (3.11): refused, not misread
+        assert "invalid regular expression" in str(exc)
+        return
+    assert found == expected, pattern
