@@ -138,6 +138,7 @@ class CompiledJob:  # not frozen: a frozen __init__ costs ~7 us per job, most of
     input_user_data: tuple[int, ...]
     output_user_data: tuple[int, ...]
     rank: int = 0  # claim order: priority, then jobs_sort_method, then spec order
+    max_attempts: int = 3  # attempts that may end interrupted (lost, terminated, timed out)
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,8 @@ class _Compiler:
             resolved.append(found)
         ranks = _ranks(resolved, [self.spec.jobs[job.entry].priority for job in jobs],
                        self.spec.jobs_sort_method)
-        flags = [(e.priority, e.cancel_on_blocking_job_failure, e.supports_termination) for e in self.spec.jobs]
+        flags = [(e.priority, e.cancel_on_blocking_job_failure, e.supports_termination,
+                  e.max_attempts or self.spec.max_attempts) for e in self.spec.jobs]
         compiled = [_job(job, flags[job.entry], resolved[i], ranks[i], job_sets[i], inputs[i], outputs[i],
                          data_in[i], data_out[i]) for i, job in enumerate(jobs)]
         external: dict[int, list[int]] = {}
@@ -502,10 +504,10 @@ assert tuple(f.name for f in fields(CompiledJob)) == (
     "name", "command", "invocation_script", "env", "num_cpus", "num_gpus", "num_nodes", "memory_bytes",
     "runtime_s", "resource_requirements", "scheduler", "priority", "cancel_on_blocking_job_failure",
     "supports_termination", "depset", "input_files", "output_files", "input_user_data", "output_user_data",
-    "rank"), "CompiledJob's fields changed: update _job()"
+    "rank", "max_attempts"), "CompiledJob's fields changed: update _job()"
 
 
-def _job(job: _Expanded, flags: tuple[int, bool, bool], resolved: tuple[str, _Figures, str | None],
+def _job(job: _Expanded, flags: tuple[int, bool, bool, int], resolved: tuple[str, _Figures, str | None],
          rank: int, depset, inputs, outputs, data_in, data_out) -> CompiledJob:
     text = job.text
     rr_name, f, scheduler = resolved
@@ -513,7 +515,7 @@ def _job(job: _Expanded, flags: tuple[int, bool, bool], resolved: tuple[str, _Fi
     return CompiledJob(  # positional, in field order (checked above)
         job.name, text["command"] or "", text["invocation_script"], dict(env) if env else {},  # type: ignore[arg-type]
         f.cpus, f.gpus, f.nodes, f.memory_bytes, f.runtime_s, rr_name, scheduler, flags[0], flags[1], flags[2],
-        depset, inputs, outputs, data_in, data_out, rank)
+        depset, inputs, outputs, data_in, data_out, rank, flags[3])
 
 
 class _Figures(NamedTuple):

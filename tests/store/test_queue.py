@@ -20,8 +20,10 @@ from torc_slurm.compiler import compile_workflow
 from torc_slurm.errors import QueueError
 from torc_slurm.spec.models import WorkflowSpec
 from torc_slurm.store.db import Database
-from torc_slurm.store.queue import Limits, Outcome, Queue, ReadyJob
-from torc_slurm.store.workflows import add_workflow, cancel_workflow, initialize_workflow, status_counts
+from torc_slurm.store.leases import SweepRequest
+from torc_slurm.store.queue import Limits, Outcome, Queue, ReadyJob, Started
+from torc_slurm.store.workflows import (add_workflow, cancel_workflow, delete_workflow, initialize_workflow,
+                                        status_counts)
 
 REPO = Path(__file__).resolve().parents[2]
 GIB = 2**30
@@ -64,8 +66,21 @@ def results(db: Database, job_id: int) -> list[dict[str, Any]]:
     return [dict(r) for r in db.read("SELECT * FROM results WHERE job_id = ? ORDER BY id", (job_id,))]
 
 
-def done(job_id: int, attempt: int = 1, status: str = "completed", code: int | None = 0, **extra: Any) -> Outcome:
-    return Outcome(job_id, attempt, status, return_code=code, **extra)  # type: ignore[arg-type]
+def done(db: Database, job_id: int, attempt: int | None = None, status: str = "completed", code: int | None = 0,
+         token: int | None = None, **extra: Any) -> Outcome:
+    """The outcome of the job's current attempt (or of ``attempt``/``token``: an older one)."""
+    row = job_row(db, job_id)
+    return Outcome(job_id, row["attempt"] if attempt is None else attempt, status,  # type: ignore[arg-type]
+                   row["lease_token"] if token is None else token, return_code=code, **extra)
+
+
+def started(db: Database, *job_ids: int) -> list[Started]:
+    return [Started(job_id, job_row(db, job_id)["lease_token"], 1000 + job_id) for job_id in job_ids]
+
+
+def sweep(queue: Queue, runner_id: int, reason: str = "test") -> int:
+    seq = queue.db.read("SELECT lease_seq FROM runners WHERE id = ?", (runner_id,))[0][0]
+    return queue.sweep([SweepRequest(runner_id, seq, reason)], by="the test")
 
 
 def job(name: str, **fields: Any) -> dict[str, Any]:
@@ -194,11 +209,11 @@ def test_start_complete_and_unblock(db: Database, tmp_path: Path) -> None:
     runner = queue.register_runner(hostname="h", pid=1)
     (a,) = queue.cycle(runner, choose=take_all).claimed
     assert job_row(db, a.id)["status"] == "pending" and job_row(db, a.id)["runner_id"] == runner
-    queue.cycle(runner, started=[(a.id, a.attempt + 1), (a.id, a.attempt - 1)])  # wrong attempts are ignored
+    queue.cycle(runner, started=[Started(a.id, a.lease_token + 1), Started(a.id, a.lease_token - 1)])  # wrong tokens
     assert job_row(db, a.id)["status"] == "pending"
-    queue.cycle(runner, started=[(a.id, a.attempt)])
-    assert job_row(db, a.id)["status"] == "running"
-    outcome = Outcome(a.id, a.attempt, "completed", return_code=0, started_at=100.0, ended_at=112.5,
+    queue.cycle(runner, started=[Started(a.id, a.lease_token, 4321)])
+    assert (job_row(db, a.id)["status"], job_row(db, a.id)["pid"]) == ("running", 4321)
+    outcome = Outcome(a.id, a.attempt, "completed", a.lease_token, return_code=0, started_at=100.0, ended_at=112.5,
                       peak_rss_bytes=5_000_000, cpu_time_s=11.0, avg_cpu_percent=88.0, peak_cpu_percent=100.0,
                       avg_memory_bytes=4_000_000, peak_memory_bytes=6_000_000, message="ok")
     result = queue.cycle(runner, outcomes=[outcome], choose=take_all, want_counts=True)
@@ -213,7 +228,7 @@ def test_start_complete_and_unblock(db: Database, tmp_path: Path) -> None:
         (5_000_000, 11.0, 88.0, 100.0)
     assert (res["avg_memory_bytes"], res["peak_memory_bytes"], res["message"]) == (4_000_000, 6_000_000, "ok")
     assert [tuple(r) for r in db.read("SELECT remaining FROM dependency_sets ORDER BY id")] == [(0,), (1,)]
-    queue.cycle(runner, outcomes=[done(jid["b"])])
+    queue.cycle(runner, outcomes=[done(db, jid["b"])])
     assert statuses(db, queue.workflow_id)["c"] == "ready"
 
 
@@ -221,7 +236,7 @@ def test_a_failed_job_without_cancel_lets_dependents_run(db: Database, tmp_path:
     queue = make_queue(db, tmp_path, [job("a"), job("b", depends_on=["a"])])
     runner = queue.register_runner(hostname="h", pid=1)
     (a,) = queue.cycle(runner, choose=take_all).claimed
-    queue.cycle(runner, outcomes=[done(a.id, status="failed", code=3)])
+    queue.cycle(runner, outcomes=[done(db, a.id, status="failed", code=3)])
     assert statuses(db, queue.workflow_id) == {"a": "failed", "b": "ready"}
     assert job_row(db, a.id)["return_code"] == 3 and results(db, a.id)[0]["return_code"] == 3
     assert db.read("SELECT failed FROM dependency_sets")[0][0] == 1
@@ -240,10 +255,10 @@ def test_cancel_on_blocking_job_failure_is_transitive(db: Database, tmp_path: Pa
     jid = ids(db)
     runner = queue.register_runner(hostname="h", pid=1)
     queue.cycle(runner, choose=take_all)
-    queue.cycle(runner, outcomes=[done(jid["a"], status="failed", code=1)])
+    queue.cycle(runner, outcomes=[done(db, jid["a"], status="failed", code=1)])
     assert statuses(db, queue.workflow_id) == {"a": "failed", "ok": "pending", "b": "canceled", "c": "canceled",
                                                "d": "ready", "e": "blocked", "f": "blocked"}
-    queue.cycle(runner, outcomes=[done(jid["ok"])])
+    queue.cycle(runner, outcomes=[done(db, jid["ok"])])
     got = statuses(db, queue.workflow_id)
     assert (got["e"], got["f"]) == ("canceled", "ready")
 
@@ -252,15 +267,16 @@ def test_terminated_returns_to_ready_and_the_next_claim_is_a_new_attempt(db: Dat
     queue = make_queue(db, tmp_path, [job("a"), job("b", depends_on=["a"])])
     runner = queue.register_runner(hostname="h", pid=1)
     (a,) = queue.cycle(runner, choose=take_all).claimed
-    queue.cycle(runner, started=[(a.id, 1)])
-    queue.cycle(runner, outcomes=[done(a.id, status="terminated", code=None, signal=15)])
+    queue.cycle(runner, started=[Started(a.id, a.lease_token)])
+    queue.cycle(runner, outcomes=[done(db, a.id, status="terminated", code=None, signal=15)])
     assert statuses(db, queue.workflow_id) == {"a": "ready", "b": "blocked"}  # not a failure, nothing unblocked
     assert results(db, a.id)[0]["status"] == "terminated" and results(db, a.id)[0]["signal"] == 15
     (again,) = queue.cycle(runner, choose=take_all).claimed
-    assert (again.id, again.attempt) == (a.id, 2)
-    queue.cycle(runner, outcomes=[done(a.id, attempt=1)])  # the old attempt's outcome is stale
+    assert (again.id, again.attempt) == (a.id, 2) and again.lease_token != a.lease_token
+    queue.cycle(runner, outcomes=[done(db, a.id, attempt=1, token=a.lease_token)])  # the old attempt: late
     assert statuses(db, queue.workflow_id)["a"] == "pending"
-    queue.cycle(runner, outcomes=[done(a.id, attempt=2)])
+    assert results(db, a.id)[-1]["late"] == 1
+    queue.cycle(runner, outcomes=[done(db, a.id)])
     assert statuses(db, queue.workflow_id) == {"a": "completed", "b": "ready"}
     assert [r["attempt"] for r in results(db, a.id)] == [1, 1, 2]
 
@@ -295,12 +311,12 @@ def unblocking_statements(tmp_path: Path, n: int) -> dict[str, list[str]]:
     gens = queue.cycle(runner, choose=take_all, window=n + 10).claimed
     assert len(gens) == n
     counted = {
-        "one member": traced(db, lambda: queue.cycle(runner, outcomes=[done(gens[0].id)])),
+        "one member": traced(db, lambda: queue.cycle(runner, outcomes=[done(db, gens[0].id)])),
     }
-    queue.cycle(runner, outcomes=[done(g.id) for g in gens[1:-1]])
-    counted["last member"] = traced(db, lambda: queue.cycle(runner, outcomes=[done(gens[-1].id)]))
+    queue.cycle(runner, outcomes=[done(db, g.id) for g in gens[1:-1]])
+    counted["last member"] = traced(db, lambda: queue.cycle(runner, outcomes=[done(db, gens[-1].id)]))
     (barrier,) = queue.cycle(runner, choose=take_all).claimed
-    counted["release all"] = traced(db, lambda: queue.cycle(runner, outcomes=[done(barrier.id)]))
+    counted["release all"] = traced(db, lambda: queue.cycle(runner, outcomes=[done(db, barrier.id)]))
     assert status_counts(db, queue.workflow_id)["ready"] == n
     # every statement that touched the big tables went through an index, never a scan
     for statements in counted.values():
@@ -349,61 +365,113 @@ def two_runners_holding_jobs(db: Database, tmp_path: Path) -> tuple[Queue, int, 
     lost = queue.register_runner(hostname="dead", pid=1)
     alive = queue.register_runner(hostname="alive", pid=2)
     queue.cycle(lost, choose=lambda ready: [jid["p"], jid["r"]])
-    queue.cycle(lost, started=[(jid["r"], 1)])
+    queue.cycle(lost, started=started(db, jid["r"]))
     queue.cycle(alive, choose=lambda ready: [jid["other"]])
-    age(db, lost, 1000)
     return queue, lost, alive, jid
 
 
 def test_sweep_returns_a_lost_runners_jobs_and_records_them(db: Database, tmp_path: Path) -> None:
     queue, lost, alive, jid = two_runners_holding_jobs(db, tmp_path)
-    assert queue.sweep_stale_runners(timeout=60) == 2
+    tokens = {name: job_row(db, jid[name])["lease_token"] for name in ("p", "r")}
+    assert sweep(queue, lost, "its node is gone") == 2
     assert statuses(db, queue.workflow_id) == {"p": "ready", "r": "ready", "other": "pending", "after": "blocked"}
     assert job_row(db, jid["p"])["runner_id"] is None
     for name in ("p", "r"):
         (res,) = results(db, jid[name])
-        assert (res["status"], res["attempt"], res["runner_id"]) == ("lost", 1, lost)
-        assert "dead" in res["message"]
+        assert (res["status"], res["attempt"], res["runner_id"], res["lease_token"]) == ("lost", 1, lost, tokens[name])
+        assert "dead" in res["message"] and "its node is gone" in res["message"]
+        assert job_row(db, jid[name])["interrupted"] == 1
     assert runner_row(db, lost)["status"] == "lost" and runner_row(db, alive)["status"] == "active"
-    assert queue.sweep_stale_runners(timeout=60) == 0  # once only
+    assert queue.sweep([SweepRequest(lost, runner_row(db, lost)["lease_seq"], "again")], by="t") == 0  # once only
     events = [r[0] for r in db.read("SELECT kind FROM events WHERE workflow_id = ?", (queue.workflow_id,))]
     assert "runner_lost" in events
     (again,) = queue.cycle(alive, choose=lambda ready: [jid["r"]]).claimed
     assert again.attempt == 2
 
 
-def test_any_runners_cycle_can_sweep(db: Database, tmp_path: Path) -> None:
+def test_any_runners_cycle_can_sweep_and_peers_are_reported(db: Database, tmp_path: Path) -> None:
     queue, lost, alive, jid = two_runners_holding_jobs(db, tmp_path)
-    claimed = queue.cycle(alive, sweep_timeout=60, choose=take_all).claimed
+    peers = queue.cycle(alive, want_peers=True).peers
+    assert [(p.runner_id, p.hostname) for p in peers] == [(lost, "dead")]
+    claimed = queue.cycle(alive, sweep=[SweepRequest(lost, peers[0].lease_seq, "x")], choose=take_all).claimed
     assert sorted(c.name for c in claimed) == ["p", "r"] and all(c.attempt == 2 for c in claimed)
 
 
-def test_a_fresh_runner_is_not_swept(db: Database, tmp_path: Path) -> None:
+def test_a_runner_that_renewed_since_the_verdict_is_not_swept(db: Database, tmp_path: Path) -> None:
     queue, lost, alive, jid = two_runners_holding_jobs(db, tmp_path)
-    assert queue.sweep_stale_runners(timeout=5000) == 0
-    assert statuses(db, queue.workflow_id)["p"] == "pending"
+    seq = runner_row(db, lost)["lease_seq"]
+    queue.cycle(lost)  # it renewed: alive after all
+    assert queue.sweep([SweepRequest(lost, seq, "stale verdict")], by="t") == 0
+    assert statuses(db, queue.workflow_id)["p"] == "pending" and runner_row(db, lost)["status"] == "active"
 
 
 def test_a_swept_runners_late_outcomes_are_not_applied(db: Database, tmp_path: Path) -> None:
     queue, lost, alive, jid = two_runners_holding_jobs(db, tmp_path)
-    queue.sweep_stale_runners(timeout=60)
+    old = {name: job_row(db, jid[name])["lease_token"] for name in ("p", "r")}
+    sweep(queue, lost)
     queue.cycle(alive, choose=lambda ready: [jid["p"]])  # p is now attempt 2 on the live runner
-    queue.cycle(lost, outcomes=[done(jid["p"], attempt=1), done(jid["r"], attempt=1, status="failed", code=9)])
+    queue.cycle(lost, outcomes=[done(db, jid["p"], attempt=1, token=old["p"]),
+                                done(db, jid["r"], attempt=1, token=old["r"], status="failed", code=9)])
     assert statuses(db, queue.workflow_id) == {"p": "pending", "r": "ready", "other": "pending", "after": "blocked"}
     assert job_row(db, jid["p"])["runner_id"] == alive and job_row(db, jid["r"])["return_code"] is None
     assert tuple(db.read("SELECT remaining, failed FROM dependency_sets")[0]) == (1, 0)
     late = results(db, jid["r"])[-1]
-    assert late["status"] == "failed" and "not applied" in late["message"]
+    assert late["status"] == "failed" and "not applied" in late["message"] and late["late"] == 1
 
 
-def test_a_swept_runner_that_comes_back_can_be_swept_again(db: Database, tmp_path: Path) -> None:
+def test_a_swept_runner_that_comes_back_is_told_to_kill_what_it_lost(db: Database, tmp_path: Path) -> None:
     queue, lost, alive, jid = two_runners_holding_jobs(db, tmp_path)
-    queue.sweep_stale_runners(timeout=60)
-    claimed = queue.cycle(lost, choose=lambda ready: [jid["p"]]).claimed  # it was only slow
-    assert [c.name for c in claimed] == ["p"] and runner_row(db, lost)["status"] == "active"
-    age(db, lost, 1000)
-    assert queue.sweep_stale_runners(timeout=60) == 1  # so its new claim is not stranded
+    held = {jid[name]: job_row(db, jid[name])["lease_token"] for name in ("p", "r")}
+    sweep(queue, lost)
+    result = queue.cycle(lost, held=held, choose=lambda ready: [jid["p"]])  # it was only slow
+    assert sorted(result.revoked) == sorted(held)
+    assert [c.name for c in result.claimed] == ["p"] and runner_row(db, lost)["status"] == "active"
+    assert sweep(queue, lost) == 1  # so its new claim is not stranded
     assert statuses(db, queue.workflow_id)["p"] == "ready"
+
+
+def test_claims_the_runner_does_not_know_of_are_handed_back(db: Database, tmp_path: Path) -> None:
+    """A cycle whose claim committed although the runner saw it fail: the next cycle returns them."""
+    queue = make_queue(db, tmp_path, [job("a"), job("b")])
+    runner = queue.register_runner(hostname="h", pid=1)
+    a, b = queue.cycle(runner, choose=take_all).claimed
+    result = queue.cycle(runner, held={a.id: a.lease_token})
+    assert result.revoked == [] and statuses(db, queue.workflow_id) == {"a": "pending", "b": "ready"}
+    assert job_row(db, b.id)["attempt"] == 0
+
+
+def test_a_deleted_workflows_runner_is_told_so(db: Database, tmp_path: Path) -> None:
+    queue = make_queue(db, tmp_path, [job("a")])
+    runner = queue.register_runner(hostname="h", pid=1)
+    queue.cycle(runner, choose=take_all)
+    with pytest.raises(QueueError, match="live runner"):
+        delete_workflow(db, queue.workflow_id)
+    queue.finish_runner(runner)
+    delete_workflow(db, queue.workflow_id)
+    assert queue.cycle(runner, choose=take_all).runner_gone
+
+
+def test_ids_are_never_reused_after_a_delete(db: Database, tmp_path: Path) -> None:
+    first = make_queue(db, tmp_path, [job("a"), job("b")])
+    first_jobs = set(ids(db).values())
+    delete_workflow(db, first.workflow_id)
+    second = make_queue(db, tmp_path, [job("a"), job("b")])
+    assert second.workflow_id > first.workflow_id
+    assert not first_jobs & set(ids(db).values())
+
+
+def test_interrupted_attempts_give_up_at_max_attempts(db: Database, tmp_path: Path) -> None:
+    queue = make_queue(db, tmp_path, [job("poison", max_attempts=2), job("after", depends_on=["poison"],
+                                                                          cancel_on_blocking_job_failure=True)])
+    jid = ids(db)
+    runner = queue.register_runner(hostname="h", pid=1)
+    for attempt, status, expected in ((1, "terminated", "ready"), (2, "lost", "failed")):
+        (claimed,) = queue.cycle(runner, choose=take_all).claimed
+        assert claimed.attempt == attempt
+        queue.cycle(runner, outcomes=[done(db, claimed.id, status=status, code=None, signal=9)])
+        assert statuses(db, queue.workflow_id)["poison"] == expected
+    assert statuses(db, queue.workflow_id)["after"] == "canceled"
+    assert "gave up after 2 attempts" in results(db, jid["poison"])[-1]["message"]
 
 
 def test_finish_runner_hands_back_what_it_holds(db: Database, tmp_path: Path) -> None:
@@ -411,8 +479,8 @@ def test_finish_runner_hands_back_what_it_holds(db: Database, tmp_path: Path) ->
     jid = ids(db)
     runner = queue.register_runner(hostname="h", pid=1)
     queue.cycle(runner, choose=lambda ready: [jid["done"], jid["started"], jid["unstarted"]])
-    queue.cycle(runner, started=[(jid["done"], 1), (jid["started"], 1)])
-    queue.finish_runner(runner, outcomes=[done(jid["done"])])
+    queue.cycle(runner, started=started(db, jid["done"], jid["started"]))
+    queue.finish_runner(runner, outcomes=[done(db, jid["done"])])
     assert statuses(db, queue.workflow_id) == {"done": "completed", "started": "ready", "unstarted": "ready",
                                                "after": "ready"}
     assert job_row(db, jid["unstarted"])["attempt"] == 0  # never started: not an attempt
@@ -437,12 +505,12 @@ def test_a_runner_learns_its_jobs_were_canceled(db: Database, tmp_path: Path) ->
     queue = make_queue(db, tmp_path, [job("a"), job("b", depends_on=["a"])])
     runner = queue.register_runner(hostname="h", pid=1)
     (a,) = queue.cycle(runner, choose=take_all).claimed
-    queue.cycle(runner, started=[(a.id, 1)])
+    queue.cycle(runner, started=[Started(a.id, a.lease_token)])
     assert cancel_workflow(db, queue.workflow_id) == 2
-    assert queue.cycle(runner).canceled == [a.id]
-    queue.cycle(runner, outcomes=[done(a.id, status="terminated", code=None)])
+    assert queue.cycle(runner, held={a.id: a.lease_token}).revoked == [a.id]
+    queue.cycle(runner, outcomes=[done(db, a.id, status="lost", code=None)])
     assert statuses(db, queue.workflow_id) == {"a": "canceled", "b": "canceled"}
-    assert job_row(db, a.id)["runner_id"] is None and queue.cycle(runner).canceled == []
+    assert job_row(db, a.id)["runner_id"] is None and queue.cycle(runner, held={}).revoked == []
     assert "not applied" in results(db, a.id)[0]["message"]
 
 
@@ -451,7 +519,7 @@ def test_a_runner_learns_its_jobs_were_canceled(db: Database, tmp_path: Path) ->
 WORKER = r"""
 import json, os, sys, time
 from torc_slurm.store.db import Database
-from torc_slurm.store.queue import Outcome, Queue
+from torc_slurm.store.queue import Outcome, Queue, Started
 
 path, workflow_id, sync_dir, lock_kind = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 db = Database(path, lock_kind=lock_kind)
@@ -469,11 +537,11 @@ open(os.path.join(sync_dir, f"registered.{runner}"), "w").close()
 wait_for("registered.")
 claimed_log, held = [], []
 for cycle in range(100_000):
-    outcomes = [Outcome(job_id, attempt, "completed", return_code=0) for job_id, attempt in held]
-    result = queue.cycle(runner, started=held, outcomes=outcomes, want_counts=True,
+    outcomes = [Outcome(job_id, attempt, "completed", token, return_code=0) for job_id, attempt, token in held]
+    result = queue.cycle(runner, started=[Started(j, t) for j, _, t in held], outcomes=outcomes, want_counts=True,
                          choose=lambda ready: [j.job_id for j in ready[:4]])
-    held = [(c.id, c.attempt) for c in result.claimed]
-    claimed_log += held
+    held = [(c.id, c.attempt, c.lease_token) for c in result.claimed]
+    claimed_log += [(j, a) for j, a, _ in held]
     if cycle == 0:  # both hold claims at the same time before anyone completes anything
         open(os.path.join(sync_dir, f"claimed.{runner}"), "w").close()
         wait_for("claimed.")

@@ -74,20 +74,20 @@ def schedule_nodes(app, workflow_id: int, scheduler, num_hpc_jobs, max_parallel_
 @click.option("--end-time", type=float, help="Epoch seconds when this runner must be done (default: from Slurm).")
 @click.option("--wait-for-new-jobs", type=click.FloatRange(min=0),
               help="Idle seconds before exiting (default: the spec's compute_node_wait_for_new_jobs_seconds).")
-@click.option("--heartbeat-interval", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
-@click.option("--heartbeat-timeout", type=click.FloatRange(min=1), default=120.0, show_default=True,
-              help="Runners silent this long are presumed dead and their jobs returned to ready.")
 @click.option("--monitor-interval", type=click.FloatRange(min=0), default=5.0, show_default=True)
 @click.pass_obj
 def run_jobs(app, db_path: Path, workflow_id: int, output_dir: Path, scheduler, strict_scheduler,
              max_parallel_jobs, num_cpus, num_gpus, memory_gb, end_time, wait_for_new_jobs,
-             heartbeat_interval, heartbeat_timeout, monitor_interval) -> None:
-    """The node-local runner an allocation starts on each node (what the sbatch script calls)."""
+             monitor_interval) -> None:
+    """The node-local runner an allocation starts on each node (what the sbatch script calls).
+
+    Its lease timeout is the workflow's heartbeat_timeout_seconds."""
     import os
 
     from torc_slurm.runner.resources import detect_node
     from torc_slurm.runner.session import make_runner
     from torc_slurm.slurm import env as slurm_env
+    from torc_slurm.slurm.probe import default_probe
     from torc_slurm.store.db import Database
 
     if not logging.getLogger().handlers or app.verbosity == 0:
@@ -103,9 +103,8 @@ def run_jobs(app, db_path: Path, workflow_id: int, output_dir: Path, scheduler, 
     db = Database(db_path, lock_kind=app.lock_kind, create=False)
     options: dict[str, object] = dict(
         scheduler=scheduler, strict_scheduler=strict_scheduler, max_parallel_jobs=max_parallel_jobs,
-        end_time=_end_time(end_time, slurm_job), heartbeat_interval_s=heartbeat_interval,
-        heartbeat_timeout_s=heartbeat_timeout, monitor_interval_s=monitor_interval, gpu_variable=gpu_variable,
-        slurm_job_id=slurm_job)
+        end_time=_end_time(end_time, slurm_job), monitor_interval_s=monitor_interval, gpu_variable=gpu_variable,
+        slurm_job_id=slurm_job, slurm_probe=default_probe())
     if wait_for_new_jobs is not None:
         options["wait_for_new_jobs_s"] = wait_for_new_jobs
     runner = make_runner(db, workflow_id, node, output_dir=output_dir, **options)
@@ -133,21 +132,19 @@ def _end_time(fixed: float | None, slurm_job: str | None):  # noqa: ANN202
 
 @slurm.command("status")
 @click.argument("workflow_id", type=int)
-@click.option("--heartbeat-timeout", type=click.FloatRange(min=1), default=120.0, show_default=True,
-              help="Runners silent this long are presumed dead; their jobs return to ready.")
 @format_option
 @click.pass_obj
-def status(app, workflow_id: int, heartbeat_timeout: float, fmt: str) -> None:
+def status(app, workflow_id: int, fmt: str) -> None:
     """The workflow's allocations: Slurm state, time left, nodes, runners and the jobs they hold.
 
-    Allocations Slurm no longer knows are marked gone, and jobs of runners whose heartbeat went
-    stale go back to ready."""
+    Allocations Slurm no longer knows are marked gone. No job changes hands here: runners and
+    `torc workflows sync-status` take back the jobs of dead runners."""
     from torc_slurm.slurm.allocations import refresh_allocations
     from torc_slurm.slurm.backend import get_backend
     from torc_slurm.store.workflows import get_workflow
 
     get_workflow(app.db, workflow_id)
-    rows = refresh_allocations(app.db, get_backend(), workflow_id, heartbeat_timeout)
+    rows = refresh_allocations(app.db, get_backend(), workflow_id)
     app.emit(rows, fmt, _status_table)
 
 

@@ -127,19 +127,32 @@ def status(app: App, workflow_id: int, fmt: str) -> None:
 
 @workflows.command("sync-status")
 @click.argument("workflow_id", metavar="ID", type=int)
-@click.option("--heartbeat-timeout", type=click.FloatRange(min=1), default=120.0, show_default=True,
-              help="Runners silent this long are presumed dead (killed, node lost).")
 @pass_app
-def sync_status(app: App, workflow_id: int, heartbeat_timeout: float) -> None:
-    """Return the pending/running jobs of runners whose heartbeat went stale to ready.
+def sync_status(app: App, workflow_id: int) -> None:
+    """Take back the jobs of workflow ID's runners that are provably dead.
 
-    Live runners do this sweep too; run it by hand after a node loss when no runner is left."""
-    from torc_slurm.store.queue import Queue
+    Proof is a runner whose process on this host is gone, or whose Slurm allocation Slurm reports
+    ended; their jobs' leftover processes on this host are killed first. A runner that cannot be
+    checked from here is listed with what to do. Live runners do this themselves, and also take
+    over from runners whose lease expired; run this after a node loss when no runner is left."""
+    import time
+
     from torc_slurm.store.workflows import get_workflow
 
     get_workflow(app.db, workflow_id)
-    returned = Queue(app.db, workflow_id).sweep_stale_runners(heartbeat_timeout)
-    app.console.print(f"Returned {returned} job(s) of lost runners to ready")
+    peers, verdicts, taken = _sweep_dead_runners(app, workflow_id)
+    for request in verdicts.sweep:
+        app.console.print(f"Runner {request.runner_id} is dead ({request.reason})")
+    app.console.print(f"Returned {taken} job(s) of dead runners to ready")
+    swept = {r.runner_id for r in verdicts.sweep}
+    for peer in peers:
+        if peer.runner_id in swept:
+            continue
+        where = f"Slurm allocation {peer.slurm_job_id}" if peer.slurm_job_id else f"pid {peer.pid}"
+        app.console.print(f"Runner {peer.runner_id} on {peer.hostname} ({where}) looks alive: last heartbeat "
+                          f"{time.time() - peer.heartbeat_at:.0f} s ago by its own clock. If it is gone, end it "
+                          f"({'scancel ' + peer.slurm_job_id if peer.slurm_job_id else 'kill it on ' + peer.hostname}) "
+                          "and run this again; live runners take it over once its lease expires.")
 
 
 @workflows.command("cancel")
@@ -164,17 +177,26 @@ def cancel(app: App, workflow_id: int) -> None:
 @workflows.command("delete")
 @click.argument("workflow_id", metavar="ID", type=int)
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation (needed when not at a terminal).")
+@click.option("--force", is_flag=True,
+              help="Stop the workflow's live runners first (cancel its jobs and allocations, wait for them).")
+@click.option("--timeout", type=click.FloatRange(min=0), default=120.0, show_default=True,
+              help="With --force: how long to wait for the runners to stop.")
 @pass_app
-def delete(app: App, workflow_id: int, yes: bool) -> None:
+def delete(app: App, workflow_id: int, yes: bool, force: bool, timeout: float) -> None:
     """Delete workflow ID and everything recorded about it.
 
-    Jobs, results, events and allocation records go; live Slurm allocations are canceled first so
-    no runner is left pointing at a missing workflow. Asks first unless --yes is given; when not at
-    a terminal it refuses without --yes.
+    Refuses while runners of the workflow are live, unless --force, which cancels its jobs and
+    Slurm allocations and waits for every runner to stop. Asks first unless --yes is given; when
+    not at a terminal it refuses without --yes. Ids of deleted workflows are never reused.
     """
-    from torc_slurm.store.workflows import delete_workflow, get_workflow, status_counts
+    from torc_slurm.store.workflows import delete_workflow, get_workflow, live_runners, status_counts
 
     workflow = get_workflow(app.db, workflow_id)
+    live = live_runners(app.db, workflow_id)
+    if live and not force:
+        names = ", ".join(f"{r['id']} on {r['hostname']}" for r in live[:5])
+        app.abort(f"workflow {workflow_id} has {len(live)} live runner(s) ({names}); stop them first, or pass "
+                  "--force to cancel its jobs and allocations and wait for the runners to stop")
     if not yes:
         jobs = sum(status_counts(app.db, workflow_id).values())
         question = f"Delete workflow {workflow_id} ({workflow.name!r}, {jobs:,} jobs)?"
@@ -185,11 +207,45 @@ def delete(app: App, workflow_id: int, yes: bool) -> None:
     canceled = _cancel_allocations(app, workflow_id)
     if canceled:
         app.note(f"Canceled Slurm allocation(s) {', '.join(canceled)}")
+    if live:
+        _stop_runners(app, workflow_id, timeout)
     delete_workflow(app.db, workflow_id)
     app.console.print(f"Deleted workflow {workflow_id}")
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+def _sweep_dead_runners(app: App, workflow_id: int):  # noqa: ANN202
+    """(the live runners, the verdicts on them, jobs taken back): sweeps on evidence only."""
+    from torc_slurm.runner.fencing import Fencer, host_key
+    from torc_slurm.slurm.probe import default_probe
+    from torc_slurm.store.queue import Queue
+
+    queue = Queue(app.db, workflow_id)
+    peers = queue.peers()
+    verdicts = Fencer(my_host_key=host_key(), slurm=default_probe()).assess(peers, [], evidence_only=True)
+    return peers, verdicts, queue.sweep(verdicts.sweep, by="torc workflows sync-status")
+
+
+def _stop_runners(app: App, workflow_id: int, timeout: float) -> None:
+    """Cancel the workflow's jobs (its runners kill them and, with nothing left to do, exit), take
+    back the jobs of provably dead runners, and wait until no runner is live."""
+    import time
+
+    from torc_slurm.store.workflows import cancel_workflow, live_runners
+
+    cancel_workflow(app.db, workflow_id)
+    deadline = time.monotonic() + timeout
+    while True:
+        _sweep_dead_runners(app, workflow_id)
+        live = live_runners(app.db, workflow_id)
+        if not live:
+            return
+        if time.monotonic() >= deadline:
+            app.abort(f"{len(live)} runner(s) of workflow {workflow_id} are still live after {timeout:.0f} s "
+                      f"({', '.join(str(r['id']) for r in live)}); nothing deleted")
+        time.sleep(0.5)
+
+
 def _cancel_allocations(app: App, workflow_id: int) -> list[str]:
     """scancel the workflow's live Slurm allocations; their job ids (Slurm is asked only if any)."""
     from torc_slurm.slurm.allocations import cancel_allocations

@@ -1,9 +1,15 @@
 """The node-local runner: claim -> pack -> spawn -> reap -> complete, until the work or the time ends.
 
 One ``Runner`` per node. Every pass of the loop is one queue cycle (one lock acquisition) that
-records what finished and started since the last pass and claims what fits now. Between cycles the
-runner blocks in ``ProcessPool.wait`` until a child exits, a signal arrives or a timer is due; an
-idle runner watches the queue's change signal (a stat, no lock) with a growing interval.
+records what finished and started since the last pass, renews the runner's lease and claims what
+fits now. Between cycles the runner blocks in ``ProcessPool.wait`` until a child exits, a signal
+arrives or a timer is due; an idle runner watches the queue's change signal (a stat, no lock) with
+a growing interval.
+
+A job runs only under a live lease (`runner.keeper`): the runner starts nothing when its lease is
+near its end, kills its jobs when the lease ends without renewal (self-fencing), kills the jobs
+the queue took back from it, and survives a queue it cannot reach for a while, retrying with
+backoff; outcomes wait in memory meanwhile and are reported by the next cycle that succeeds.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -20,19 +27,22 @@ from pathlib import Path
 
 import psutil
 
+from torc_slurm.errors import QueueError
+from torc_slurm.runner.fencing import SlurmProbe
+from torc_slurm.runner.keeper import LeaseKeeper
 from torc_slurm.runner.monitor import ResourceMonitor
 from torc_slurm.runner.packing import Candidate, Placement, fits_node, fits_time, pack
+from torc_slurm.runner.policy import STOP_SIGNAL_WINDOW_S, Exit, classify, killed_by_stop_signal, prefetch_size
 from torc_slurm.runner.process import Finished, LaunchSpec, ProcessPool
 from torc_slurm.runner.resources import DetectedNode, pin_plan
 from torc_slurm.runner.walltime import EndTime
+from torc_slurm.states import UNFINISHED
 from torc_slurm.store.db import Database
-from torc_slurm.store.queue import ClaimedJob, Limits, Outcome, Queue, ReadyJob
-from torc_slurm.store.workflows import UNFINISHED
+from torc_slurm.store.queue import ClaimedJob, Limits, Outcome, Queue, ReadyJob, Started
 
 log = logging.getLogger(__name__)
 MAX_PREFETCH = 512  # adaptive claim-ahead never exceeds this many jobs
-# A job killed by a signal this close to the runner's stop request died of the same event.
-STOP_SIGNAL_WINDOW_S = 1.0
+DEFAULT_HEARTBEAT_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -46,8 +56,12 @@ class RunnerConfig:
     end_time: EndTime = field(default_factory=EndTime)
     buffer_s: float = 60.0                  # stop this long before the end time
     wait_for_new_jobs_s: float | None = 90.0  # idle exit; None = stay while the workflow can progress
-    heartbeat_interval_s: float = 10.0
-    heartbeat_timeout_s: float = 60.0       # other runners silent this long are swept
+    # The lease (the workflow's heartbeat_timeout_seconds): a runner that cannot renew it for this
+    # long kills its own jobs; others may take them after 1.5x as long (see runner.liveness).
+    heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
+    heartbeat_interval_s: float | None = None  # default: heartbeat_timeout_s / 8, at most 10 s
+    slurm_probe: SlurmProbe | None = None   # how to ask Slurm about other runners' allocations
+    guardian: bool = True                   # a guardian process kills the jobs if the runner dies
     termination_grace_s: float = 30.0
     monitor_interval_s: float = 5.0
     gpu_variable: str = "CUDA_VISIBLE_DEVICES"
@@ -66,6 +80,7 @@ class RunSummary:
     completed: int = 0
     failed: int = 0
     terminated: int = 0
+    lost: int = 0                  # killed because this runner's lease on them ended
     exit_reason: str = ""
     unrunnable: list[str] = field(default_factory=list)  # ready jobs that can never fit this node
     counts: dict[str, int] = field(default_factory=dict)
@@ -87,11 +102,16 @@ class Runner:
         self.queue = Queue(db, config.workflow_id)
         self.pool = ProcessPool()
         self.monitor = ResourceMonitor(config.monitor_interval_s or None)
+        if config.heartbeat_interval_s is None:
+            config.heartbeat_interval_s = min(10.0, config.heartbeat_timeout_s / 8)
+        self.leases = LeaseKeeper(timeout_s=config.heartbeat_timeout_s, observe_every_s=config.heartbeat_interval_s,
+                                  slurm=config.slurm_probe, guardian=config.guardian)
         self.running: dict[int, _Running] = {}
         self.stop_reason: str | None = None
         self._stop_requested_at: float | None = None
-        self._signaled: set[int] = set()  # jobs this runner killed itself (canceled)
-        self._started: list[tuple[int, int]] = []
+        self._signaled: set[int] = set()  # jobs this runner killed itself (lease lost)
+        self._lease_lost: set[int] = set()
+        self._started: list[Started] = []
         self._outcomes: list[Outcome] = []
         self._pin_warned = False
         self._terminating: set[int] = set()
@@ -104,6 +124,8 @@ class Runner:
         self._seen_token: tuple[int, int] | None = None
         self._slots = max(1, config.max_parallel_jobs or len(node.capacity.cpu_ids))
         self._finished_at: deque[float] = deque(maxlen=8 * MAX_PREFETCH)  # recent outcome times
+        self._failing_since: float | None = None  # monotonic time of the first failed cycle in a row
+        self._retry_at = 0.0                      # monotonic: no cycle before this (backoff)
 
     # -- public ------------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -116,12 +138,20 @@ class Runner:
     def run(self) -> RunSummary:
         cfg = self.config
         capacity = self.node.capacity
-        self.runner_id = self.queue.register_runner(
-            hostname=cfg.node_name, pid=os.getpid(), slurm_job_id=cfg.slurm_job_id,
-            scheduler=cfg.scheduler, resources={"cpus": len(capacity.cpu_ids), "gpus": list(capacity.gpu_ids),
-                                                "memory_bytes": capacity.memory_bytes,
-                                                "end_time": cfg.end_time.current(time.time()),
-                                                "output_dir": str(cfg.output_dir)})
+        self.leases.start()
+        try:
+            before = time.monotonic()
+            self.runner_id = self.queue.register_runner(
+                hostname=cfg.node_name, pid=os.getpid(), slurm_job_id=cfg.slurm_job_id,
+                scheduler=cfg.scheduler, resources={"cpus": len(capacity.cpu_ids), "gpus": list(capacity.gpu_ids),
+                                                    "memory_bytes": capacity.memory_bytes,
+                                                    "end_time": cfg.end_time.current(time.time()),
+                                                    "output_dir": str(cfg.output_dir)},
+                **self.leases.identity())
+        except BaseException:
+            self.leases.close()
+            raise
+        self.leases.renewed(before)
         summary = self._summary = RunSummary(self.runner_id)
         log.info("runner %d on %s: %d CPUs, GPUs %s, %.1f GiB (%s)", self.runner_id, cfg.node_name,
                  len(capacity.cpu_ids), list(capacity.gpu_ids) or "none", capacity.memory_bytes / 2**30,
@@ -132,11 +162,14 @@ class Runner:
         try:
             self._loop(summary)
         finally:
-            self._wind_down(summary)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            self.monitor.stop()
-            self.pool.close()
+            try:
+                self._wind_down(summary)
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+                self.monitor.stop()
+                self.pool.close()
+                self.leases.close()  # the guardian kills whatever the jobs left behind
         return summary
 
     # -- the loop ----------------------------------------------------------------------------
@@ -144,7 +177,7 @@ class Runner:
         """Each pass: maybe run a queue cycle, start what fits from the local backlog, then block
         until a child exits, a signal arrives, or the next cycle is due."""
         cfg = self.config
-        self._last_cycle = self._last_sweep = self._last_progress = -1e18
+        self._last_cycle = self._last_progress = -1e18
         self._force_cycle = True
         idle_since: float | None = None
         idle_wait = 0.05
@@ -154,9 +187,13 @@ class Runner:
             if left is not None and left <= 0:
                 self.request_stop("walltime")
                 break
+            if self.leases.expired(time.monotonic()) and (self.running or self._backlog):
+                self._self_fence()
             counts = self._cycle(now, left) if self._cycle_due(now) else None
             if counts is not None:
                 summary.counts = counts
+            if self.stop_reason is not None:
+                break
             self._start_backlog(now)
             if self.running:
                 idle_since, idle_wait = None, 0.05
@@ -169,6 +206,8 @@ class Runner:
             # Idle: nothing running here and nothing to start.
             if counts is None:
                 self._force_cycle = True
+                if time.monotonic() < self._retry_at:  # the queue is unreachable: back off
+                    self.pool.wait(self._retry_at - time.monotonic())
                 continue
             if not any(counts.get(s, 0) for s in UNFINISHED):
                 summary.exit_reason = "workflow complete"
@@ -189,8 +228,12 @@ class Runner:
         """Batch work per lock: cycle when forced, when the heartbeat is due, when enough outcomes
         wait (or the oldest waited ``report_delay_s``), or when there is room and nothing to start."""
         cfg = self.config
+        if time.monotonic() < self._retry_at:
+            return False
         if self._force_cycle or now - self._last_cycle >= cfg.heartbeat_interval_s:
             return True
+        if not self.leases.may_start(time.monotonic()) and (self._backlog or self.running):
+            return True  # renew before starting anything more
         if self._outcomes and (len(self._outcomes) >= self._prefetch(now)
                                or now - self._outcomes_since >= cfg.report_delay_s):
             return True
@@ -203,6 +246,7 @@ class Runner:
         return False
 
     def _cycle(self, now: float, left: float | None) -> dict[str, int] | None:
+        """One queue cycle; None when it failed (everything it carried waits for the next one)."""
         cfg = self.config
         self._seen_token = self.db.change_token()
         release = [job.id for job in self._backlog.values() if not self._can_start_later(job, now)]
@@ -213,27 +257,78 @@ class Runner:
             release += kept[-surplus:]
         for job_id in release:
             del self._backlog[job_id]
-        sweep = now - self._last_sweep >= cfg.heartbeat_interval_s
+        mono = time.monotonic()
+        observe = self.leases.observe_due(mono)
         idle = not self.running and not self._backlog and not self._last_claimed  # (counts cost a scan)
         progress_due = cfg.on_progress is not None and now - self._last_progress >= cfg.progress_interval_s
-        result = self.queue.cycle(
-            self.runner_id, started=self._take_started(), outcomes=self._take_outcomes(), release=release,
-            choose=self._chooser(now), limits=self._limits(left), scheduler=cfg.scheduler,
-            strict_scheduler=cfg.strict_scheduler, window=self._window(),
-            sweep_timeout=cfg.heartbeat_timeout_s if sweep else None, want_counts=idle or progress_due)
+        held = {job_id: r.job.lease_token for job_id, r in self.running.items() if job_id not in self._lease_lost}
+        held.update((job_id, job.lease_token) for job_id, job in self._backlog.items())
+        started, outcomes, verdicts = self._take_started(), self._take_outcomes(), self.leases.take_verdicts()
+        may_claim = self.leases.may_start(mono) or not self.running  # a fresh lease comes with this cycle
+        try:
+            result = self.queue.cycle(
+                self.runner_id, started=started, outcomes=outcomes, release=release, held=held,
+                choose=self._chooser(now) if may_claim else None, limits=self._limits(left),
+                scheduler=cfg.scheduler, strict_scheduler=cfg.strict_scheduler, window=self._window(),
+                sweep=verdicts.sweep, fence=verdicts.fence, want_peers=observe, want_counts=idle or progress_due)
+        except (QueueError, sqlite3.Error) as exc:
+            self._started[:0], self._outcomes[:0] = started, outcomes
+            self.leases.restore_verdicts(verdicts)
+            self._cycle_failed(exc)
+            return None
+        self._failing_since = None
+        self.leases.renewed(result.renewed_at)
         self._last_cycle = now
         self._force_cycle = False
         self._last_claimed = len(result.claimed)
-        if sweep:
-            self._last_sweep = now
+        if result.runner_gone:
+            log.error("runner %d: its workflow %d was deleted from the queue; stopping its jobs",
+                      self.runner_id, cfg.workflow_id)
+            self._lose(list(self.running) + list(self._backlog), "its workflow was deleted")
+            self.request_stop("workflow deleted")
+            return None
+        if result.revoked:
+            self._lose(result.revoked, "the queue took them back (this runner was presumed dead, or they were canceled)")
+        if result.peers is not None:
+            self.leases.observed(result.renewed_at, result.peers)
         if result.counts is not None and cfg.on_progress is not None:
             cfg.on_progress(result.counts)
             self._last_progress = now
-        if result.canceled:
-            self._stop_jobs(result.canceled, "the job was canceled")
         for job in result.claimed:
             self._backlog[job.id] = job
         return result.counts
+
+    def _cycle_failed(self, exc: Exception) -> None:
+        """Back off (0.1 s doubling to 5 s) and retry; past twice the lease, give up: by then the
+        jobs were fenced, and the runner cannot report anything."""
+        mono = time.monotonic()
+        self._failing_since = self._failing_since or mono
+        failing = mono - self._failing_since
+        delay = min(5.0, 0.1 * 2 ** min(6, int(failing // 0.5)))
+        self._retry_at = mono + delay
+        log.warning("runner %d: queue cycle failed (%s); retrying in %.1f s", self.runner_id, exc, delay)
+        if failing > max(2 * self.config.heartbeat_timeout_s, 60.0):
+            log.error("runner %d: the queue has been unreachable for %.0f s; giving up", self.runner_id, failing)
+            self.request_stop("queue unreachable")
+
+    def _self_fence(self) -> None:
+        """The lease ran out without renewal: kill every job (others may take them any moment) and
+        start nothing that was claimed ahead."""
+        log.error("runner %d: lease not renewed for %.0f s; killing %d running jobs (self-fencing)",
+                  self.runner_id, self.config.heartbeat_timeout_s, len(self.running))
+        self._lose(list(self.running) + list(self._backlog), "self-fenced")
+
+    def _lose(self, job_ids: list[int], why: str) -> None:
+        """This runner no longer holds ``job_ids``: drop the claimed-ahead ones, kill the running ones
+        (their outcome is reported as lost, and the queue records it as late if it moved on)."""
+        live = [j for j in job_ids if j in self.running and j not in self._lease_lost]
+        for job_id in job_ids:
+            self._backlog.pop(job_id, None)
+        if live:
+            log.warning("runner %d: killing %d jobs: %s", self.runner_id, len(live), why)
+            self._lease_lost.update(live)
+            self._signaled.update(live)
+            self.pool.signal(live, signal.SIGKILL)
 
     def _chooser(self, now: float) -> Callable[[list[ReadyJob]], list[int]] | None:
         """Claim what fits the free resources now, plus up to ``prefetch`` more jobs that fit the
@@ -247,7 +342,7 @@ class Runner:
 
         def choose(ready: list[ReadyJob]) -> list[int]:
             candidates = [Candidate(r.job_id, r.num_cpus, r.num_gpus, r.memory_bytes, r.runtime_s) for r in ready
-                          if r.job_id not in self._backlog]
+                          if r.job_id not in self._backlog and r.job_id not in self.running]
             chosen = [p.job_id for p in self._pack(candidates, now, end)][:room]
             taken = set(chosen)
             for c in candidates:  # claim ahead: the next ones that fit the node and the time left
@@ -262,7 +357,8 @@ class Runner:
 
     def _start_backlog(self, now: float) -> None:
         """Pack the claimed-but-unstarted jobs into the free resources and start them."""
-        if not self._backlog or self.stop_reason is not None or not self._has_room():
+        if not self._backlog or self.stop_reason is not None or not self._has_room() \
+                or not self.leases.may_start(time.monotonic()):
             return
         cfg = self.config
         candidates = [Candidate(j.id, j.num_cpus, j.num_gpus, j.memory_bytes, j.runtime_s)
@@ -322,7 +418,8 @@ class Runner:
         recent = self._finished_at
         while recent and recent[0] < now - 1.0:
             recent.popleft()
-        return max(self._slots, min(MAX_PREFETCH, int(len(recent) * self.config.report_delay_s)))
+        return prefetch_size(slots=self._slots, completions_last_second=len(recent),
+                             report_delay_s=self.config.report_delay_s, ceiling=MAX_PREFETCH)
 
     def _wait_timeout(self, now: float, left: float | None) -> float:
         cfg = self.config
@@ -333,6 +430,9 @@ class Runner:
             timeout = min(timeout, cfg.report_delay_s - (now - self._started_since))
         if left is not None:
             timeout = min(timeout, left)
+        to_deadline = self.leases.seconds_to_deadline(time.monotonic())
+        if to_deadline is not None and self.running:
+            timeout = min(timeout, max(to_deadline, 0.01))
         return max(timeout, 0.0)
 
     def _wait_for_change(self, wait: float, ceiling: float) -> float:
@@ -353,10 +453,10 @@ class Runner:
         cfg = self.config
         if not self._started:
             self._started_since = time.time()
-        self._started.append((job.id, job.attempt))
         if cfg.dry_execute:
             now = time.time()
-            self._add_outcome(Outcome(job.id, job.attempt, "completed", 0, None, now, now))
+            self._started.append(Started(job.id, job.lease_token))
+            self._add_outcome(Outcome(job.id, job.attempt, "completed", job.lease_token, 0, None, now, now))
             return
         stdio = cfg.output_dir / "job_stdio"
         stem = f"wf{cfg.workflow_id}_job{job.id}_attempt{job.attempt}"
@@ -371,8 +471,10 @@ class Runner:
         launched = self.pool.start(LaunchSpec(job.id, job.attempt, command, cfg.working_dir,
                                               self._environment(job, placement), stdout, stderr, affinity))
         if isinstance(launched, Finished):
+            self._started.append(Started(job.id, job.lease_token))
             self._add_outcome(self._outcome(job, launched, None))
             return
+        self._started.append(Started(job.id, job.lease_token, launched))
         self.running[job.id] = _Running(job, placement, stdout, stderr)
         self.monitor.track(job.id, launched)
 
@@ -384,6 +486,7 @@ class Runner:
             "TORC_WORKFLOW_ID": str(cfg.workflow_id), "TORC_JOB_ID": str(job.id), "TORC_JOB_NAME": job.name,
             "TORC_ATTEMPT": str(job.attempt), "TORC_OUTPUT_DIR": str(cfg.output_dir),
             "TORC_RUNNER_ID": str(self.runner_id), "OMP_NUM_THREADS": str(job.num_cpus),
+            **self.leases.job_environment(),
         })
         if cfg.max_parallel_jobs is None:
             env["TORC_CPU_IDS"] = ",".join(map(str, placement.cpu_ids))
@@ -393,7 +496,7 @@ class Runner:
 
     def _collect(self, finished: list[Finished], summary: RunSummary) -> None:
         if self.stop_reason is None and any(
-                _killed(d.signal, d.return_code) for d in finished
+                killed_by_stop_signal(d.signal, d.return_code) for d in finished
                 if d.job_id in self.running and d.job_id not in self._signaled):
             self._await_stop_request(STOP_SIGNAL_WINDOW_S)
         for done in finished:
@@ -403,6 +506,7 @@ class Runner:
                 continue
             stats = self.monitor.untrack(done.job_id)
             self._add_outcome(self._outcome(entry.job, done, stats))
+            self._lease_lost.discard(done.job_id)
 
     def _add_outcome(self, outcome: Outcome) -> None:
         summary = self._summary  # counts every outcome, launch failures and dry runs included
@@ -411,6 +515,8 @@ class Runner:
                 summary.completed += 1
             elif outcome.status == "terminated":
                 summary.terminated += 1
+            elif outcome.status == "lost":
+                summary.lost += 1
             else:
                 summary.failed += 1
         now = time.time()
@@ -420,20 +526,16 @@ class Runner:
         self._finished_at.append(now)
 
     def _outcome(self, job: ClaimedJob, done: Finished, stats) -> Outcome:  # noqa: ANN001
-        status, message = "failed", done.launch_error
-        if done.launch_error is None and done.return_code == 0:
-            missing = [p for p in job.output_files if not (self.config.working_dir / p).exists()]
-            status = "completed" if not missing else "failed"
-            if missing:
-                message = "exited 0 but did not create its output files: " + ", ".join(missing)
-        elif done.signal is not None:
-            message = f"killed by signal {_signal_name(done.signal)}"
-        if status != "completed" and (job.id in self._terminating
-                                      or self._killed_by_stop(done.signal, done.return_code, done.ended_at)):
-            status, message = "terminated", f"stopped by the runner ({self.stop_reason}); returned to ready"
+        missing: tuple[str, ...] = ()
+        if done.launch_error is None and done.return_code == 0 and job.output_files:
+            missing = tuple(p for p in job.output_files if not (self.config.working_dir / p).exists())
+        status, message = classify(Exit(
+            done.return_code, done.signal, done.ended_at, done.launch_error, missing,
+            lease_lost=job.id in self._lease_lost, stopped_by_runner=job.id in self._terminating,
+            stop_reason=self.stop_reason, stop_requested_at=self._stop_requested_at))
         return Outcome(
-            job.id, job.attempt, status, done.return_code, done.signal, done.started_at, done.ended_at,
-            self._trusted_peak_rss(done.peak_rss_bytes), done.cpu_time_s,
+            job.id, job.attempt, status, job.lease_token, done.return_code, done.signal, done.started_at,
+            done.ended_at, self._trusted_peak_rss(done.peak_rss_bytes), done.cpu_time_s,
             stats.avg_cpu_percent if stats else None, stats.peak_cpu_percent if stats else None,
             stats.avg_memory_bytes if stats else None, stats.peak_memory_bytes if stats else None, message)
 
@@ -447,14 +549,6 @@ class Runner:
             self._own_rss = psutil.Process().memory_info().rss
         return peak if peak > self._own_rss else None
 
-    def _killed_by_stop(self, signal_number: int | None, return_code: int | None, ended_at: float | None) -> bool:
-        """Killed by SIGTERM/SIGKILL/SIGINT around the time the runner was told to stop. Slurm (scancel,
-        the time limit) signals every process of the allocation at once, so a job can die of that
-        signal just before the runner starts winding down: it was stopped, not failed."""
-        if self._stop_requested_at is None or not _killed(signal_number, return_code):
-            return False
-        return ended_at is None or ended_at >= self._stop_requested_at - STOP_SIGNAL_WINDOW_S
-
     def _await_stop_request(self, timeout: float) -> None:
         """A job died of SIGTERM/SIGKILL/SIGINT this runner did not send. Slurm (scancel, the time
         limit) signals every process of the allocation, the jobs often a few ms before the runner:
@@ -463,19 +557,14 @@ class Runner:
         while self.stop_reason is None and time.monotonic() < deadline:
             time.sleep(0.02)  # signal handlers run between sleeps
 
-    def _stop_jobs(self, job_ids: list[int], why: str) -> None:
-        live = [j for j in job_ids if j in self.running]
-        if live:
-            log.info("stopping %d jobs: %s", len(live), why)
-            self._signaled.update(live)
-            self.pool.signal(live, signal.SIGKILL)
-
     def _wind_down(self, summary: RunSummary) -> None:
         """Stop claiming; TERM the jobs that support it, KILL the rest after the grace period;
         hand every unfinished job back to ready; sign off. Ending at the walltime is no failure."""
         cfg = self.config
         if self.running:
-            self._terminating = set(self.running)
+            self._collect(self.pool.wait(0), summary)  # those that exited before the stop keep their outcome
+        if self.running:
+            self._terminating = set(self.running) - self._lease_lost
             reason = self.stop_reason or "runner exit"
             log.warning("stopping %d running jobs (%s)", len(self.running), reason)
             polite = [j for j, r in self.running.items() if r.job.supports_termination]
@@ -488,8 +577,30 @@ class Runner:
                 while self.running:
                     self._collect(self.pool.wait(5.0), summary)
         summary.exit_reason = summary.exit_reason or (self.stop_reason or "")
-        self._started, self._backlog = [], {}
-        self.queue.finish_runner(self.runner_id, outcomes=self._take_outcomes())
+        self._backlog = {}
+        self._sign_off()
+
+    def _sign_off(self) -> None:
+        """The last cycle: report what is left and hand back the rest; retried with backoff while
+        the lease lasts (after that, the others will sweep this runner)."""
+        outcomes = self._take_outcomes()
+        self._started = []  # an outcome applies to a pending or running job alike
+        if self.stop_reason == "workflow deleted":
+            return
+        deadline = time.monotonic() + max(5.0, self.config.heartbeat_timeout_s)
+        delay = 0.1
+        while True:
+            try:
+                self.queue.finish_runner(self.runner_id, outcomes=outcomes)
+                return
+            except (QueueError, sqlite3.Error) as exc:
+                if time.monotonic() + delay > deadline:
+                    log.error("runner %d could not sign off (%s); %d outcomes are lost, and other runners "
+                              "will take its jobs back", self.runner_id, exc, len(outcomes))
+                    return
+                log.warning("runner %d: sign-off failed (%s); retrying in %.1f s", self.runner_id, exc, delay)
+                time.sleep(delay)
+                delay = min(2 * delay, 5.0)
 
     def _unrunnable(self) -> list[str]:
         """Names of ready jobs that could never fit this node (for a clear report)."""
@@ -503,23 +614,10 @@ class Runner:
                 for r in rows if not fits_node(cap, Candidate(r["id"], r["num_cpus"], r["num_gpus"],
                                                                 r["memory_bytes"], r["runtime_s"]))]
 
-    def _take_started(self) -> list[tuple[int, int]]:
+    def _take_started(self) -> list[Started]:
         started, self._started = self._started, []
         return started
 
     def _take_outcomes(self) -> list[Outcome]:
         outcomes, self._outcomes = self._outcomes, []
         return outcomes
-
-
-def _killed(signal_number: int | None, return_code: int | None) -> bool:
-    """Ended by SIGTERM, SIGKILL or SIGINT, directly or as a shell's 128+N exit status."""
-    stops = (signal.SIGTERM, signal.SIGKILL, signal.SIGINT)
-    return signal_number in stops or return_code in {128 + s for s in stops}
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return str(number)

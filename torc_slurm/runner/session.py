@@ -3,27 +3,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from torc_slurm.errors import QueueError
 from torc_slurm.runner.loop import Runner, RunnerConfig
 from torc_slurm.runner.resources import DetectedNode
-from torc_slurm.spec.models import WorkflowSpec
 from torc_slurm.store.db import Database
-
-
-@dataclass(frozen=True)
-class WorkflowSettings:
-    working_dir: Path
-    spec: WorkflowSpec
-
-
-def workflow_settings(db: Database, workflow_id: int) -> WorkflowSettings:
-    rows = db.read("SELECT working_dir, spec_json FROM workflows WHERE id = ?", (workflow_id,))
-    if not rows:
-        raise QueueError(f"no workflow {workflow_id} in {db.path}")
-    return WorkflowSettings(Path(rows[0]["working_dir"]), WorkflowSpec.model_validate_json(rows[0]["spec_json"]))
+from torc_slurm.store.workflows import workflow_settings
 
 
 def make_runner(db: Database, workflow_id: int, node: DetectedNode, *, output_dir: Path | None,
@@ -36,6 +21,7 @@ def make_runner(db: Database, workflow_id: int, node: DetectedNode, *, output_di
     config = RunnerConfig(
         workflow_id=workflow_id, working_dir=settings.working_dir, output_dir=output,
         buffer_s=settings.spec.compute_node_expiration_buffer_seconds,
+        heartbeat_timeout_s=float(settings.spec.heartbeat_timeout_seconds),
         wait_for_new_jobs_s=settings.spec.compute_node_wait_for_new_jobs_seconds,
         # The whole wind-down must fit in the buffer Slurm leaves after its warning signal.
         termination_grace_s=min(30.0, max(1.0, settings.spec.compute_node_expiration_buffer_seconds / 2)))

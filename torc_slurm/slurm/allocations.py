@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from torc_slurm.errors import SpecError
-from torc_slurm.runner.session import workflow_settings
 from torc_slurm.slurm.backend import SlurmBackend
 from torc_slurm.slurm.render import render_sbatch
 from torc_slurm.slurm.sites import SiteConfig
@@ -29,10 +28,9 @@ from torc_slurm.store.allocations import (
     update_allocation_states,
 )
 from torc_slurm.store.db import Database
-from torc_slurm.store.queue import Queue
+from torc_slurm.store.workflows import workflow_settings
 
 log = logging.getLogger(__name__)
-DEFAULT_HEARTBEAT_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -114,19 +112,15 @@ def schedule_nodes(db: Database, backend: SlurmBackend | None, site: SiteConfig,
     return result
 
 
-def refresh_allocations(db: Database, backend: SlurmBackend, workflow_id: int,
-                        heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S) -> list[dict[str, Any]]:
+def refresh_allocations(db: Database, backend: SlurmBackend, workflow_id: int) -> list[dict[str, Any]]:
     """Ask Slurm (one squeue call) about the workflow's live allocations, mark those it no longer
-    knows as gone, sweep runners whose heartbeat went stale, and return every allocation with its
-    runners, state and time left."""
+    knows as gone, and return every allocation with its runners, state and time left. Never
+    sweeps: a status command changes no job (`torc workflows sync-status` does, on evidence)."""
     active = list_allocations(db, workflow_id, active_only=True)
     infos = backend.status([a["slurm_job_id"] for a in active]) if active else {}
     update_allocation_states(db, workflow_id, {
         a["slurm_job_id"]: infos[a["slurm_job_id"]].state.value if a["slurm_job_id"] in infos else "gone"
         for a in active})
-    swept = Queue(db, workflow_id).sweep_stale_runners(heartbeat_timeout_s)
-    if swept:
-        log.warning("returned %d jobs of lost runners to ready", swept)
     runners = runners_by_allocation(db, workflow_id)
     rows = []
     for allocation in list_allocations(db, workflow_id):

@@ -66,6 +66,10 @@ def Count(low: int, what: str) -> Any:  # noqa: N802 - reads as a type in the mo
 
 
 Seconds = Annotated[int, _whole_number(0, MAX_SECONDS, "a number of seconds")]
+# Attempts that may end interrupted (lost with a runner, terminated at the walltime, timed out).
+Attempts = Annotated[int, _whole_number(1, 1000, "a number of attempts")]
+# The runner lease (DESIGN §2): under 2 s, a lock wait alone would fence every job.
+LeaseSeconds = Annotated[int, _whole_number(2, MAX_SECONDS, "a number of seconds")]
 Priority = Annotated[int, _whole_number(SQLITE_INT_MIN, SQLITE_INT_MAX, "priority (a signed 64-bit integer)")]
 
 
@@ -225,6 +229,7 @@ class JobSpec(StrictModel):
     priority: Priority = 0
     cancel_on_blocking_job_failure: bool = False
     supports_termination: bool = False
+    max_attempts: Attempts | None = None     # None: the workflow's max_attempts
     env: dict[str, Annotated[str, _argument("the value")]] = {}
     parameters: dict[str, ParameterValue] = {}
     parameter_mode: ParameterMode = "product"
@@ -293,6 +298,11 @@ class WorkflowSpec(StrictModel):
     jobs_sort_method: SortMethod = "gpus_runtime_memory"
     compute_node_expiration_buffer_seconds: Seconds = 60
     compute_node_wait_for_new_jobs_seconds: Seconds = 90
+    # Default attempt limit of every job (see JobSpec.max_attempts).
+    max_attempts: Attempts = 3
+    # A runner that cannot renew its lease for this long kills its jobs; others take them after
+    # 1.5x as long, or at once with proof of death (see runner.liveness).
+    heartbeat_timeout_seconds: LeaseSeconds = 120
 
     @field_validator("slurm_defaults")
     @classmethod

@@ -3,10 +3,14 @@
 A runner's ``cycle`` does, in ONE lock acquisition (DESIGN §2):
   1. record the jobs it started and the outcomes it reaped since the last cycle, unblocking the
      dependents of finished jobs through their dependency sets (only the sets the job belongs to);
-  2. renew its heartbeat (and, now and then, sweep runners whose heartbeat went stale);
+  2. renew its lease, sweep the runners it was asked to (see `store.leases`), and tell the runner
+     which of the jobs it holds are no longer its own (swept, canceled): it must kill those;
   3. read a window of ready jobs that fit the node and the time left, in rank order, and let the
      caller's pure ``choose`` pick the ones to start;
-  4. mark those pending and return them.
+  4. mark those pending under one new fencing token and return them.
+
+Fencing: every claim carries a lease token. A start or an outcome applies only while the job is
+still held by that runner under that token; otherwise it is recorded as *late* and changes nothing.
 """
 
 from __future__ import annotations
@@ -15,16 +19,20 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from torc_slurm.errors import QueueError
+from torc_slurm.states import HELD, JobStatus, sql_list
+from torc_slurm.store import leases
 from torc_slurm.store.db import Database
-from torc_slurm.store.workflows import add_event
+from torc_slurm.store.leases import PeerLease, SweepRequest
 
 log = logging.getLogger(__name__)
-OutcomeStatus = Literal["completed", "failed", "terminated", "canceled"]
+# terminated: stopped by its runner (walltime, shutdown); lost: its lease ended first (self-fenced).
+OutcomeStatus = Literal["completed", "failed", "terminated", "lost", "canceled"]
+INTERRUPTED = ("terminated", "lost")
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,16 @@ class ClaimedJob:
     runtime_s: int
     supports_termination: bool
     output_files: tuple[str, ...]
+    lease_token: int
+
+
+@dataclass(frozen=True)
+class Started:
+    """A claimed job whose process started: ``pid`` leads its process group."""
+
+    job_id: int
+    lease_token: int
+    pid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,7 @@ class Outcome:
     job_id: int
     attempt: int
     status: OutcomeStatus
+    lease_token: int
     return_code: int | None = None
     signal: int | None = None
     started_at: float | None = None
@@ -85,15 +104,18 @@ class Limits:
 @dataclass
 class CycleResult:
     claimed: list[ClaimedJob] = field(default_factory=list)
-    canceled: list[int] = field(default_factory=list)  # this runner's jobs canceled meanwhile: stop them
-    counts: dict[str, int] | None = None                # workflow job counts, when asked for
+    revoked: list[int] = field(default_factory=list)  # held jobs no longer this runner's: kill them
+    counts: dict[str, int] | None = None              # workflow job counts, when asked for
+    peers: list[PeerLease] | None = None              # the other live runners, when asked for
+    renewed_at: float = 0.0                           # time.monotonic() inside the lock: lease renewed
+    runner_gone: bool = False                         # the runner (its workflow) was deleted: stop
 
 
 Chooser = Callable[[list[ReadyJob]], Sequence[int]]
 
 
 class Queue:
-    """One workflow's queue as seen by a runner (or by a status command)."""
+    """One workflow's queue as seen by a runner (or by a command that sweeps)."""
 
     def __init__(self, db: Database, workflow_id: int) -> None:
         self.db = db
@@ -101,56 +123,76 @@ class Queue:
 
     # -- runners ---------------------------------------------------------------------------
     def register_runner(self, *, hostname: str, pid: int, slurm_job_id: str | None = None,
-                        scheduler: str | None = None, resources: dict | None = None) -> int:
+                        scheduler: str | None = None, resources: dict | None = None,
+                        host_key: str | None = None, pid_started: float | None = None,
+                        token: str | None = None, slurm_step_id: str | None = None) -> int:
         now = time.time()
         with self.db.transaction() as conn:
             status = conn.execute("SELECT status FROM workflows WHERE id = ?", (self.workflow_id,)).fetchone()
             if status is None:
                 raise QueueError(f"no workflow {self.workflow_id} in {self.db.path}")
-            cur = conn.execute(
-                "INSERT INTO runners (workflow_id, hostname, pid, slurm_job_id, scheduler, resources, status,"
-                " started_at, heartbeat_at) VALUES (?,?,?,?,?,?,'active',?,?)",
-                (self.workflow_id, hostname, pid, slurm_job_id, scheduler, json.dumps(resources or {}), now, now))
-            return int(cur.lastrowid)
+            runner_id = leases.next_ids(conn, "runners")
+            conn.execute(
+                "INSERT INTO runners (id, workflow_id, hostname, pid, slurm_job_id, scheduler, resources, status,"
+                " started_at, heartbeat_at, host_key, pid_started, token, slurm_step_id)"
+                " VALUES (?,?,?,?,?,?,?,'active',?,?,?,?,?,?)",
+                (runner_id, self.workflow_id, hostname, pid, slurm_job_id, scheduler, json.dumps(resources or {}),
+                 now, now, host_key, pid_started, token, slurm_step_id))
+            return runner_id
 
     def finish_runner(self, runner_id: int, *, outcomes: Sequence[Outcome] = ()) -> None:
         """The runner's last cycle: record outcomes, hand back anything it still holds, sign off."""
         now = time.time()
         with self.db.transaction() as conn:
             changed = self._record(conn, runner_id, outcomes)
-            changed += _hand_back(conn, runner_id)
+            changed += leases.hand_back(conn, runner_id)
             conn.execute("UPDATE runners SET status = 'finished', ended_at = ?, heartbeat_at = ? WHERE id = ?",
                          (now, now, runner_id))
         if changed:
             self.db.notify()
 
     # -- the cycle --------------------------------------------------------------------------
-    def cycle(self, runner_id: int, *, started: Sequence[tuple[int, int]] = (),
-              outcomes: Sequence[Outcome] = (), release: Sequence[int] = (),
+    def cycle(self, runner_id: int, *, started: Sequence[Started] = (), outcomes: Sequence[Outcome] = (),
+              release: Sequence[int] = (), held: Mapping[int, int] | None = None,
               choose: Chooser | None = None, limits: Limits = Limits(),
               scheduler: str | None = None, strict_scheduler: bool = False, window: int = 256,
-              sweep_timeout: float | None = None, want_counts: bool = False) -> CycleResult:
-        """``started`` holds (job_id, attempt) pairs that the runner spawned since the last cycle;
-        ``release`` claimed jobs it will not start after all (they go back to ready, attempt undone)."""
+              sweep: Sequence[SweepRequest] = (), fence: Sequence[tuple[int, str]] = (),
+              want_peers: bool = False, want_counts: bool = False) -> CycleResult:
+        """One lock acquisition. ``started``: attempts spawned since the last cycle. ``outcomes``:
+        attempts reaped. ``release``: claimed jobs the runner will not start after all (back to
+        ready, attempt undone). ``held``: job id -> lease token of every job the runner still holds
+        (running or claimed ahead); what the queue no longer gives it comes back in ``revoked``, and
+        what the queue gives it that it does not know of is handed back. ``sweep``/``fence``: the
+        runner's verdicts on its peers (`runner.fencing`)."""
         result = CycleResult()
         now = time.time()
-        settled = {(out.job_id, out.attempt) for out in outcomes}  # their outcome below supersedes 'running'
         with self.db.transaction() as conn:
-            for job_id, attempt in started:
-                if (job_id, attempt) not in settled:
-                    conn.execute("UPDATE jobs SET status = 'running' WHERE id = ? AND runner_id = ? AND attempt = ?"
-                                 " AND status = 'pending'", (job_id, runner_id, attempt))
+            result.renewed_at = time.monotonic()
+            renewed = conn.execute(
+                "UPDATE runners SET heartbeat_at = ?, lease_seq = lease_seq + 1, status = 'active', ended_at = NULL"
+                " WHERE id = ?", (now, runner_id)).rowcount
+            if not renewed:  # its workflow was deleted under it
+                result.runner_gone = True
+                return result
+            settled = {out.job_id for out in outcomes}  # their outcome below supersedes 'running'
+            conn.executemany(
+                "UPDATE jobs SET status = 'running', pid = ? WHERE id = ? AND runner_id = ? AND lease_token = ?"
+                " AND status = 'pending'",
+                [(s.pid, s.job_id, runner_id, s.lease_token) for s in started if s.job_id not in settled])
             changed = self._record(conn, runner_id, outcomes)
             if release:
-                changed += _hand_back(conn, runner_id, release)
-            # A runner swept as lost that turns out alive is active again: its old jobs were already
-            # returned (their outcomes are not applied), and what it claims now must stay sweepable.
-            conn.execute("UPDATE runners SET heartbeat_at = ?, status = 'active', ended_at = NULL"
-                         " WHERE id = ? AND status IN ('active', 'lost')", (now, runner_id))
-            if sweep_timeout is not None:
-                changed += self._sweep(conn, now - sweep_timeout)
-            result.canceled = [r[0] for r in conn.execute(
-                "SELECT id FROM jobs WHERE runner_id = ? AND status = 'canceled'", (runner_id,))]
+                changed += leases.hand_back(conn, runner_id, release)
+            if held is not None:
+                result.revoked, orphans = self._reconcile(conn, runner_id, held)
+                if orphans:  # claimed under this runner by a cycle it believes failed: not its to keep
+                    changed += leases.hand_back(conn, runner_id, orphans)
+            if sweep:
+                taken, gave_up = leases.sweep(conn, self.workflow_id, sweep, by=f"runner {runner_id}")
+                changed += taken + _unblock(conn, gave_up)
+            for peer_id, note in fence:
+                leases.mark_fencing(conn, peer_id, note)
+            if want_peers:
+                result.peers = leases.peers(conn, self.workflow_id, runner_id)
             if choose is not None:
                 ready = self._ready_window(conn, limits, scheduler, strict_scheduler, window)
                 chosen = list(choose(ready)) if ready else []
@@ -161,15 +203,33 @@ class Queue:
             self.db.notify()
         return result
 
-    def sweep_stale_runners(self, timeout: float) -> int:
-        """Return jobs held by runners silent for ``timeout`` seconds to ready; how many jobs."""
+    def peers(self) -> list[PeerLease]:
+        """Every live runner of the workflow (one locked read; never sweeps)."""
         with self.db.transaction() as conn:
-            changed = self._sweep(conn, time.time() - timeout)
+            return leases.peers(conn, self.workflow_id, None)
+
+    def sweep(self, requests: Sequence[SweepRequest], *, by: str) -> int:
+        """Declare runners dead (each only if its lease still stands) and take back their jobs."""
+        if not requests:
+            return 0
+        with self.db.transaction() as conn:
+            taken, gave_up = leases.sweep(conn, self.workflow_id, requests, by=by)
+            changed = taken + _unblock(conn, gave_up)
         if changed:
             self.db.notify()
-        return changed
+        return taken
 
     # -- internals (all inside the caller's transaction) -------------------------------------
+    def _reconcile(self, conn: sqlite3.Connection, runner_id: int,
+                   held: Mapping[int, int]) -> tuple[list[int], list[int]]:
+        """(jobs the runner holds that the queue no longer gives it, jobs the queue gives it that
+        the runner does not hold)."""
+        granted = dict(conn.execute(f"SELECT id, lease_token FROM jobs WHERE runner_id = ? AND status IN {sql_list(HELD)}",
+                                    (runner_id,)).fetchall())
+        revoked = [job_id for job_id, token in held.items() if granted.get(job_id) != token]
+        orphans = [job_id for job_id in granted if job_id not in held]
+        return revoked, orphans
+
     def _ready_window(self, conn: sqlite3.Connection, limits: Limits, scheduler: str | None,
                       strict: bool, window: int) -> list[ReadyJob]:
         sql = ["SELECT id, num_cpus, num_gpus, memory_bytes, runtime_s FROM jobs"
@@ -191,15 +251,18 @@ class Queue:
         return [ReadyJob(*row) for row in conn.execute(" ".join(sql), params)]
 
     def _claim(self, conn: sqlite3.Connection, runner_id: int, job_ids: Sequence[int]) -> list[ClaimedJob]:
+        """Mark ``job_ids`` pending for the runner under one new lease token (a job is claimed at
+        most once per cycle, so the token names each attempt uniquely)."""
         job_ids = list(dict.fromkeys(job_ids))  # a chooser that names a job twice claims it once
         if not job_ids:
             return []
+        token = leases.next_ids(conn, "lease_token")
         marks = ",".join("?" * len(job_ids))
         # Unary + keeps the planner on the rowid lookups: with plain "status = ... AND workflow_id = ..."
         # it picks jobs_by_status and scans every ready job of the workflow (~70 ms at 100k ready).
-        conn.execute(f"UPDATE jobs SET status = 'pending', runner_id = ?, attempt = attempt + 1"
+        conn.execute(f"UPDATE jobs SET status = 'pending', runner_id = ?, attempt = attempt + 1, lease_token = ?"
                      f" WHERE id IN ({marks}) AND +status = 'ready' AND +workflow_id = ?",
-                     (runner_id, *job_ids, self.workflow_id))
+                     (runner_id, token, *job_ids, self.workflow_id))
         outputs: dict[int, list[str]] = {}
         for job_id, path in conn.execute(
                 f"SELECT io.job_id, f.path FROM job_io io JOIN files f ON f.id = io.item_id"
@@ -208,84 +271,50 @@ class Queue:
         rows = conn.execute(
             f"SELECT id, name, command, invocation_script, env, attempt, num_cpus, num_gpus, memory_bytes,"
             f" runtime_s, supports_termination FROM jobs WHERE id IN ({marks}) AND runner_id = ?"
-            f" AND status = 'pending'", (*job_ids, runner_id)).fetchall()
+            f" AND lease_token = ? AND status = 'pending'", (*job_ids, runner_id, token)).fetchall()
         by_id = {row["id"]: row for row in rows}
         return [ClaimedJob(
             id=row["id"], name=row["name"], command=row["command"], invocation_script=row["invocation_script"],
             env=json.loads(row["env"]) if row["env"] else {}, attempt=row["attempt"], num_cpus=row["num_cpus"],
             num_gpus=row["num_gpus"], memory_bytes=row["memory_bytes"], runtime_s=row["runtime_s"],
             supports_termination=bool(row["supports_termination"]),
-            output_files=tuple(outputs.get(row["id"], ()))) for row in (by_id[i] for i in job_ids if i in by_id)]
+            output_files=tuple(outputs.get(row["id"], ())), lease_token=token)
+            for row in (by_id[i] for i in job_ids if i in by_id)]
 
     def _record(self, conn: sqlite3.Connection, runner_id: int, outcomes: Sequence[Outcome]) -> int:
+        """Apply the outcomes whose attempt still holds its lease; record the others as late."""
         finished: list[tuple[int, bool]] = []
         requeued = 0
         for out in outcomes:
-            row = conn.execute("SELECT status, runner_id, attempt FROM jobs WHERE id = ?", (out.job_id,)).fetchone()
-            current = row is not None and row["runner_id"] == runner_id and row["attempt"] == out.attempt \
-                and row["status"] in ("pending", "running")
-            message = out.message
+            figures = {name: getattr(out, name) for name in _FIGURES}
+            row = conn.execute("SELECT status, runner_id, lease_token FROM jobs WHERE id = ?", (out.job_id,)).fetchone()
+            current = row is not None and row["runner_id"] == runner_id and row["lease_token"] == out.lease_token \
+                and row["status"] in HELD
             if not current:
-                message = ((message + "; ") if message else "") + "not applied: the job was reassigned or canceled"
-            _insert_result(conn, self.workflow_id, runner_id, out, message)
-            if row is not None and row["runner_id"] == runner_id and row["status"] == "canceled":
-                conn.execute("UPDATE jobs SET runner_id = NULL WHERE id = ?", (out.job_id,))
-            if not current:
+                why = "the job was canceled" if row is not None and row["status"] == JobStatus.CANCELED \
+                    else "its lease had ended (the job was taken back or reassigned)"
+                message = ((out.message + "; ") if out.message else "") + f"late, not applied: {why}"
+                leases.record_result(conn, self.workflow_id, runner_id, out.job_id, out.attempt, out.lease_token,
+                                     out.status, message, late=True, **figures)
+                if row is not None and row["runner_id"] == runner_id and row["status"] == JobStatus.CANCELED:
+                    conn.execute("UPDATE jobs SET runner_id = NULL, pid = NULL WHERE id = ?", (out.job_id,))
                 continue
-            if out.status == "terminated":
-                conn.execute("UPDATE jobs SET status = 'ready', runner_id = NULL WHERE id = ?", (out.job_id,))
-                requeued += 1
-            else:
-                conn.execute("UPDATE jobs SET status = ?, return_code = ?, runner_id = NULL WHERE id = ?",
-                             (out.status, out.return_code, out.job_id))
-                finished.append((out.job_id, out.status != "completed"))
+            if out.status in INTERRUPTED:
+                gave_up = leases.interrupt(conn, self.workflow_id, runner_id, out.job_id, out.attempt,
+                                           out.lease_token, out.status, out.message or out.status, **figures)
+                finished += gave_up
+                requeued += not gave_up
+                continue
+            leases.record_result(conn, self.workflow_id, runner_id, out.job_id, out.attempt, out.lease_token,
+                                 out.status, out.message, **figures)
+            conn.execute("UPDATE jobs SET status = ?, return_code = ?, runner_id = NULL, pid = NULL WHERE id = ?",
+                         (out.status, out.return_code, out.job_id))
+            finished.append((out.job_id, out.status != "completed"))
         return requeued + _unblock(conn, finished)
 
-    def _sweep(self, conn: sqlite3.Connection, heartbeat_before: float) -> int:
-        stale = conn.execute("SELECT id, hostname, heartbeat_at FROM runners WHERE status = 'active'"
-                             " AND heartbeat_at < ? AND workflow_id = ?", (heartbeat_before, self.workflow_id)).fetchall()
-        returned = 0
-        for runner in stale:
-            conn.execute("UPDATE runners SET status = 'lost', ended_at = ? WHERE id = ?", (time.time(), runner["id"]))
-            jobs = conn.execute("SELECT id, attempt FROM jobs WHERE runner_id = ? AND status IN ('pending','running')",
-                                (runner["id"],)).fetchall()
-            for job in jobs:
-                _insert_result(conn, self.workflow_id, runner["id"], Outcome(job["id"], job["attempt"], "terminated"),
-                               f"runner {runner['id']} on {runner['hostname']} lost (no heartbeat); job returned to ready",
-                               status="lost")
-            conn.execute("UPDATE jobs SET status = 'ready', runner_id = NULL WHERE runner_id = ?"
-                         " AND status IN ('pending','running')", (runner["id"],))
-            add_event(conn, self.workflow_id, "runner_lost",
-                      f"runner {runner['id']} on {runner['hostname']}: no heartbeat since "
-                      f"{time.strftime('%H:%M:%S', time.localtime(runner['heartbeat_at']))}; {len(jobs)} jobs returned to ready")
-            returned += len(jobs)
-        return returned
 
-
-def _hand_back(conn: sqlite3.Connection, runner_id: int, job_ids: Sequence[int] | None = None) -> int:
-    """Return the runner's jobs (all, or ``job_ids``) to ready. A claim never started does not
-    count as an attempt; a started one does."""
-    where, params = "runner_id = ?", [runner_id]
-    if job_ids is not None:
-        where += f" AND id IN ({','.join('?' * len(job_ids))})"
-        params += list(job_ids)
-    unstarted = conn.execute(f"UPDATE jobs SET status = 'ready', runner_id = NULL, attempt = attempt - 1"
-                             f" WHERE {where} AND status = 'pending'", params).rowcount
-    started = conn.execute(f"UPDATE jobs SET status = 'ready', runner_id = NULL WHERE {where}"
-                           f" AND status = 'running'", params).rowcount
-    return unstarted + started
-
-
-def _insert_result(conn: sqlite3.Connection, workflow_id: int, runner_id: int, out: Outcome,
-                   message: str | None, status: str | None = None) -> None:
-    exec_s = out.ended_at - out.started_at if out.started_at is not None and out.ended_at is not None else None
-    conn.execute(
-        "INSERT INTO results (workflow_id, job_id, attempt, runner_id, status, return_code, signal, started_at,"
-        " ended_at, exec_s, peak_rss_bytes, cpu_time_s, avg_cpu_percent, peak_cpu_percent, avg_memory_bytes,"
-        " peak_memory_bytes, message) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (workflow_id, out.job_id, out.attempt, runner_id, status or out.status, out.return_code, out.signal,
-         out.started_at, out.ended_at, exec_s, out.peak_rss_bytes, out.cpu_time_s, out.avg_cpu_percent,
-         out.peak_cpu_percent, out.avg_memory_bytes, out.peak_memory_bytes, message))
+_FIGURES = ("return_code", "signal", "started_at", "ended_at", "peak_rss_bytes", "cpu_time_s", "avg_cpu_percent",
+            "peak_cpu_percent", "avg_memory_bytes", "peak_memory_bytes")
 
 
 def _unblock(conn: sqlite3.Connection, finished: list[tuple[int, bool]]) -> int:

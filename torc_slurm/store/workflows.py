@@ -12,11 +12,14 @@ from typing import Any
 
 from torc_slurm.compiler import CompiledWorkflow
 from torc_slurm.errors import QueueError, SpecError
+from torc_slurm.spec.models import WorkflowSpec
+from torc_slurm.states import ALL as JOB_STATUSES
+from torc_slurm.states import HELD, UNFINISHED, sql_list
 from torc_slurm.store.db import Database
+from torc_slurm.store.events import add_event
+from torc_slurm.store.leases import next_ids
 
-JOB_STATUSES = ("uninitialized", "blocked", "ready", "pending", "running", "completed", "failed",
-                "canceled", "terminated", "disabled")
-UNFINISHED = ("uninitialized", "blocked", "ready", "pending", "running")
+__all__ = ["JOB_STATUSES", "UNFINISHED", "add_event", "add_workflow", "WorkflowRow"]
 
 
 @dataclass(frozen=True)
@@ -43,14 +46,14 @@ def add_workflow(db: Database, compiled: CompiledWorkflow, *, working_dir: str |
     spec = compiled.spec
     now = time.time()
     with db.transaction() as conn:
-        cur = conn.execute(
-            "INSERT INTO workflows (name, description, user, project, spec_source, spec_json, working_dir,"
-            " created_at) VALUES (?,?,?,?,?,?,?,?)",
-            (spec.name, spec.description, spec.user or os.environ.get("USER"), spec.project, source,
+        workflow_id = next_ids(conn, "workflows")
+        conn.execute(
+            "INSERT INTO workflows (id, name, description, user, project, spec_source, spec_json, working_dir,"
+            " created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            (workflow_id, spec.name, spec.description, spec.user or os.environ.get("USER"), spec.project, source,
              spec.model_dump_json(), str(Path(working_dir).absolute()), now))
-        workflow_id = cur.lastrowid
-        job_base = _next_id(conn, "jobs")
-        set_base = _next_id(conn, "dependency_sets")
+        job_base = next_ids(conn, "jobs", len(compiled.jobs))
+        set_base = next_ids(conn, "dependency_sets", len(compiled.dependency_sets))
         conn.executemany(
             "INSERT INTO dependency_sets (id, workflow_id, size, remaining) VALUES (?,?,?,?)",
             ((set_base + i, workflow_id, len(m), len(m)) for i, m in enumerate(compiled.dependency_sets)))
@@ -61,19 +64,20 @@ def add_workflow(db: Database, compiled: CompiledWorkflow, *, working_dir: str |
         conn.executemany(
             "INSERT INTO jobs (id, workflow_id, name, command, invocation_script, env, status, rank, priority,"
             " num_cpus, num_gpus, num_nodes, memory_bytes, runtime_s, resource_requirements, scheduler,"
-            " cancel_on_blocking_job_failure, supports_termination, depset_id)"
-            " VALUES (?,?,?,?,?,?,'uninitialized',?,?,?,?,?,?,?,?,?,?,?,?)",
+            " cancel_on_blocking_job_failure, supports_termination, depset_id, max_attempts)"
+            " VALUES (?,?,?,?,?,?,'uninitialized',?,?,?,?,?,?,?,?,?,?,?,?,?)",
             ((job_base + i, workflow_id, j.name, j.command, j.invocation_script,
               json.dumps(j.env) if j.env else None, j.rank, j.priority, j.num_cpus, j.num_gpus,
               j.num_nodes, j.memory_bytes, j.runtime_s, j.resource_requirements, j.scheduler,
               int(j.cancel_on_blocking_job_failure), int(j.supports_termination),
-              None if j.depset is None else set_base + j.depset) for i, j in enumerate(compiled.jobs)))
-        file_base = _next_id(conn, "files")
+              None if j.depset is None else set_base + j.depset, j.max_attempts)
+             for i, j in enumerate(compiled.jobs)))
+        file_base = next_ids(conn, "files", len(compiled.files))
         conn.executemany(
             "INSERT INTO files (id, workflow_id, name, path, producer_job_id) VALUES (?,?,?,?,?)",
             ((file_base + i, workflow_id, f.name, f.path, None if f.producer is None else job_base + f.producer)
              for i, f in enumerate(compiled.files)))
-        data_base = _next_id(conn, "user_data")
+        data_base = next_ids(conn, "user_data", len(compiled.user_data))
         conn.executemany(
             "INSERT INTO user_data (id, workflow_id, name, data, is_ephemeral, producer_job_id)"
             " VALUES (?,?,?,?,?,?)",
@@ -91,20 +95,25 @@ def add_workflow(db: Database, compiled: CompiledWorkflow, *, working_dir: str |
     return workflow_id
 
 
-def _next_id(conn: sqlite3.Connection, table: str) -> int:
-    return conn.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table}").fetchone()[0]
-
-
-def add_event(conn: sqlite3.Connection, workflow_id: int, kind: str, message: str) -> None:
-    conn.execute("INSERT INTO events (workflow_id, at, kind, message) VALUES (?,?,?,?)",
-                 (workflow_id, time.time(), kind, message))
-
-
 def get_workflow(db: Database, workflow_id: int) -> WorkflowRow:
     rows = db.read("SELECT * FROM workflows WHERE id = ?", (workflow_id,))
     if not rows:
         raise QueueError(f"no workflow {workflow_id} in {db.path}")
     return WorkflowRow.from_row(rows[0])
+
+
+@dataclass(frozen=True)
+class WorkflowSettings:
+    working_dir: Path
+    spec: WorkflowSpec
+
+
+def workflow_settings(db: Database, workflow_id: int) -> WorkflowSettings:
+    """The workflow's folder and its spec, as created."""
+    rows = db.read("SELECT working_dir, spec_json FROM workflows WHERE id = ?", (workflow_id,))
+    if not rows:
+        raise QueueError(f"no workflow {workflow_id} in {db.path}")
+    return WorkflowSettings(Path(rows[0]["working_dir"]), WorkflowSpec.model_validate_json(rows[0]["spec_json"]))
 
 
 def list_workflows(db: Database) -> list[WorkflowRow]:
@@ -135,13 +144,14 @@ def initialize_workflow(db: Database, workflow_id: int, *, force: bool = False) 
             raise SpecError(f"input files that no job produces do not exist: {lines}. "
                             "Create them, or pass --force to skip this check.")
     with db.transaction() as conn:
-        busy = conn.execute("SELECT COUNT(*) FROM jobs WHERE workflow_id = ? AND status IN ('pending','running')",
+        busy = conn.execute(f"SELECT COUNT(*) FROM jobs WHERE workflow_id = ? AND status IN {sql_list(HELD)}",
                             (workflow_id,)).fetchone()[0]
         if busy:
             raise QueueError(f"workflow {workflow_id} has {busy} jobs pending or running; cancel them first")
         conn.execute("UPDATE dependency_sets SET remaining = size, failed = 0 WHERE workflow_id = ?", (workflow_id,))
         conn.execute("UPDATE jobs SET status = CASE WHEN depset_id IS NULL THEN 'ready' ELSE 'blocked' END,"
-                     " runner_id = NULL, return_code = NULL WHERE workflow_id = ? AND status != 'disabled'",
+                     " runner_id = NULL, return_code = NULL, pid = NULL, lease_token = NULL, interrupted = 0"
+                     " WHERE workflow_id = ? AND status != 'disabled'",
                      (workflow_id,))
         conn.execute("UPDATE workflows SET status = 'initialized' WHERE id = ?", (workflow_id,))
         add_event(conn, workflow_id, "initialized", "jobs set to ready or blocked")
@@ -175,9 +185,23 @@ def list_jobs(db: Database, workflow_id: int, status: str | None = None) -> list
     return [dict(row) for row in db.read(sql + " ORDER BY id", params)]
 
 
+def live_runners(db: Database, workflow_id: int) -> list[dict[str, Any]]:
+    """The workflow's runners that have not signed off and were not declared dead."""
+    return [dict(r) for r in db.read(
+        "SELECT id, hostname, pid, slurm_job_id, heartbeat_at FROM runners WHERE workflow_id = ?"
+        " AND status IN ('active', 'fencing') ORDER BY id", (workflow_id,))]
+
+
 def delete_workflow(db: Database, workflow_id: int) -> None:
+    """Delete the workflow and everything recorded about it. Refuses while any of its runners is
+    live: stop them first (``torc workflows delete --force`` does). Ids are never reused."""
     get_workflow(db, workflow_id)
     with db.transaction() as conn:
+        live = conn.execute("SELECT COUNT(*) FROM runners WHERE workflow_id = ? AND status IN ('active', 'fencing')",
+                            (workflow_id,)).fetchone()[0]
+        if live:
+            raise QueueError(f"workflow {workflow_id} has {live} live runner(s); stop them first "
+                             "(`torc workflows delete --force` stops them, then deletes)")
         conn.execute("DELETE FROM dependency_members WHERE set_id IN"
                      " (SELECT id FROM dependency_sets WHERE workflow_id = ?)", (workflow_id,))
         conn.execute("DELETE FROM job_io WHERE job_id IN (SELECT id FROM jobs WHERE workflow_id = ?)", (workflow_id,))
@@ -191,8 +215,8 @@ def cancel_workflow(db: Database, workflow_id: int) -> int:
     """Cancel every unfinished job (running ones are stopped by their runners); returns how many."""
     get_workflow(db, workflow_id)
     with db.transaction() as conn:
-        count = conn.execute("UPDATE jobs SET status = 'canceled' WHERE workflow_id = ? AND status IN"
-                             " ('uninitialized','blocked','ready','pending','running')", (workflow_id,)).rowcount
+        count = conn.execute(f"UPDATE jobs SET status = 'canceled' WHERE workflow_id = ? AND status IN"
+                             f" {sql_list(UNFINISHED)}", (workflow_id,)).rowcount
         conn.execute("UPDATE workflows SET status = 'canceled' WHERE id = ?", (workflow_id,))
         add_event(conn, workflow_id, "canceled", f"{count} unfinished jobs canceled")
     db.notify()
