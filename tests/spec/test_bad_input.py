@@ -379,7 +379,8 @@ def test_what_torc_users_write_still_loads(tmp_path: Path) -> None:
 LAUGHS = "  a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
     f"  {chr(98 + k)}: &{chr(98 + k)} [{', '.join(['*' + chr(97 + k)] * 9)}]\n" for k in range(9))
 FUZZ_IDS = ["flow nesting", "block nesting", "billion laughs", "recursive alias", "long integer", "binary",
-            "set", "python object", "custom tag", "two documents", "NUL escape", "NUL in a key"]
+            "set", "python object", "custom tag", "two documents", "NUL escape", "NUL in a key", "bad !!bool",
+            "bad !!int"]
 
 
 @pytest.mark.parametrize(
@@ -398,6 +399,8 @@ FUZZ_IDS = ["flow nesting", "block nesting", "billion laughs", "recursive alias"
         ("name: w\njobs: [{name: a, command: x}]\n---\nname: v\n", "expected a single document", None, None),
         ("name: w\njobs:\n  - name: a\n    command: \"echo \\0\"\n", "a NUL character", "command", 4),
         ("name: w\njobs:\n  - name: a\n    command: \"x\"\n    env: {\"A\\0\": x}\n", "a NUL character", "env", 5),
+        ("name: w\nmetadata: {ok: !!bool maybe}\n", "'maybe' is not a valid !!bool", "metadata.ok", 2),
+        ("name: w\nmetadata:\n  n: !!int 0x\n", "'0x' is not a valid !!int", "metadata.n", 3),
     ],
     ids=FUZZ_IDS,
 )

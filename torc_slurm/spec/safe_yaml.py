@@ -31,6 +31,7 @@ _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 _MERGE = "tag:yaml.org,2002:merge"
+_TYPED = {_INT, _FLOAT, "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null"}  # '!!int abc' is refused
 _ALLOWED_TAGS = {_STR, _INT, _FLOAT, _MERGE, "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null",
                  "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"}
 _SEXAGESIMAL = ":"
@@ -170,12 +171,15 @@ class _Composer:
     # -- one event each ------------------------------------------------------------------------
     def _scalar(self, event: Any) -> ScalarNode:
         tag = event.tag
-        if tag is None or tag == "!":
+        explicit = not (tag is None or tag == "!")
+        if not explicit:
             tag = self.loader.resolve(ScalarNode, event.value, event.implicit)
             if tag in (_INT, _FLOAT) and _SEXAGESIMAL in event.value:
                 tag = _STR
         node = ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
         self._check_tag(node)
+        if explicit and tag in _TYPED and self.loader.resolve(ScalarNode, event.value, (True, False)) != tag:
+            self._fail(f"{short_repr(event.value)} is not a valid {tag.replace('tag:yaml.org,2002:', '!!')}", node)
         if tag == _INT and len(event.value) > MAX_INTEGER_DIGITS:
             self._fail(f"an integer of {len(event.value):,} digits is too long (at most {MAX_INTEGER_DIGITS:,})",
                        node)
