@@ -49,7 +49,40 @@ class SpecError(TorcError):
 
 
 class QueueError(TorcError):
-    """The SQLite queue refused an operation (not a torc DB, newer schema, unknown workflow …)."""
+    """The SQLite queue refused an operation (not a torc DB, newer schema, unknown workflow …).
+
+    ``retryable`` tells a caller whether waiting and trying again can help (see ``QueueUnavailable``)."""
+
+    retryable = False
+
+
+class QueueUnavailable(QueueError):
+    """The queue cannot be used right now, but may be soon: retry with backoff.
+
+    ``reason`` is one of ``busy`` (another process holds SQLite's own lock without taking torc's),
+    ``lock-timeout`` (torc's lock was not free within the wait limit), ``lock-lost`` (a soft lock was
+    broken while this process held it), ``disk-full`` (no space, quota or file-size limit) and
+    ``io`` (an I/O error). Whatever the reason, the transaction that met it was rolled back.
+    Exit status 75 (EX_TEMPFAIL): a script may run the command again later."""
+
+    exit_code = 75
+    retryable = True
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class QueueReadOnly(QueueError):
+    """The queue file, its folder or its filesystem is not writable (waiting will not help)."""
+
+
+class QueueCorrupt(QueueError):
+    """The file is not an SQLite database, or its pages are damaged."""
+
+
+class LockKindMismatch(QueueError):
+    """A process asked for a lock kind other than the one the queue was created with."""
 
 
 class SlurmError(TorcError):
