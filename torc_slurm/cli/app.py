@@ -27,9 +27,9 @@ FORMATS = ("table", "json")
 class App:
     """One invocation's state: where the queue file is, how to lock it, how to talk to the user."""
 
-    def __init__(self, db_path: str | Path = "torc.db", lock_kind: str = "flock", verbosity: int = 0) -> None:
+    def __init__(self, db_path: str | Path = "torc.db", lock_kind: str | None = None, verbosity: int = 0) -> None:
         self.db_path = Path(db_path)
-        self.lock_kind = lock_kind
+        self.lock_kind = lock_kind if _given_explicitly("lock_kind") else None
         self.verbosity = verbosity
         self._db: Database | None = None
 
@@ -84,6 +84,16 @@ class App:
             click.echo(json.dumps(data, indent=2, default=str))
         else:
             self.console.print(table_builder(data))
+
+
+def _given_explicitly(parameter: str) -> bool:
+    """False when the current click command line left ``parameter`` at its default: a lock kind
+    nobody asked for must not override the kind recorded beside the queue."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or parameter not in ctx.params:
+        return True
+    source = ctx.get_parameter_source(parameter)
+    return source not in (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
 
 
 def error(message: str) -> None:
