@@ -258,6 +258,7 @@ class Runner:
         for job_id in release:
             del self._backlog[job_id]
         mono = time.monotonic()
+        deadline = self.leases.own.deadline
         observe = self.leases.observe_due(mono)
         idle = not self.running and not self._backlog and not self._last_claimed  # (counts cost a scan)
         progress_due = cfg.on_progress is not None and now - self._last_progress >= cfg.progress_interval_s
@@ -277,7 +278,10 @@ class Runner:
             self._cycle_failed(exc)
             return None
         self._failing_since = None
+        lapsed = deadline is not None and result.renewed_at >= deadline
         self.leases.renewed(result.renewed_at)
+        if lapsed:  # the lease ran out while this cycle waited: the guardian fenced these jobs
+            self._lose(list(self.running) + list(self._backlog), "the lease lapsed while waiting for the queue")
         self._last_cycle = now
         self._force_cycle = False
         self._last_claimed = len(result.claimed)
