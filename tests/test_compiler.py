@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import torc_slurm.compiler as compiler_module
 from torc_slurm.compiler import CompiledWorkflow, compile_workflow
 from torc_slurm.errors import SpecError
+from torc_slurm.spec import regexes
 from torc_slurm.spec.load import load_spec
 from torc_slurm.spec.models import WorkflowSpec
 
@@ -225,7 +225,7 @@ def test_naive_1000_by_1000_regex_workflow_is_one_set() -> None:
 def test_each_regex_is_compiled_and_matched_once(monkeypatch: pytest.MonkeyPatch) -> None:
     compiled_patterns: list[str] = []
     searches: dict[str, int] = {}
-    real_compile = compiler_module.compile_regex
+    real_compile = regexes.compile_regex
 
     class CountingPattern:
         def __init__(self, pattern: str) -> None:
@@ -240,7 +240,7 @@ def test_each_regex_is_compiled_and_matched_once(monkeypatch: pytest.MonkeyPatch
         compiled_patterns.append(pattern)
         return CountingPattern(pattern)
 
-    monkeypatch.setattr(compiler_module, "compile_regex", counting_compile)
+    monkeypatch.setattr(regexes, "compile_regex", counting_compile)
     s = spec([job(f"pre_{i}") for i in range(1000)]
              + [job(f"work_{i}", depends_on_regexes=["^pre_.*"]) for i in range(1000)]
              + [job(f"post_{i}", depends_on_regexes=["^work_", "^pre_.*"]) for i in range(10)])
@@ -552,7 +552,7 @@ def test_a_catastrophic_pattern_is_linear() -> None:
      ("^abc+", "abc"), ("^a|b", ""), ("^(a)b", ""), ("pre", ""), ("^", ""), ("^é_x$", "é_x"), ("^a.b", "a")],
 )
 def test_literal_prefix(pattern: str, prefix: str) -> None:
-    assert compiler_module.literal_prefix(pattern) == prefix
+    assert regexes.literal_prefix(pattern) == prefix
 
 
 NAME_TEXT = st.text(alphabet="ab_1é", min_size=1, max_size=6)
@@ -569,7 +569,7 @@ def test_re2_with_prefix_narrowing_finds_what_re_search_finds(names: list[str], 
         expected = {i for i, n in enumerate(names) if re.search(pattern, n)}
     except re.error:
         return
-    index = compiler_module._NameIndex({n: i for i, n in enumerate(names)})
+    index = regexes.NameIndex({n: i for i, n in enumerate(names)})
     try:
         found = index.matches(pattern)
     except ValueError as exc:  # Python-only syntax, e.g. possessive '*+' (3.11): refused, not misread

@@ -6,9 +6,9 @@ file and user_data edges (the consumer of an input depends on its single produce
 at one *dependency set*; equal sets are stored once, so 1000 jobs waiting on the same 1000 jobs cost
 1000 membership rows, not a million edges.
 
-Regexes run on RE2 (``google-re2``), which matches in time linear in the name's length whatever the
-pattern: ``^(a+)+$`` cannot hang ``create``. Its syntax is torc's (Rust ``regex``): no backreferences
-and no lookaround; a pattern using them is refused, naming the job.
+Regexes run on RE2 (``google-re2``, see ``spec.regexes``), which matches in time linear in the
+name's length whatever the pattern: ``^(a+)+$`` cannot hang ``create``. Its syntax is torc's (Rust
+``regex``): no backreferences and no lookaround; a pattern using them is refused, naming the job.
 
 Sizes are checked before anything is expanded: at most ``MAX_JOBS`` jobs (and as many files and
 user_data entries) per workflow, counted from the parameters' lengths (see ``spec.limits``).
@@ -16,12 +16,9 @@ user_data entries) per workflow, counted from the parameters' lengths (see ``spe
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
-
-import re2
 
 from torc_slurm.errors import SpecError
 from torc_slurm.spec.limits import MAX_JOBS, short_repr, short_text
@@ -40,75 +37,9 @@ from torc_slurm.spec.parameters import (
     parse_values,
     referenced_names,
 )
+from torc_slurm.spec.regexes import NameIndex
 
-_REGEX_OPTIONS = re2.Options()
-_REGEX_OPTIONS.log_errors = False  # RE2 would print its own copy of every error on stderr
 _MAX_MESSAGE = 2000
-
-
-def compile_regex(pattern: str) -> Any:
-    """``pattern`` compiled by RE2 (linear-time matching) for searching UTF-8 *bytes* (the same
-    matches as on the text, without the wrapper's per-call offset decoding); raises ValueError
-    saying why it cannot be compiled."""
-    try:
-        return re2.compile(pattern.encode("utf-8"), _REGEX_OPTIONS)
-    except re2.error as exc:
-        reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        raise ValueError(f"invalid regular expression {short_repr(pattern)}: {reason} (patterns use RE2/Rust "
-                         "regex syntax, which has no backreferences and no lookaround)") from None
-    except (TypeError, UnicodeError) as exc:
-        raise ValueError(f"invalid regular expression {short_repr(pattern)}: {exc}") from None
-
-
-_REGEX_META = frozenset("\\.^$*+?()[]{}|")
-
-
-def literal_prefix(pattern: str) -> str:
-    """The text every match of ``pattern`` starts with, when it is anchored and begins literally:
-    '^pre_\\d+$' -> 'pre_'. Empty when unsure (no '^', an alternation, a quantified last letter)."""
-    if not pattern.startswith("^") or "|" in pattern:
-        return ""
-    end = 1
-    while end < len(pattern) and pattern[end] not in _REGEX_META:
-        end += 1
-    prefix = pattern[1:end]
-    if end < len(pattern) and pattern[end] in "*?{":  # 'ab*': the b is optional
-        prefix = prefix[:-1]
-    return prefix
-
-
-class _NameIndex:
-    """Job names searched by regex. An anchored pattern with a literal prefix ('^pre_{i}$' expanded
-    10,000 ways) is only tried on the names with that prefix, found by bisection in the sorted
-    names, so distinct per-job patterns do not cost jobs x jobs searches."""
-
-    def __init__(self, positions: Mapping[str, int]) -> None:
-        self.positions = positions  # name -> index, in index order
-        self.names = list(positions)
-        self._sorted: list[str] | None = None
-        self._order: list[int] = []
-
-    def matches(self, pattern: str) -> frozenset[int]:
-        search = compile_regex(pattern).search
-        names = self.names
-        prefix = literal_prefix(pattern)
-        candidates: Iterable[int]
-        if prefix and pattern == f"^{prefix}$":  # '^pre_17$': one name at most
-            candidates = [self.positions[prefix]] if prefix in self.positions else []
-        else:
-            candidates = self._starting_with(prefix) if prefix else range(len(names))
-        return frozenset(i for i in candidates if search(names[i].encode("utf-8")))
-
-    def _starting_with(self, prefix: str) -> list[int]:
-        if self._sorted is None:
-            self._order = sorted(range(len(self.names)), key=self.names.__getitem__)
-            self._sorted = [self.names[i] for i in self._order]
-        found = []
-        position = bisect.bisect_left(self._sorted, prefix)
-        while position < len(self._sorted) and self._sorted[position].startswith(prefix):
-            found.append(self._order[position])
-            position += 1
-        return found
 
 
 _JOB_TEXT_FIELDS = ("name", "command", "invocation_script", "resource_requirements", "scheduler")
@@ -426,17 +357,19 @@ class _Compiler:
         for name in names:
             if name not in index:
                 kind = "file" if "files" in field_name else "user_data"
-                raise SpecError(f"unknown {kind} {short_repr(name)} (define it under '{kind if kind == 'user_data' else 'files'}')",
+                section = kind if kind == "user_data" else "files"
+                raise SpecError(f"unknown {kind} {short_repr(name)} (define it under '{section}')",
                                 job=job.name, field=field_name)
             found.append(index[name])
         return tuple(dict.fromkeys(found))
 
     def _prerequisites(self, jobs, names, inputs, data_in, file_producer, data_producer):
         """Each job's prerequisites as a frozenset. A regex is compiled and matched against the job
-        names (those with its literal prefix, if any) once per distinct pattern; jobs whose only dependency is the same pattern share one
-        frozenset object, so interning 1000 x 1000 costs no more than 1000 x 1."""
+        names (those with its literal prefix, if any) once per distinct pattern; jobs whose only
+        dependency is the same pattern share one frozenset object, so interning 1000 x 1000 costs
+        no more than 1000 x 1."""
         regex_cache: dict[str, frozenset[int]] = {}
-        index_of_names = _NameIndex(names)
+        index_of_names = NameIndex(names)
         empty: frozenset[int] = frozenset()
         result: list[frozenset[int]] = []
         for index, job in enumerate(jobs):

@@ -48,7 +48,8 @@ KEYS = st.sampled_from(["name", "command", "jobs", "parameters", "i", "depends_o
                         "user_data", "slurm_schedulers", "walltime", "parameter_mode", "<<", "bogus", ""])
 SNIPPETS = [b"&a ", b"*a", b"<<: *a\n", b"!!binary ", b"!!python/object:os.system ", b"{", b"[", b"]", b"\t",
             b"\x00", b"\xff", b"\xc3", b'"', b"'", b"\\u0000", b"\\ud800", b"---\n", b"? ", b": ", b"- ", b"\n  ",
-            b"%YAML 1.1\n", b"#", b"!!bool ", b"!!int ", b"!!float ", b"!!null ", b"!!str ", b"!!map ", b"!!seq ", b"9" * 30, b"[" * 300, b"- " * 300]
+            b"%YAML 1.1\n", b"#", b"!!bool ", b"!!int ", b"!!float ", b"!!null ", b"!!str ", b"!!map ", b"!!seq ",
+            b"9" * 30, b"[" * 300, b"- " * 300]
 
 
 def containers(value: Any, out: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:

@@ -311,7 +311,8 @@ class WorkflowSpec(StrictModel):
             if not re.fullmatch(r"[a-z][a-z0-9\-_]*", key):
                 raise ValueError(f"slurm_defaults key {short_repr(key)} is not an sbatch option name")
             if not _SLURM_WORD.fullmatch(str(value)):
-                raise ValueError(f"slurm_defaults value {short_repr(value)} for {short_repr(key)} is not a valid Slurm value")
+                raise ValueError(f"slurm_defaults value {short_repr(value)} for {short_repr(key)} "
+                                 "is not a valid Slurm value")
         return values
 
     @model_validator(mode="after")

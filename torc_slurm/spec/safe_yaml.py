@@ -34,8 +34,8 @@ _MERGE = "tag:yaml.org,2002:merge"
 _TYPED = {_INT, _FLOAT, "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null"}  # '!!int abc' is refused
 _ALLOWED_TAGS = {_STR, _INT, _FLOAT, _MERGE, "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null",
                  "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"}
-_SEXAGESIMAL = ":"
-_MAX_PATH = 6  # parts of a location shown in an error  # PyYAML's int and float patterns accept '190:20:30'; ours do not
+_SEXAGESIMAL = ":"  # PyYAML's int and float patterns accept '190:20:30'; ours do not
+_MAX_PATH = 6  # parts of a location shown in an error
 
 
 class LimitError(Exception):
