@@ -37,7 +37,7 @@ def finish_job(db_path: Path, workflow_id: int, name: str, status: str = "comple
                message: str | None = None, peak_memory_bytes: int | None = None) -> int:
     """Claim the ready job ``name`` as a fake runner and report ``status``; returns its id."""
     from torc_slurm.store.db import Database
-    from torc_slurm.store.queue import Outcome, Queue
+    from torc_slurm.store.queue import Outcome, Queue, Started
 
     with Database(db_path, create=False) as db:
         job_id = db.read("SELECT id FROM jobs WHERE workflow_id = ? AND name = ?", (workflow_id, name))[0][0]
@@ -45,10 +45,10 @@ def finish_job(db_path: Path, workflow_id: int, name: str, status: str = "comple
         runner = queue.register_runner(hostname="node-7", pid=4242, slurm_job_id="991")
         claimed = queue.cycle(runner, choose=lambda ready: [j.job_id for j in ready if j.job_id == job_id]).claimed
         assert [c.id for c in claimed] == [job_id], f"{name} was not ready"
-        attempt = claimed[0].attempt
+        attempt, token = claimed[0].attempt, claimed[0].lease_token
         now = time.time()
-        queue.cycle(runner, started=[(job_id, attempt)],
-                    outcomes=[Outcome(job_id, attempt, status, return_code=return_code,  # type: ignore[arg-type]
+        queue.cycle(runner, started=[Started(job_id, token)],
+                    outcomes=[Outcome(job_id, attempt, status, token, return_code=return_code,  # type: ignore[arg-type]
                                       started_at=now - 2.5, ended_at=now, peak_memory_bytes=peak_memory_bytes,
                                       message=message)])
         queue.finish_runner(runner)

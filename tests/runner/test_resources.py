@@ -25,10 +25,12 @@ def fake_host(monkeypatch):
 CASES = [
     pytest.param({}, {}, (6, HOST_MEMORY, ()), {"cpus": "affinity", "memory": "psutil", "gpus": "none"},
                  id="no-slurm"),
-    pytest.param({"SLURM_CPUS_ON_NODE": "8", "SLURM_MEM_PER_NODE": "4096", "SLURM_JOB_GPUS": "2,3"}, {},
-                 (8, 4096 * MIB, ("2", "3")),
+    pytest.param({"SLURM_CPUS_ON_NODE": "4", "SLURM_MEM_PER_NODE": "4096", "SLURM_JOB_GPUS": "2,3"}, {},
+                 (4, 4096 * MIB, ("2", "3")),
                  {"cpus": "SLURM_CPUS_ON_NODE", "memory": "SLURM_MEM_PER_NODE", "gpus": "SLURM_JOB_GPUS"},
                  id="slurm-everything"),
+    pytest.param({"SLURM_CPUS_ON_NODE": "8"}, {}, (6, HOST_MEMORY, ()),
+                 {"cpus": "affinity (below SLURM_CPUS_ON_NODE)"}, id="slurm-counts-more-cpus-than-the-mask"),
     pytest.param({"SLURM_JOB_GPUS": "2,3", "CUDA_VISIBLE_DEVICES": "0,1"}, {}, (6, HOST_MEMORY, ("0", "1")),
                  {"gpus": "CUDA_VISIBLE_DEVICES"}, id="visibility-variable-first"),
     pytest.param({"SLURM_JOB_GPUS": "", "CUDA_VISIBLE_DEVICES": "0,1"}, {}, (6, HOST_MEMORY, ("0", "1")),
@@ -86,11 +88,11 @@ def test_detect_node_errors(environ, flags):
 
 
 def test_reads_os_environ_by_default(monkeypatch):
-    monkeypatch.setenv("SLURM_CPUS_ON_NODE", "3")
+    monkeypatch.setenv("SLURM_CPUS_ON_NODE", "1")
     monkeypatch.delenv("SLURM_JOB_GPUS", raising=False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
     node = detect_node()
-    assert node.capacity.cpu_ids == (0, 1, 2) and node.capacity.gpu_ids == ("7",)
+    assert node.capacity.cpu_ids == (0,) and node.capacity.gpu_ids == ("7",)
 
 
 def test_detected_node_is_frozen():

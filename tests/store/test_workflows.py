@@ -236,7 +236,7 @@ def test_initialize_refuses_while_jobs_run_and_reinitializes_otherwise(db: Datab
     claimed = queue.cycle(runner, choose=lambda ready: [j.job_id for j in ready]).claimed
     with pytest.raises(QueueError, match="1 jobs pending or running"):
         initialize_workflow(db, workflow_id)
-    queue.cycle(runner, outcomes=[Outcome(claimed[0].id, claimed[0].attempt, "completed", return_code=0)])
+    queue.cycle(runner, outcomes=[Outcome(claimed[0].id, claimed[0].attempt, "completed", claimed[0].lease_token, return_code=0)])
     assert status_counts(db, workflow_id)["ready"] == 1
     initialize_workflow(db, workflow_id)  # reinit: everything back to the start
     assert {j["name"]: j["status"] for j in list_jobs(db, workflow_id)} == {"a": "ready", "b": "blocked"}

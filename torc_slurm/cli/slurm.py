@@ -68,7 +68,8 @@ def schedule_nodes(app, workflow_id: int, scheduler, num_hpc_jobs, max_parallel_
 @click.option("-s", "--scheduler", help="Claim jobs bound to this scheduler, and unbound jobs.")
 @click.option("--strict-scheduler", is_flag=True, help="Claim only jobs bound to --scheduler.")
 @click.option("--max-parallel-jobs", type=click.IntRange(min=1), help="Queue-depth mode: ignore resources.")
-@click.option("--num-cpus", type=click.IntRange(min=1), help="Override the detected CPUs.")
+@click.option("--num-cpus", type=click.IntRange(min=1), envvar="TORC_NUM_CPUS", show_envvar=True,
+              help="Override the detected CPUs (min of SLURM_CPUS_ON_NODE and the affinity mask).")
 @click.option("--num-gpus", type=click.IntRange(min=0), help="Override the detected GPUs.")
 @click.option("--memory-gb", type=click.FloatRange(min=0, min_open=True), help="Override the detected memory.")
 @click.option("--end-time", type=float, help="Epoch seconds when this runner must be done (default: from Slurm).")

@@ -2,8 +2,10 @@
 
 Sources, first match wins (an explicit flag always wins):
 
-* CPUs: ``num_cpus`` flag, else ``SLURM_CPUS_ON_NODE``, else the size of the process affinity
-  mask (``os.sched_getaffinity``; ``psutil.cpu_count()`` where that does not exist).
+* CPUs: ``num_cpus`` flag, else the smaller of ``SLURM_CPUS_ON_NODE`` and the size of the
+  process affinity mask (``os.sched_getaffinity``; ``psutil.cpu_count()`` where that does not
+  exist), with a warning when they differ: Slurm may count hyperthreads or claim more than the
+  cgroup lets the runner use, and slots beyond the mask only oversubscribe the cores.
   The runner hands out slot ids ``0..N-1``; ``pin_plan`` maps them to OS CPU ids.
 * Memory: ``memory_gb`` flag (GiB), else ``SLURM_MEM_PER_NODE`` (MiB; 0 means the whole
   node), else ``SLURM_MEM_PER_CPU`` x ``SLURM_CPUS_ON_NODE`` (set instead when the job used
@@ -18,6 +20,7 @@ Sources, first match wins (an explicit flag always wins):
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -26,6 +29,7 @@ import psutil
 
 from torc_slurm.runner.packing import NodeCapacity
 
+log = logging.getLogger(__name__)
 _MIB = 1024**2
 _GIB = 1024**3
 _NO_DEVICE = {"nodevfiles", "-1", "none"}
@@ -62,8 +66,12 @@ def detect_node(
     slurm_cpus = _int_var(env, "SLURM_CPUS_ON_NODE")
     if num_cpus is not None:
         cpus, sources["cpus"] = int(_positive(num_cpus, "num_cpus")), "flag"
-    elif slurm_cpus:
+    elif slurm_cpus and slurm_cpus <= len(host_cpus):
         cpus, sources["cpus"] = slurm_cpus, "SLURM_CPUS_ON_NODE"
+    elif slurm_cpus:
+        log.warning("SLURM_CPUS_ON_NODE=%d but this process may run on %d CPUs (its affinity mask): "
+                    "using %d; pass --num-cpus to override", slurm_cpus, len(host_cpus), len(host_cpus))
+        cpus, sources["cpus"] = len(host_cpus), "affinity (below SLURM_CPUS_ON_NODE)"
     else:
         cpus, sources["cpus"] = len(host_cpus), "affinity"
 
