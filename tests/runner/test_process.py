@@ -255,3 +255,31 @@ def test_many_trivial_jobs(pool, tmp_path):
         results.extend(pool.wait(DEADLINE_S))
     assert sorted(f.job_id for f in results) == list(range(n))
     assert all(f.return_code == 0 for f in results)
+
+
+def test_a_symlink_where_stdout_goes_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "victim"
+    target.write_text("precious\n")
+    (tmp_path / "out").symlink_to(target)
+    with ProcessPool() as pool:
+        finished = pool.start(LaunchSpec(1, 1, "echo overwritten", tmp_path, dict(os.environ), tmp_path / "out",
+                                         tmp_path / "err"))
+    assert isinstance(finished, Finished) and "stdout" in (finished.launch_error or "")
+    assert target.read_text() == "precious\n"
+
+
+def test_an_output_folder_others_can_write_is_refused(tmp_path: Path) -> None:
+    from torc_slurm.errors import QueueError
+    from torc_slurm.runner.session import check_private
+
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    folder.chmod(0o777)
+    with pytest.raises(QueueError, match="can be written by others"):
+        check_private(folder)
+    folder.chmod(0o700)
+    check_private(folder)
+    link = tmp_path / "link"
+    link.symlink_to(folder)
+    with pytest.raises(QueueError, match="not a folder"):
+        check_private(link)

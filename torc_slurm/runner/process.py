@@ -39,7 +39,8 @@ from pathlib import Path
 __all__ = ["Finished", "LaunchSpec", "ProcessPool"]
 
 _RSS_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
-_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+# O_NOFOLLOW: a symlink planted where a job's stdio file goes is refused, not written through.
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
 _CAN_PIN = hasattr(os, "sched_setaffinity")
 
 

@@ -3,12 +3,28 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
+from torc_slurm.errors import QueueError
 from torc_slurm.runner.loop import Runner, RunnerConfig
 from torc_slurm.runner.resources import DetectedNode
 from torc_slurm.store.db import Database
 from torc_slurm.store.workflows import workflow_settings
+
+
+def check_private(folder: Path) -> None:
+    """Job stdio goes under ``folder``: it must be a real folder the user owns that no one else
+    may write to (else another user could plant files or links where jobs write)."""
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode):
+        raise QueueError(f"output folder {folder} is not a folder (a symlink?)")
+    if info.st_uid != os.getuid():
+        raise QueueError(f"output folder {folder} belongs to another user (uid {info.st_uid})")
+    if info.st_mode & 0o022:
+        raise QueueError(f"output folder {folder} can be written by others (mode {stat.S_IMODE(info.st_mode):o}); "
+                         f"run `chmod go-w {folder}`")
 
 
 def make_runner(db: Database, workflow_id: int, node: DetectedNode, *, output_dir: Path | None,
@@ -18,6 +34,7 @@ def make_runner(db: Database, workflow_id: int, node: DetectedNode, *, output_di
     settings = workflow_settings(db, workflow_id)
     output = (output_dir or settings.working_dir / "torc_output").absolute()
     output.mkdir(parents=True, exist_ok=True, mode=0o700)
+    check_private(output)
     config = RunnerConfig(
         workflow_id=workflow_id, working_dir=settings.working_dir, output_dir=output,
         buffer_s=settings.spec.compute_node_expiration_buffer_seconds,
