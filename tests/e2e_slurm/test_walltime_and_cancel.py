@@ -133,7 +133,7 @@ def test_walltime_starts_only_what_can_finish_and_hands_back_the_rest(e2e: E2E) 
 
 def test_scancel_returns_jobs_and_a_new_allocation_finishes_them(e2e: E2E) -> None:
     """scancel of a running allocation: its jobs go back to ready (the runner's graceful SIGTERM
-    path, or the heartbeat sweep of `torc slurm status --heartbeat-timeout` if it was killed first),
+    path, or `torc workflows sync-status` if Slurm killed it first: the allocation has ended),
     and a new allocation completes every job exactly once, never two attempts of a job at once."""
     scheduler = e2e.scheduler("sc")
     (e2e.path / "marks").mkdir()
@@ -162,8 +162,9 @@ def test_scancel_returns_jobs_and_a_new_allocation_finishes_them(e2e: E2E) -> No
     assert ended[first]["state"] == "CANCELLED", ended
 
     def handed_back() -> list[dict[str, Any]] | None:
-        # Also sweeps runners silent for 5 s (only this dead allocation's runner can be).
-        rows = e2e.slurm_status(workflow_id, "--heartbeat-timeout", 5)
+        # Takes back the jobs of a runner Slurm killed before it could hand them back itself.
+        e2e.torc("workflows", "sync-status", workflow_id)
+        rows = e2e.slurm_status(workflow_id)
         counts = e2e.workflow_status(workflow_id)["counts"]
         return rows if counts["running"] == counts["pending"] == 0 else None
 
@@ -177,7 +178,7 @@ def test_scancel_returns_jobs_and_a_new_allocation_finishes_them(e2e: E2E) -> No
     assert {r["status"] for r in results} <= {"terminated", "lost"}, [(r["job_name"], r["status"], r["message"])
                                                                      for r in results]
     [runner] = e2e.runners(workflow_id)
-    path = "graceful" if runner["status"] == "finished" else "heartbeat sweep"
+    path = "graceful" if runner["status"] == "finished" else "sync-status sweep"
     assert runner["status"] in ("finished", "lost"), runner
     print(f"scancel: jobs returned by the {path}: {sorted({(r['status'], r['message']) for r in results})}")
 

@@ -299,3 +299,28 @@ def test_a_polite_job_that_exits_0_on_sigterm_at_the_walltime_is_terminated(tmp_
     assert (rows["polite"]["status"], rows["after"]["status"]) == ("ready", "blocked")
     (result,) = results(db, wf)
     assert result["status"] == "terminated" and result["return_code"] == 0
+
+
+# -- case 5: a COMMIT that fails ----------------------------------------------------------------------
+
+def test_a_reader_that_blocks_commits_is_ridden_out(tmp_path: Path) -> None:
+    """An outside process holds ``BEGIN; SELECT …`` (SQLite's shared lock, not torc's) past the
+    busy timeout: the runner's commits fail, roll back, and are retried until they pass; every
+    outcome arrives, and no job is left without a holder."""
+    db, wf = make(tmp_path, 6, 0.5, lease=30)
+    env = clean_env(TORC_SQLITE_BUSY_TIMEOUT="0.3")
+    (runner,) = start_runners(db, wf, tmp_path, 1, cpus=2, env=env)
+    wait_until(lambda: running_count(db, wf) >= 1, what="a job running")
+    reader = ("import sqlite3, sys, time\n"
+              "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+              "conn.execute('BEGIN'); conn.execute('SELECT COUNT(*) FROM jobs').fetchall()\n"
+              "open(sys.argv[2], 'w').close(); time.sleep(3); conn.execute('COMMIT')\n")
+    blocker = subprocess.Popen([PYTHON, "-c", reader, str(db), str(tmp_path / "reading")])
+    wait_until(lambda: (tmp_path / "reading").exists(), what="the reader inside its transaction")
+    blocker.wait(timeout=30)
+    (log,) = finish_all([runner])
+    assert "queue cycle failed" in log and "retrying" in log, log
+    assert "Traceback" not in log and "within a transaction" not in log
+    assert set(assert_ran_once_at_a_time(tmp_path, 6).values()) == {1}
+    assert all_completed(db, wf)
+    assert query(db, "SELECT COUNT(*) AS n FROM jobs WHERE runner_id IS NOT NULL")[0]["n"] == 0

@@ -275,7 +275,11 @@ class Runner:
         except (QueueError, sqlite3.Error) as exc:
             self._started[:0], self._outcomes[:0] = started, outcomes
             self.leases.restore_verdicts(verdicts)
-            self._cycle_failed(exc)
+            if isinstance(exc, QueueError) and not exc.retryable:
+                log.error("runner %d: %s; stopping", self.runner_id, exc)
+                self.request_stop("queue error")
+            else:
+                self._cycle_failed(exc)
             return None
         self._failing_since = None
         lapsed = deadline is not None and result.renewed_at >= deadline
