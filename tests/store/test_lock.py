@@ -249,16 +249,19 @@ def test_a_soft_lock_broken_during_a_long_transaction_rolls_it_back(tmp_path: Pa
 
 # -- waiting ----------------------------------------------------------------------------------------
 
-def test_waiters_back_off(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("age_after", "most"), [(1000.0, 40), (1.0, 80)])
+def test_waiters_back_off(tmp_path: Path, age_after: float, most: int) -> None:
     """Over a 2 s hold a waiter polling every 10 ms would try ~200 times; backing off from 5 ms
-    to 250 ms, it tries a few dozen times at most."""
+    to 250 ms, it tries a few dozen times at most (~20); once it has waited 1 s it polls every
+    25-50 ms (~30 more) so that fresh waiters cannot overtake it again and again."""
     lock_path = tmp_path / "q.lock"
     child = start_holder(lock_path, "flock", "hold", "2.0")
     lock = QueueLock(str(lock_path), "flock", timeout=60)
+    lock.age_after = age_after
     with lock.held():
         pass
     child.wait(timeout=30)
-    assert 4 <= lock.attempts <= 40, lock.attempts
+    assert 4 <= lock.attempts <= most, lock.attempts
     assert lock.acquisitions == 1 and lock.longest_wait > 0.5
 
 
@@ -360,6 +363,7 @@ def test_mountinfo_fields() -> None:
 def test_node_local_flock_is_warned_once_per_mount(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(lock_module, "_checked_mounts", set())
+    monkeypatch.setattr(lock_module, "_checked_folders", set())
     sample = tmp_path / "mountinfo"
     sample.write_text("1 0 0:1 / / rw - nfs4 fs:/ rw,vers=4.2,local_lock=all\n")
     caplog.set_level(logging.WARNING, logger="torc_slurm.store.lock")

@@ -12,7 +12,8 @@ exclusive ``filelock`` beside the database (``torc.db.lock``). Two kinds exist:
 The two kinds do not see each other, so a queue has ONE kind, written beside it when it is made
 (``torc.db.lockkind``); a process asking for the other kind is refused (``resolve_lock_kind``).
 
-Waiters back off exponentially with jitter (5 ms up to 250 ms), warn every ``warn_after``
+Waiters back off exponentially with jitter (5 ms up to 250 ms; after 1 s of waiting, up to 50 ms
+only, so that fresh waiters do not overtake an old one over and over), warn every ``warn_after``
 seconds, and give up with ``QueueUnavailable`` after ``TORC_LOCK_TIMEOUT`` (default 600 s, long
 enough to ride out a metadata-server stall). The lock counts acquisitions, attempts, the longest
 wait and hold, for the benchmarks and tests.
@@ -45,6 +46,8 @@ DEFAULT_LOCK_TIMEOUT = 600.0  # s: a runner rides out a multi-minute metadata-se
 DEFAULT_SOFT_LOCK_LIFETIME = 300.0  # s: below the wait limit, far above any real locked section
 FIRST_DELAY = 0.005  # s, first back-off step of a waiter
 MAX_DELAY = 0.25  # s, back-off cap
+AGE_AFTER = 1.0  # s: a waiter this old polls every 25-50 ms again, so fresh waiters (5 ms, 10 ms, ...)
+AGED_DELAY = 0.05  # s  cannot keep overtaking it; still a fraction of the old 10 ms polling's load
 
 
 def env_seconds(name: str, default: float) -> float:
@@ -221,12 +224,16 @@ def flock_caveat(mount: Mount) -> str | None:
 
 
 _checked_mounts: set[str] = set()
+_checked_folders: set[tuple[str, str]] = set()
 
 
 def warn_if_flock_is_node_local(lock_path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
     """Log a warning (once per mount and process) when flock on the lock's mount is node-local."""
+    folder = os.path.realpath(os.path.dirname(lock_path) or ".")
+    if (folder, mountinfo) in _checked_folders:
+        return None
+    _checked_folders.add((folder, mountinfo))
     try:
-        folder = os.path.realpath(os.path.dirname(lock_path) or ".")
         with open(mountinfo, encoding="utf-8", errors="replace") as handle:
             mount = mount_for(folder, parse_mountinfo(handle.read()))
     except OSError:
@@ -289,6 +296,7 @@ class QueueLock:
                          env_seconds("TORC_SOFT_LOCK_LIFETIME", DEFAULT_SOFT_LOCK_LIFETIME)) if kind == "soft" else None
         self.warn_after = warn_after
         self.first_delay, self.max_delay = first_delay, max_delay
+        self.age_after, self.aged_delay = AGE_AFTER, AGED_DELAY
         self._lock = self._make_lock()
         self._held_since: float | None = None
         self._release_failed = False
@@ -347,7 +355,8 @@ class QueueLock:
                             self._holder_note(), self._hint())
                 next_warning += self.warn_after
             time.sleep(max(0.0, min(random.uniform(step / 2, step), deadline - now, next_warning - now)))
-            step = min(step * 2, self.max_delay)
+            cap = self.max_delay if time.monotonic() - start < self.age_after else self.aged_delay
+            step = min(step * 2, cap)
         self.longest_wait = max(self.longest_wait, time.monotonic() - start)
 
     def _release(self) -> None:
