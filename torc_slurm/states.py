@@ -31,6 +31,8 @@ UNFINISHED = (JobStatus.UNINITIALIZED.value, JobStatus.BLOCKED.value, JobStatus.
 # What a status report counts as failed (and exits 1 for).
 FAILED = (JobStatus.FAILED.value, JobStatus.CANCELED.value, JobStatus.TERMINATED.value)
 FINISHED = (JobStatus.COMPLETED.value, *FAILED)
+# No longer waiting for anything: everything but UNFINISHED.
+DONE = (*FINISHED, JobStatus.DISABLED.value)
 
 
 def sql_list(statuses: tuple[str, ...]) -> str:

@@ -8,10 +8,8 @@ from typing import Any
 import click
 
 from torc_slurm.cli.app import App, format_option, pass_app
+from torc_slurm.states import ALL as JOB_STATUSES
 
-# The job states (store.workflows.JOB_STATUSES; repeated here so `--help` needs no store import).
-JOB_STATUSES = ("uninitialized", "blocked", "ready", "pending", "running", "completed", "failed",
-                "canceled", "terminated", "disabled")
 _STYLES = {"completed": "green", "failed": "red", "canceled": "red", "terminated": "red", "running": "cyan",
            "pending": "cyan", "ready": "yellow", "uninitialized": "dim"}
 

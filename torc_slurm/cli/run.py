@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from torc_slurm.states import DONE
+
 
 @click.command("run")
 @click.argument("spec_or_id")
@@ -66,7 +68,8 @@ def _workflow_id(app, db, spec_or_id: str) -> int:
 
 
 def _report(app, db, workflow_id: int, summary, stop_reason: str | None) -> None:
-    from torc_slurm.store.workflows import UNFINISHED, status_counts
+    from torc_slurm.states import UNFINISHED
+    from torc_slurm.store.workflows import status_counts
 
     counts = status_counts(db, workflow_id)
     line = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
@@ -106,7 +109,7 @@ class _Progress:
 
     def update(self, counts: dict[str, int]) -> None:
         total = sum(counts.values())
-        done = sum(counts.get(s, 0) for s in ("completed", "failed", "canceled", "disabled"))
+        done = sum(counts.get(s, 0) for s in DONE)
         key = (done, counts.get("failed", 0), counts.get("running", 0) + counts.get("pending", 0))
         detail = f"[green]{counts.get('completed', 0)} completed[/] [red]{key[1]} failed[/] {key[2]} running"
         if self._bar is not None:

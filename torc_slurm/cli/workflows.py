@@ -8,9 +8,8 @@ from typing import Any
 import click
 
 from torc_slurm.cli.app import App, can_prompt, format_option, pass_app
+from torc_slurm.states import FAILED, FINISHED, UNFINISHED  # FAILED: what makes `status` exit 1
 
-# Statuses that make `workflows status` exit 1: what it reports failed.
-FAILED_STATUSES = ("failed", "canceled", "terminated")
 _COUNT_LABELS = {
     "jobs": "jobs",
     "dependency_sets": "dependency sets",
@@ -76,7 +75,7 @@ def init(app: App, workflow_id: int, force: bool) -> None:
     workflow = get_workflow(app.db, workflow_id)
     if workflow.status != "uninitialized" and not force:
         finished = sum(n for s, n in status_counts(app.db, workflow_id).items()
-                       if s in ("completed", "failed", "canceled", "terminated"))
+                       if s in FINISHED)
         if finished:
             app.abort(f"workflow {workflow_id} is {workflow.status} and {finished} of its jobs have finished; "
                       "initializing would reset them. Pass --force to reset anyway.")
@@ -111,13 +110,13 @@ def status(app: App, workflow_id: int, fmt: str) -> None:
 
     Exits 1 if any job failed, was canceled or was terminated, and 0 otherwise.
     """
-    from torc_slurm.store.workflows import UNFINISHED, get_workflow, status_counts
+    from torc_slurm.store.workflows import get_workflow, status_counts
 
     workflow = get_workflow(app.db, workflow_id)
     counts = status_counts(app.db, workflow_id)
     total = sum(counts.values())
     unfinished = sum(counts[s] for s in UNFINISHED)
-    failed = sum(counts.get(s, 0) for s in FAILED_STATUSES)
+    failed = sum(counts.get(s, 0) for s in FAILED)
     data = {"workflow_id": workflow_id, "name": workflow.name, "status": workflow.status, "counts": counts,
             "total": total, "done": total - unfinished, "failed": failed}
     app.emit(data, fmt, _status_table)

@@ -15,10 +15,8 @@ from typing import Any
 from torc_slurm.errors import QueueError
 from torc_slurm.reports import human_bytes, human_seconds
 from torc_slurm.store.db import Database
-from torc_slurm.store.workflows import UNFINISHED
-
-FAILED = ("failed", "canceled", "terminated")
-FINISHED = ("completed", "failed", "canceled", "terminated", "disabled")
+from torc_slurm.states import DONE as FINISHED
+from torc_slurm.states import FAILED, UNFINISHED
 MAX_LISTED = 10
 # Where the runner writes each attempt's stdout/stderr by default, relative to the workflow's
 # working_dir (runner/loop.py: <output>/job_stdio/wf<W>_job<J>_attempt<A>.out / .err, with output

@@ -36,13 +36,15 @@ from torc_slurm.runner.policy import STOP_SIGNAL_WINDOW_S, Exit, classify, kille
 from torc_slurm.runner.process import Finished, LaunchSpec, ProcessPool
 from torc_slurm.runner.resources import DetectedNode, pin_plan
 from torc_slurm.runner.walltime import EndTime
+from torc_slurm.spec.models import WorkflowSpec
 from torc_slurm.states import UNFINISHED
 from torc_slurm.store.db import Database
 from torc_slurm.store.queue import ClaimedJob, Limits, Outcome, Queue, ReadyJob, Started
 
 log = logging.getLogger(__name__)
 MAX_PREFETCH = 512  # adaptive claim-ahead never exceeds this many jobs
-DEFAULT_HEARTBEAT_TIMEOUT_S = 120.0
+# The lease's one default lives in the spec; RunnerConfig only repeats it for runners built by hand.
+DEFAULT_HEARTBEAT_TIMEOUT_S = float(WorkflowSpec.model_fields["heartbeat_timeout_seconds"].default)
 
 
 @dataclass
