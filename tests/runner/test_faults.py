@@ -12,17 +12,13 @@ Timeouts are shrunk through the spec (``heartbeat_timeout_seconds``), never wait
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import psutil
-import pytest
 
 from .helpers import (PYTHON, TORC, alive, clean_env, create_workflow, finish, jobs, query, results, run_runner,
                       start_torc, torc, wait_until, write_spec_data)

@@ -8,7 +8,6 @@ before the second runner starts, so the second attempts finish quickly.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from pathlib import Path
