@@ -9,6 +9,8 @@ under way; they are swept once it is confirmed). The evidence, strongest first:
   now. Its jobs, found by their ``TORC_RUNNER_TOKEN``, are killed and confirmed gone; then it is
   swept at once, without waiting for any timeout. A runner here whose lease expired but whose
   process lives (frozen, stopped) gets the same treatment: its jobs are killed first.
+* **Slurm, recorded**: a runner whose allocation the queue last saw ended (``torc slurm status``
+  or ``watch`` asked Slurm) is swept at once.
 * **Slurm**: a runner in an allocation whose lease expired is asked about in one ``squeue`` call.
   An allocation Slurm no longer runs means a dead runner. One that Slurm still runs is not swept on
   a stale lease alone: it is scancel'ed (its step, when the runner recorded one), and swept when
@@ -31,7 +33,11 @@ from typing import Protocol
 import psutil
 
 from torc_slurm.runner.guardian import kill_processes, processes_left
+from torc_slurm.store.allocations import FINAL_STATES
 from torc_slurm.store.leases import PeerLease, SweepRequest
+
+# Allocation states (as the queue recorded them from Slurm) in which no runner of it can be alive.
+ENDED_ALLOCATION_STATES = frozenset(FINAL_STATES) - {"canceled"}
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +100,11 @@ class Fencer:
         in_slurm: list[PeerLease] = []
         for peer in peers:
             late = peer.runner_id in expired_ids
-            if peer.host_key is not None and peer.host_key == self.host_key:
+            if peer.allocation_state in ENDED_ALLOCATION_STATES:
+                verdicts.sweep.append(SweepRequest(peer.runner_id, peer.lease_seq,
+                                                   f"Slurm reported allocation {peer.slurm_job_id} "
+                                                   f"{peer.allocation_state}"))
+            elif peer.host_key is not None and peer.host_key == self.host_key:
                 self._same_host(peer, late, verdicts)
             elif peer.slurm_job_id and (late or evidence_only):
                 in_slurm.append(peer)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from torc_slurm.states import HELD, JobStatus, sql_list
 from torc_slurm.store.events import add_event
 
-RUNNER_COLUMNS = ("id, hostname, host_key, pid, pid_started, token, slurm_job_id, slurm_step_id, lease_seq,"
-                  " status, heartbeat_at, fence_note")
+RUNNER_COLUMNS = ("r.id, r.hostname, r.host_key, r.pid, r.pid_started, r.token, r.slurm_job_id, r.slurm_step_id,"
+                  " r.lease_seq, r.status, r.heartbeat_at, r.fence_note, a.state")
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class PeerLease:
     status: str              # active | fencing
     heartbeat_at: float      # the runner's own wall clock: for people, never for decisions
     fence_note: str | None
+    allocation_state: str | None = None  # as last recorded from Slurm (`torc slurm status`, watch)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "PeerLease":
@@ -66,8 +67,9 @@ def next_ids(conn: sqlite3.Connection, name: str, count: int = 1) -> int:
 def peers(conn: sqlite3.Connection, workflow_id: int, runner_id: int | None) -> list[PeerLease]:
     """The workflow's live runners other than ``runner_id`` (active, or being fenced)."""
     return [PeerLease.from_row(row) for row in conn.execute(
-        f"SELECT {RUNNER_COLUMNS} FROM runners WHERE workflow_id = ? AND status IN ('active', 'fencing')"
-        " AND id IS NOT ?", (workflow_id, runner_id))]
+        f"SELECT {RUNNER_COLUMNS} FROM runners r LEFT JOIN allocations a ON a.workflow_id = r.workflow_id"
+        " AND a.slurm_job_id = r.slurm_job_id WHERE r.workflow_id = ? AND r.status IN ('active', 'fencing')"
+        " AND r.id IS NOT ?", (workflow_id, runner_id))]
 
 
 def mark_fencing(conn: sqlite3.Connection, runner_id: int, note: str) -> None:
