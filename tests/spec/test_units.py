@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from torc_slurm.spec.units import format_walltime, parse_duration, parse_memory, parse_walltime
+from torc_slurm.spec.units import (format_walltime, parse_duration, parse_gpu_ids, parse_memory, parse_slurm_time,
+                                    parse_walltime)
 
 KIB, MIB, GIB, TIB = 2**10, 2**20, 2**30, 2**40
 
@@ -115,3 +116,24 @@ def test_memory_property(number: int, unit: tuple[str, int]) -> None:
     suffix, factor = unit
     assert parse_memory(f"{number}{suffix}") == number * factor
     assert parse_memory(f"{number}{suffix.upper()}iB") == number * factor
+
+
+@pytest.mark.parametrize(("text", "ids"), [
+    ("0,1", ("0", "1")), ("0-3", ("0", "1", "2", "3")), ("gpu:0,gpu:2", ("0", "2")), ("1,4-5", ("1", "4", "5")),
+    ("GPU-8f3c2a1b-0000-1111", ("GPU-8f3c2a1b-0000-1111",)), ("MIG-1/2/3", ("MIG-1/2/3",)),
+    ("", ()), ("NoDevFiles", ()), ("-1", ()), ("none", ()), (" 0 , 1 ", ("0", "1")),
+])
+def test_gpu_id_lists(text: str, ids: tuple[str, ...]) -> None:
+    assert parse_gpu_ids(text) == ids
+
+
+@pytest.mark.parametrize("text", ["0,0", "0-2,1", "0;1", "gpu 0", "$(reboot)"])
+def test_bad_gpu_id_lists(text: str) -> None:
+    with pytest.raises(ValueError, match="GPU ids"):
+        parse_gpu_ids(text)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("59:56", 3596), ("0:07", 7), ("2:03:04", 7384),
+                                               ("1-02:03:04", 93784)])
+def test_slurm_times_in_squeues_short_form(text: str, seconds: int) -> None:
+    assert parse_slurm_time(text) == seconds

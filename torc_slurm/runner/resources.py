@@ -28,11 +28,11 @@ from typing import Mapping, Sequence
 import psutil
 
 from torc_slurm.runner.packing import NodeCapacity
+from torc_slurm.spec.units import parse_gpu_ids
 
 log = logging.getLogger(__name__)
 _MIB = 1024**2
 _GIB = 1024**3
-_NO_DEVICE = {"nodevfiles", "-1", "none"}
 # The visibility variables first: where Slurm constrains devices (cgroups), CUDA_VISIBLE_DEVICES is
 # renumbered from 0 inside the job while SLURM_JOB_GPUS keeps the node's global ids.
 DEFAULT_GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "SLURM_JOB_GPUS")
@@ -106,20 +106,6 @@ def detect_node(
         sources["gpus"] = "flag" if sources["gpus"] == "none" else f"flag+{sources['gpus']}"
 
     return DetectedNode(NodeCapacity(tuple(range(cpus)), gpus, memory), host_cpus, sources)
-
-
-def parse_gpu_ids(text: str) -> tuple[str, ...]:
-    """'0,1' / 'gpu:0,gpu:1' / 'GPU-8f3c…' -> device ids; '', 'NoDevFiles', '-1' -> ()."""
-    ids = []
-    for entry in text.split(","):
-        entry = entry.strip()
-        if entry.lower().startswith("gpu:"):
-            entry = entry[4:].strip()
-        if entry and entry.lower() not in _NO_DEVICE:
-            ids.append(entry)
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"duplicate GPU ids in {text!r}")
-    return tuple(ids)
 
 
 def pin_plan(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from torc_slurm.errors import SlurmError
 from torc_slurm.slurm.backend import JobInfo, SlurmBackend, SlurmState
+from torc_slurm.spec.units import parse_slurm_time
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,6 @@ SQUEUE_FORMAT = "%i|%T|%L|%e"
 
 _JOB_ID = re.compile(r"^\d+(?:[_+]\d+)?$")
 _PARSABLE = re.compile(r"^(\d+)(?:;\S+)?$")
-_TIME_LEFT = re.compile(r"^(?:(?:(\d+)-)?(\d+):)?(\d+):(\d+)$")
 _NO_TIME = frozenset({"UNLIMITED", "NOT_SET", "INVALID"})
 _NO_DATE = frozenset({"N/A", "NONE", "UNKNOWN", ""})
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
@@ -62,11 +62,10 @@ def parse_time_left(text: str) -> int | None:
     value = text.strip()
     if value.upper() in _NO_TIME:
         return None
-    match = _TIME_LEFT.match(value)
-    if not match:
-        raise SlurmError(f"could not parse Slurm time left {text!r}")
-    days, hours, minutes, seconds = (int(group or 0) for group in match.groups())
-    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    try:
+        return parse_slurm_time(value, what="time left")
+    except ValueError:
+        raise SlurmError(f"could not parse Slurm time left {text!r}") from None
 
 
 def parse_end_time(text: str) -> datetime | None:

@@ -8,15 +8,13 @@ malformed is a SlurmError naming it.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torc_slurm.errors import SlurmError
+from torc_slurm.spec.units import parse_gpu_ids
 
 _MB = 1024 * 1024
-_NO_DEVICES = frozenset({"", "NoDevFiles", "none", "-1"})
-_RANGE = re.compile(r"^(\d+)-(\d+)$")
 
 
 def _env(environ: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -95,18 +93,10 @@ def gpu_ids(
     if found is None:
         return None if job_id(environ) is None else ()
     name, value = found
-    if value in _NO_DEVICES:
-        return ()
-    ids: list[str] = []
-    for item in (part.strip() for part in value.split(",")):
-        match = _RANGE.match(item)
-        if match and int(match.group(1)) <= int(match.group(2)):
-            ids.extend(str(i) for i in range(int(match.group(1)), int(match.group(2)) + 1))
-        elif item and re.fullmatch(r"[A-Za-z0-9\-:./]+", item):
-            ids.append(item)  # an index, or a GPU UUID / MIG id
-        else:
-            raise SlurmError(f"environment variable {name}={value!r} is not a list of GPU ids")
-    return tuple(ids)
+    try:
+        return parse_gpu_ids(value)
+    except ValueError as exc:
+        raise SlurmError(f"environment variable {name}={value!r}: {exc}") from None
 
 
 @dataclass(frozen=True)
