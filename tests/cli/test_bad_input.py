@@ -83,7 +83,7 @@ CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "boolean parameter": (text("name: w\njobs:\n  - {name: 'a{i}', command: x, parameters: {i: true}}\n"),
                           "field 'parameters.i'"),
     "deep nesting": (text("name: w\nmetadata: " + "[" * 100_000 + "]" * 100_000 + "\n"), "nested more than 100"),
-    "billion laughs": (text("name: w\n" + LAUGHS), "aliases expand to more than 10,000,000 values"),
+    "billion laughs": (text("name: w\n" + LAUGHS), "aliases expand the spec to more than 10,000,000 values"),
     "empty": (text(""), "the spec is empty"),
     "top-level list": (text("- a\n- b\n"), "not a list"),
     "wrong type deep inside": (text("name: w\njobs: [{name: a, command: x, env: {A: [1]}}]\n"), "field 'env.A'"),

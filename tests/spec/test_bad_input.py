@@ -17,6 +17,8 @@ import torc_slurm.compiler as compiler_module
 from torc_slurm.compiler import compile_workflow
 from torc_slurm.errors import SpecError
 from torc_slurm.spec.limits import MAX_JOBS, MAX_SPEC_BYTES
+from torc_slurm.spec import load as load_module
+from torc_slurm.spec import safe_yaml
 from torc_slurm.spec.load import load_spec, parse_spec
 from torc_slurm.spec.parameters import count_combinations, parse_values
 
@@ -389,7 +391,7 @@ FUZZ_IDS = ["flow nesting", "block nesting", "billion laughs", "recursive alias"
         ("name: w\nmetadata: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested more than 100 levels",
          "metadata.0.0.0.0.0.…", 2),
         ("name: w\nmetadata:\n" + "- " * 50_000 + "x\n", "nested more than 100 levels", "metadata.0.0.0.0.0.…", 3),
-        ("name: w\nmetadata:\n" + LAUGHS, "aliases expand to more than 10,000,000 values", "metadata.h.0", 10),
+        ("name: w\nmetadata:\n" + LAUGHS, "aliases expand the spec to more than 10,000,000 values", "metadata.h.0", 10),
         ("name: w\nmetadata: &m {self: *m}\n", "recursive structure", "metadata.self", 2),
         ("name: w\nmetadata: {n: " + "9" * 5000 + "}\n", "an integer of 5,000 digits is too long", "metadata.n", 2),
         ("name: w\nmetadata: !!binary aGk=\n", "tag '!!binary' is not allowed", "metadata", 2),
@@ -467,3 +469,17 @@ def test_json_lone_surrogates_and_deep_nesting(tmp_path: Path) -> None:
     assert "nested more than 100 levels" in spec_error(path).message
     path.write_text('{"name": "w", "metadata": {"n": ' + "9" * 5000 + "}}")
     assert "5,000 digits" in spec_error(path).message
+
+
+def test_a_spec_holds_at_most_max_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flat 64 MiB list would be 32 million nodes (minutes, gigabytes): the count is capped (here
+    lowered to 1000 so the test is quick), in YAML and JSON alike."""
+    monkeypatch.setattr(safe_yaml, "MAX_VALUES", 1000)
+    monkeypatch.setattr(load_module, "MAX_VALUES", 1000)
+    for name, text in (("spec.yaml", "name: w\nmetadata: [" + "a, " * 1500 + "a]\n"),
+                       ("spec.json", json.dumps({"name": "w", "metadata": ["a"] * 1500}))):
+        path = tmp_path / name
+        path.write_text(text)
+        assert "the spec holds more than 1,000 values" in spec_error(path).message
+    path.write_text(json.dumps({"name": "w", "jobs": [{"name": "a", "command": "x"}], "metadata": {"k": ["a"] * 900}}))
+    assert len(load_spec(path).metadata["k"]) == 900

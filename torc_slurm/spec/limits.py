@@ -6,8 +6,9 @@ The spec file (``spec.load``):
     UTF-8 text without NUL characters;
   - one YAML document (or JSON object) without duplicate keys at any depth;
   - nested at most ``MAX_NESTING`` (100) levels deep, aliases included;
-  - YAML aliases may add at most ``MAX_ALIAS_NODES`` (10,000,000) values in all ("billion laughs"
-    documents are refused before they are expanded);
+  - at most ``MAX_VALUES`` (10,000,000) values (strings, numbers, lists, mappings…) in all, YAML
+    aliases expanded: a "billion laughs" document is refused before it is expanded, and a huge
+    flat document before it fills memory (a written-out spec of 500,000 jobs fits);
   - integers of at most ``MAX_INTEGER_DIGITS`` digits; only the plain YAML types (strings, numbers,
     booleans, null, lists, mappings): no ``!!binary``, ``!!set``, timestamps or custom tags.
 
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 MAX_SPEC_BYTES = 64 * 2**20
 MAX_NESTING = 100
-MAX_ALIAS_NODES = 10_000_000
+MAX_VALUES = 10_000_000
 MAX_INTEGER_DIGITS = 1000
 
 SQLITE_INT_MIN = -(2**63)

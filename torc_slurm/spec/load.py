@@ -22,7 +22,8 @@ from pydantic import ValidationError
 
 from torc_slurm.errors import SpecError
 from torc_slurm.spec import safe_yaml
-from torc_slurm.spec.limits import MAX_INTEGER_DIGITS, MAX_NESTING, MAX_SPEC_BYTES, short_repr, short_text
+from torc_slurm.spec.limits import (MAX_INTEGER_DIGITS, MAX_NESTING, MAX_SPEC_BYTES, MAX_VALUES, short_repr,
+                                    short_text)
 from torc_slurm.spec.models import SourceLines, WorkflowSpec
 
 _KINDS = {"jobs": "job", "files": "file", "user_data": "user_data", "resource_requirements":
@@ -189,10 +190,15 @@ def _compose_quietly(text: str) -> Any:
 
 
 def _check_depth(data: Any, source: str) -> None:
+    """JSON's nesting and size, as the YAML reader checks them (``MAX_NESTING``, ``MAX_VALUES``)."""
     stack = [(data, 1)]
+    values = 1
     while stack:
         value, depth = stack.pop()
         children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        values += len(children)
+        if values > MAX_VALUES:
+            raise SpecError(f"the spec holds more than {MAX_VALUES:,} values", file=source)
         for child in children:
             if isinstance(child, (dict, list)):
                 if depth + 1 > MAX_NESTING:

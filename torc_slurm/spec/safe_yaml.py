@@ -7,8 +7,8 @@ never needs (limits in ``spec.limits``):
 
 - a key written twice in one mapping (names both lines);
 - nesting deeper than ``MAX_NESTING``, counting what aliases bring in;
-- aliases that would add more than ``MAX_ALIAS_NODES`` values ("billion laughs"), or that refer to
-  a node still being built (a recursive structure);
+- more than ``MAX_VALUES`` values in all, counting each alias as the values it stands for ("billion
+  laughs" are refused before anything is expanded); aliases to a node still being built (recursion);
 - integers longer than ``MAX_INTEGER_DIGITS`` digits; tags other than the plain types.
 
 Implicit types follow YAML 1.1 as PyYAML does, except that timestamps stay strings and base-60
@@ -25,7 +25,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
-from torc_slurm.spec.limits import MAX_ALIAS_NODES, MAX_INTEGER_DIGITS, MAX_NESTING, short_repr
+from torc_slurm.spec.limits import MAX_INTEGER_DIGITS, MAX_NESTING, MAX_VALUES, short_repr
 
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
@@ -140,7 +140,7 @@ class _Composer:
         self.loader = loader
         self.anchors: dict[str, Node] = {}
         self.sizes: dict[str, tuple[int, int]] = {}  # a finished anchored node: (size, height)
-        self.alias_nodes = 0
+        self.values = 0  # values composed so far, aliases expanded
         self.stack: list[_Open] = []
 
     def compose(self) -> Node:
@@ -177,6 +177,7 @@ class _Composer:
             if tag in (_INT, _FLOAT) and _SEXAGESIMAL in event.value:
                 tag = _STR
         node = ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+        self._count(node)
         self._check_tag(node)
         if explicit and tag in _TYPED and self.loader.resolve(ScalarNode, event.value, (True, False)) != tag:
             self._fail(f"{short_repr(event.value)} is not a valid {tag.replace('tag:yaml.org,2002:', '!!')}", node)
@@ -194,6 +195,7 @@ class _Composer:
         if tag is None or tag == "!":
             tag = self.loader.resolve(node_class, None, event.implicit)
         node = node_class(tag, [], event.start_mark, None, flow_style=event.flow_style)
+        self._count(node)
         self._check_tag(node)
         if len(self.stack) >= MAX_NESTING:
             self._fail(f"the spec is nested more than {MAX_NESTING} levels deep", node)
@@ -211,9 +213,9 @@ class _Composer:
             self._fail(f"alias *{anchor} refers to a value that contains it (a recursive structure)", node,
                        mark=event.start_mark)
         size, height = self.sizes[anchor]
-        self.alias_nodes += size
-        if self.alias_nodes > MAX_ALIAS_NODES:
-            self._fail(f"aliases expand to more than {MAX_ALIAS_NODES:,} values (last: *{anchor})", node,
+        self.values += size
+        if self.values > MAX_VALUES:
+            self._fail(f"aliases expand the spec to more than {MAX_VALUES:,} values (last: *{anchor})", node,
                        mark=event.start_mark)
         return node, size, height
 
@@ -233,6 +235,11 @@ class _Composer:
             parent.key = None
 
     # -- checks --------------------------------------------------------------------------------
+    def _count(self, node: Node) -> None:
+        self.values += 1
+        if self.values > MAX_VALUES:
+            self._fail(f"the spec holds more than {MAX_VALUES:,} values", node)
+
     def _check_key(self, parent: _Open, key: Node) -> None:
         if not isinstance(key, ScalarNode) or key.tag == _MERGE:
             return  # a list or mapping as a key is refused when built ("unhashable key")
