@@ -132,3 +132,9 @@ def test_parse_gpu_ids(text, expected):
 )
 def test_pin_plan(host, slots, kwargs, expected):
     assert pin_plan(host, slots, **kwargs) == expected
+
+
+def test_an_emulated_cluster_may_declare_more_cpus_than_the_mask(monkeypatch) -> None:
+    monkeypatch.setattr(resources, "_host_cpus", lambda: HOST_CPUS)
+    node = detect_node({"SLURM_CPUS_ON_NODE": "16"}, trust_slurm_cpus=True)
+    assert len(node.capacity.cpu_ids) == 16 and node.sources["cpus"] == "SLURM_CPUS_ON_NODE"

@@ -97,6 +97,7 @@ def run_jobs(app, db_path: Path, workflow_id: int, output_dir: Path, scheduler, 
     slurm_job = slurm_env.job_id()
     try:
         node = detect_node(num_cpus=num_cpus, num_gpus=num_gpus, memory_gb=memory_gb,
+                           trust_slurm_cpus=os.environ.get("TORC_TRUST_SLURM_CPUS") == "1",
                            gpu_variable_names=(gpu_variable, "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES",
                                                "ROCR_VISIBLE_DEVICES"))
     except ValueError as exc:

@@ -54,8 +54,12 @@ def detect_node(
     num_gpus: int | None = None,
     memory_gb: float | None = None,
     gpu_variable_names: Sequence[str] = DEFAULT_GPU_VARIABLES,
+    trust_slurm_cpus: bool = False,
 ) -> DetectedNode:
     """Detect the node's capacity (see the module docstring for the order of sources).
+
+    ``trust_slurm_cpus``: take ``SLURM_CPUS_ON_NODE`` even above the affinity mask (an emulated
+    cluster that declares more CPUs than the host has).
 
     Raises ValueError for a malformed Slurm variable, a non-positive flag, or ``num_gpus``
     above the number of GPUs the environment names."""
@@ -66,7 +70,7 @@ def detect_node(
     slurm_cpus = _int_var(env, "SLURM_CPUS_ON_NODE")
     if num_cpus is not None:
         cpus, sources["cpus"] = int(_positive(num_cpus, "num_cpus")), "flag"
-    elif slurm_cpus and slurm_cpus <= len(host_cpus):
+    elif slurm_cpus and (slurm_cpus <= len(host_cpus) or trust_slurm_cpus):
         cpus, sources["cpus"] = slurm_cpus, "SLURM_CPUS_ON_NODE"
     elif slurm_cpus:
         log.warning("SLURM_CPUS_ON_NODE=%d but this process may run on %d CPUs (its affinity mask): "
