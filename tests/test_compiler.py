@@ -576,3 +576,29 @@ def test_re2_with_prefix_narrowing_finds_what_re_search_finds(names: list[str], 
         assert "invalid regular expression" in str(exc)
         return
     assert found == expected, pattern
+
+
+# -- dependency sets built per job: shared when equal, capped when each differs ---------------------
+
+def test_jobs_with_the_same_regexes_and_names_share_one_built_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two regexes per job used to build one union per job: 300 x 301 rows of work and memory."""
+    import torc_slurm.compiler as compiler_module
+
+    monkeypatch.setattr(compiler_module, "MAX_DEPENDENCY_ROWS", 1000)  # one union of 301 is built, once
+    jobs = ([job("setup")] + [job(f"pre_{i}") for i in range(300)]
+            + [job(f"post_{i}", depends_on_regexes=["^pre_", "^setup$"], depends_on=["setup"]) for i in range(300)])
+    compiled = compile_jobs(jobs)
+    assert len(compiled.dependency_sets) == 1 and compiled.stored_memberships == 301
+
+
+def test_sets_that_each_differ_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torc_slurm.compiler as compiler_module
+
+    monkeypatch.setattr(compiler_module, "MAX_DEPENDENCY_ROWS", 1000)
+    jobs = ([job(f"pre_{i}") for i in range(100)] + [job(f"own_{i}") for i in range(100)]
+            + [job(f"post_{i}", depends_on_regexes=["^pre_"], depends_on=[f"own_{i}"]) for i in range(100)])
+    error = error_of(jobs)
+    assert "more than 1,000 dependency rows" in error.message and "barrier" in error.message
+    assert error.field == "depends_on_regexes" and error.job == "post_9"  # 10 sets of 101 rows fit
+    monkeypatch.setattr(compiler_module, "MAX_DEPENDENCY_ROWS", 10_100)
+    assert compile_jobs(jobs).stored_memberships == 10_100

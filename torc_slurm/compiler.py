@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 from torc_slurm.errors import SpecError
-from torc_slurm.spec.limits import MAX_JOBS, short_repr, short_text
+from torc_slurm.spec.limits import MAX_DEPENDENCY_ROWS, MAX_JOBS, short_repr, short_text
 from torc_slurm.spec.models import (
     DEFAULT_RESOURCES_NAME,
     ResourceRequirements,
@@ -372,6 +372,19 @@ class _Compiler:
         index_of_names = NameIndex(names)
         empty: frozenset[int] = frozenset()
         result: list[frozenset[int]] = []
+        unions: dict[tuple[tuple[str, ...], frozenset[int]], frozenset[int]] = {}  # same inputs, same set
+        built = 0  # members of the sets built below (not shared): the work and memory, capped
+
+        def build(size: int, job: _Expanded) -> None:
+            nonlocal built
+            built += size
+            if built > MAX_DEPENDENCY_ROWS:
+                raise SpecError(
+                    f"the prerequisites of the jobs up to this one already take more than "
+                    f"{MAX_DEPENDENCY_ROWS:,} dependency rows: each job's set differs (e.g. a regex over many "
+                    "jobs plus a name of its own), so none is shared. Put a barrier job between the groups, "
+                    "or give the jobs the same prerequisites", job=job.name, field="depends_on_regexes")
+
         for index, job in enumerate(jobs):
             lists = job.lists
             if not (lists["depends_on"] or lists["depends_on_regexes"] or inputs[index] or data_in[index]):
@@ -379,6 +392,7 @@ class _Compiler:
                 continue
             members: set[int] = set()
             shared: list[frozenset[int]] = []
+            own_match = False
             for name in lists["depends_on"]:
                 if name not in names:
                     raise SpecError(f"depends on unknown job {short_repr(name)}", job=job.name, field="depends_on")
@@ -393,7 +407,9 @@ class _Compiler:
                     except ValueError as exc:
                         raise SpecError(str(exc), job=job.name, field="depends_on_regexes") from None
                 if index in matches:  # a job never matches itself
+                    build(len(matches), job)
                     matches = matches - {index}
+                    own_match = True
                 if not matches:
                     raise SpecError(f"regular expression {short_repr(pattern)} matches no other job",
                                     job=job.name, field="depends_on_regexes")
@@ -408,8 +424,15 @@ class _Compiler:
                         members.add(producer)
             if len(shared) == 1 and members <= shared[0]:
                 result.append(shared[0])
-            else:
-                result.append(frozenset(members.union(*shared)))
+                continue
+            key = (tuple(lists["depends_on_regexes"]), frozenset(members))
+            union = None if own_match else unions.get(key)
+            if union is None:
+                build(len(members) + sum(map(len, shared)), job)
+                union = frozenset(members.union(*shared))
+                if not own_match and shared:
+                    unions[key] = union
+            result.append(union)
         return result
 
     def _resources(self, job: _Expanded) -> tuple[str, _Figures, str | None]:

@@ -28,6 +28,10 @@ Expansion (``compiler``), checked before anything is expanded:
     many files and as many user_data entries. The count is computed from the parameter sizes
     (product: their product, zip: their common length), so a ``{i: '0:99999', j: '0:99999'}`` sweep
     is refused at once instead of filling memory. Million-job sweeps are fine.
+  - the dependency sets built for a workflow hold at most ``MAX_DEPENDENCY_ROWS`` (20,000,000)
+    members in all. Jobs with the same prerequisites share one set (1000 jobs waiting on the same
+    1000 jobs are 1000 rows), so only jobs whose prerequisites each differ while being large (a
+    regex over 100,000 jobs plus a name of their own) come near it;
   - ``depends_on_regexes`` run on RE2 (linear time: no catastrophic backtracking), so they may not use
     backreferences or lookaround, as in torc's own (Rust) regex syntax.
 """
@@ -48,6 +52,7 @@ MAX_ARGUMENT_BYTES = 128 * 2**10
 
 MAX_PARAMETER_VALUES = 10_000_000
 MAX_JOBS = 10_000_000
+MAX_DEPENDENCY_ROWS = 20_000_000
 MAX_ECHO_CHARS = 60
 
 
