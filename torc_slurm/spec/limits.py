@@ -4,13 +4,14 @@ naming the limit, before anything is written (``torc workflows create --dry-run`
 The spec file (``spec.load``):
   - a regular file (not a directory, FIFO, device or socket) of at most ``MAX_SPEC_BYTES`` (64 MiB),
     UTF-8 text without NUL characters;
-  - one YAML document (or JSON object) without duplicate keys at any depth;
+  - one YAML document (a ``.json`` file is read as JSON) without duplicate keys at any depth;
   - nested at most ``MAX_NESTING`` (100) levels deep, aliases included;
   - at most ``MAX_VALUES`` (10,000,000) values (strings, numbers, lists, mappings…) in all, YAML
     aliases expanded: a "billion laughs" document is refused before it is expanded, and a huge
     flat document before it fills memory (a written-out spec of 500,000 jobs fits);
-  - integers of at most ``MAX_INTEGER_DIGITS`` digits; only the plain YAML types (strings, numbers,
-    booleans, null, lists, mappings): no ``!!binary``, ``!!set``, timestamps or custom tags.
+  - integers of at most ``MAX_INTEGER_DIGITS`` (1000) digits; only the plain YAML types (strings,
+    numbers, booleans, null, lists, mappings): no ``!!binary``, ``!!set``, ``!!timestamp`` or custom
+    tags. Dates and base-60 numbers stay strings (``i: 1:30`` is a range, as in torc, not 90).
 
 Values (``spec.models``), checked when the spec is loaded:
   - ``num_cpus``, ``num_gpus``, ``num_nodes``, ``nodes``, ``ntasks_per_node``: at most ``MAX_COUNT``
