@@ -325,6 +325,8 @@ def test_json_is_read_as_json(tmp_path: Path) -> None:
     assert (error.job, error.field, error.line) == ("a", "priority", 2)
     path.write_text('{"name": "w", "jobs": [}')
     assert "not valid JSON" in spec_error(path).message
+    path.write_text('\ufeff{"name": "w", "jobs": [{"name": "a", "command": "x"}]}')  # a BOM, as some editors write
+    assert load_spec(path).name == "w"
 
 
 # -- 6. booleans (and other non-numbers) where numbers are expected ---------------------------------

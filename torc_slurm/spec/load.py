@@ -161,7 +161,7 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _load_json(text: str, source: str) -> Any:
     try:
-        data = json.loads(text, object_pairs_hook=_json_object, parse_int=_json_int)
+        data = json.loads(text.removeprefix("\ufeff"), object_pairs_hook=_json_object, parse_int=_json_int)
     except json.JSONDecodeError as exc:
         raise SpecError(f"not valid JSON: {exc.msg}", file=source, line=exc.lineno) from None
     except _JsonRefused as exc:
