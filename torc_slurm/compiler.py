@@ -24,6 +24,7 @@ from torc_slurm.errors import SpecError
 from torc_slurm.spec.limits import MAX_DEPENDENCY_ROWS, MAX_JOBS, short_repr, short_text
 from torc_slurm.spec.models import (
     DEFAULT_RESOURCES_NAME,
+    JobSpec,
     ResourceRequirements,
     SlurmScheduler,
     WorkflowSpec,
@@ -70,6 +71,9 @@ class CompiledJob:  # not frozen: a frozen __init__ costs ~7 us per job, most of
     output_user_data: tuple[int, ...]
     rank: int = 0  # claim order: priority, then jobs_sort_method, then spec order
     max_attempts: int = 3  # attempts that may end interrupted (lost, terminated, timed out)
+    failure_handler: str | None = None
+    enforce_runtime: bool = False
+    runtime_grace: float = 1.5
 
 
 @dataclass(frozen=True)
@@ -202,8 +206,7 @@ class _Compiler:
             resolved.append(found)
         ranks = _ranks(resolved, [self.spec.jobs[job.entry].priority for job in jobs],
                        self.spec.jobs_sort_method)
-        flags = [(e.priority, e.cancel_on_blocking_job_failure, e.supports_termination,
-                  e.max_attempts or self.spec.max_attempts) for e in self.spec.jobs]
+        flags = [self._flags(e) for e in self.spec.jobs]
         compiled = [_job(job, flags[job.entry], resolved[i], ranks[i], job_sets[i], inputs[i], outputs[i],
                          data_in[i], data_out[i]) for i, job in enumerate(jobs)]
         external: dict[int, list[int]] = {}
@@ -435,6 +438,18 @@ class _Compiler:
             result.append(union)
         return result
 
+    def _flags(self, entry: JobSpec) -> tuple[int, bool, bool, int, str | None, bool, float]:
+        """The per-entry settings every job of the entry shares, with the workflow's defaults."""
+        spec = self.spec
+        if entry.failure_handler is not None and entry.failure_handler not in {h.name for h in spec.failure_handlers}:
+            choices = ", ".join(h.name for h in spec.failure_handlers) or "none are defined"
+            raise SpecError(f"unknown failure handler {short_repr(entry.failure_handler)} "
+                            f"(failure_handlers: {choices})", job=entry.name, field="failure_handler")
+        return (entry.priority, entry.cancel_on_blocking_job_failure, entry.supports_termination,
+                entry.max_attempts or spec.max_attempts, entry.failure_handler,
+                spec.enforce_runtime if entry.enforce_runtime is None else entry.enforce_runtime,
+                entry.runtime_grace or spec.runtime_grace)
+
     def _resources(self, job: _Expanded) -> tuple[str, _Figures, str | None]:
         """The job's resource figures and scheduler, checked; parsed once per entry name."""
         rr_name = job.text["resource_requirements"] or DEFAULT_RESOURCES_NAME
@@ -460,10 +475,11 @@ assert tuple(f.name for f in fields(CompiledJob)) == (
     "name", "command", "invocation_script", "env", "num_cpus", "num_gpus", "num_nodes", "memory_bytes",
     "runtime_s", "resource_requirements", "scheduler", "priority", "cancel_on_blocking_job_failure",
     "supports_termination", "depset", "input_files", "output_files", "input_user_data", "output_user_data",
-    "rank", "max_attempts"), "CompiledJob's fields changed: update _job()"
+    "rank", "max_attempts", "failure_handler", "enforce_runtime", "runtime_grace"), \
+    "CompiledJob's fields changed: update _job()"
 
 
-def _job(job: _Expanded, flags: tuple[int, bool, bool, int], resolved: tuple[str, _Figures, str | None],
+def _job(job: _Expanded, flags: tuple[int, bool, bool, int, str | None, bool, float], resolved: tuple[str, _Figures, str | None],
          rank: int, depset, inputs, outputs, data_in, data_out) -> CompiledJob:
     text = job.text
     rr_name, f, scheduler = resolved
@@ -471,7 +487,7 @@ def _job(job: _Expanded, flags: tuple[int, bool, bool, int], resolved: tuple[str
     return CompiledJob(  # positional, in field order (checked above)
         job.name, text["command"] or "", text["invocation_script"], dict(env) if env else {},  # type: ignore[arg-type]
         f.cpus, f.gpus, f.nodes, f.memory_bytes, f.runtime_s, rr_name, scheduler, flags[0], flags[1], flags[2],
-        depset, inputs, outputs, data_in, data_out, rank, flags[3])
+        depset, inputs, outputs, data_in, data_out, rank, *flags[3:])
 
 
 class _Figures(NamedTuple):

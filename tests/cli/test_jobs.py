@@ -16,7 +16,7 @@ name: guarded
 jobs:
   - {name: setup, command: "true"}
   - {name: careful, command: "true", depends_on: [setup], cancel_on_blocking_job_failure: true}
-  - {name: carefree, command: "true", depends_on: [setup]}
+  - {name: carefree, command: "true", depends_on: [setup], cancel_on_blocking_job_failure: false}
 """
 
 

@@ -73,8 +73,8 @@ jobs:
   - {name: setup, command: "exit 4"}
   - {name: careful, command: "true", depends_on: [setup], cancel_on_blocking_job_failure: true}
   - {name: careful_child, command: "true", depends_on: [careful], cancel_on_blocking_job_failure: true}
-  - {name: carefree_child, command: "true", depends_on: [careful]}
-  - {name: carefree, command: "true", depends_on: [setup]}
+  - {name: carefree_child, command: "true", depends_on: [careful], cancel_on_blocking_job_failure: false}
+  - {name: carefree, command: "true", depends_on: [setup], cancel_on_blocking_job_failure: false}
   - {name: bystander, command: "true"}
 """
 
@@ -99,7 +99,7 @@ def test_missing_output_file_fails_the_job(work: Path) -> None:
         name: outputs
         jobs:
           - {name: liar, command: "echo done", output_files: [report]}
-          - {name: reader, command: "cat report.txt", input_files: [report]}
+          - {name: reader, command: "cat report.txt", input_files: [report], cancel_on_blocking_job_failure: false}
         files:
           - {name: report, path: report.txt}
     """)

@@ -237,7 +237,9 @@ def test_init_and_status(db: Path, tmp_path: Path) -> None:
     assert result.exit_code == 1, "a failed job makes status exit 1"
     assert "failed" in result.output
     result = invoke(db, "workflows", "status", workflow, "-f", "json")
-    assert result.exit_code == 1 and json.loads(result.stdout)["failed"] == 1
+    data = json.loads(result.stdout)
+    assert result.exit_code == 1 and data["failed"] == 2  # second failed, so third was canceled
+    assert (data["counts"]["failed"], data["counts"]["canceled"]) == (1, 1)
 
 
 def test_init_refuses_to_reset_finished_jobs(db: Path, tmp_path: Path) -> None:

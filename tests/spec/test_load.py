@@ -125,7 +125,7 @@ def test_defaults_of_a_minimal_spec() -> None:
     spec = parse_spec(MINIMAL)
     job = spec.jobs[0]
     assert job.depends_on == [] and job.priority == 0 and job.resource_requirements is None
-    assert not job.cancel_on_blocking_job_failure and not job.supports_termination
+    assert job.cancel_on_blocking_job_failure and not job.supports_termination  # dependents of failures: canceled
     assert spec.jobs_sort_method == "gpus_runtime_memory" and spec.files == []
     assert spec.compute_node_expiration_buffer_seconds == 60
 

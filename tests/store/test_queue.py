@@ -232,8 +232,16 @@ def test_start_complete_and_unblock(db: Database, tmp_path: Path) -> None:
     assert statuses(db, queue.workflow_id)["c"] == "ready"
 
 
-def test_a_failed_job_without_cancel_lets_dependents_run(db: Database, tmp_path: Path) -> None:
+def test_a_failed_job_cancels_its_dependents_by_default(db: Database, tmp_path: Path) -> None:
     queue = make_queue(db, tmp_path, [job("a"), job("b", depends_on=["a"])])
+    runner = queue.register_runner(hostname="h", pid=1)
+    (a,) = queue.cycle(runner, choose=take_all).claimed
+    queue.cycle(runner, outcomes=[done(db, a.id, status="failed", code=3)])
+    assert statuses(db, queue.workflow_id) == {"a": "failed", "b": "canceled"}
+
+
+def test_a_failed_job_without_cancel_lets_dependents_run(db: Database, tmp_path: Path) -> None:
+    queue = make_queue(db, tmp_path, [job("a"), job("b", depends_on=["a"], cancel_on_blocking_job_failure=False)])
     runner = queue.register_runner(hostname="h", pid=1)
     (a,) = queue.cycle(runner, choose=take_all).claimed
     queue.cycle(runner, outcomes=[done(db, a.id, status="failed", code=3)])
@@ -248,7 +256,7 @@ def test_cancel_on_blocking_job_failure_is_transitive(db: Database, tmp_path: Pa
         job("a"), job("ok"),
         job("b", depends_on=["a"], **cancel),
         job("c", depends_on=["b"], **cancel),
-        job("d", depends_on=["c"]),                     # no flag: still runs once c is done (canceled)
+        job("d", depends_on=["c"], cancel_on_blocking_job_failure=False),  # still runs once c is done (canceled)
         job("e", depends_on=["a", "ok"], **cancel),     # waits for 'ok' too before it is decided
         job("f", depends_on=["ok"], **cancel),          # its prerequisite succeeded: runs
     ])

@@ -66,6 +66,8 @@ def Count(low: int, what: str) -> Any:  # noqa: N802 - reads as a type in the mo
 
 
 Seconds = Annotated[int, _whole_number(0, MAX_SECONDS, "a number of seconds")]
+# runtime_grace: how far past its runtime an enforced job may run (a factor, 1 = not at all).
+Grace = Annotated[float, Field(ge=1.0, le=100.0, strict=True, allow_inf_nan=False)]
 # Attempts that may end interrupted (lost with a runner, terminated at the walltime, timed out).
 Attempts = Annotated[int, _whole_number(1, 1000, "a number of attempts")]
 # The runner lease (DESIGN §2): under 2 s, a lock wait alone would fence every job.
@@ -199,6 +201,27 @@ class SlurmScheduler(StrictModel):
         return parse_walltime(self.walltime)
 
 
+class FailureRule(StrictModel):
+    """torc's failure-handler rule: which exit codes it matches, how often the job is retried, and
+    a script run before each retry."""
+
+    exit_codes: list[Annotated[int, _whole_number(-255, 255, "an exit code")]] = []
+    match_all_exit_codes: bool = False
+    max_retries: Annotated[int, _whole_number(0, 1000, "a number of retries")] = 3
+    recovery_script: Annotated[str, _argument("the recovery_script")] | None = None
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> "FailureRule":
+        if not self.exit_codes and not self.match_all_exit_codes:
+            raise ValueError("a rule needs exit_codes or match_all_exit_codes: true")
+        return self
+
+
+class FailureHandler(StrictModel):
+    name: str
+    rules: list[FailureRule] = Field(min_length=1)
+
+
 class FileSpec(StrictModel):
     name: str
     path: str
@@ -227,9 +250,13 @@ class JobSpec(StrictModel):
     resource_requirements: str | None = None
     scheduler: str | None = None
     priority: Priority = 0
-    cancel_on_blocking_job_failure: bool = False
+    # A job whose prerequisite failed is canceled ("upstream job X failed") unless this is false.
+    cancel_on_blocking_job_failure: bool = True
     supports_termination: bool = False
     max_attempts: Attempts | None = None     # None: the workflow's max_attempts
+    failure_handler: str | None = None       # a failure_handlers entry
+    enforce_runtime: bool | None = None      # None: the workflow's enforce_runtime
+    runtime_grace: Grace | None = None       # None: the workflow's runtime_grace
     env: dict[str, Annotated[str, _argument("the value")]] = {}
     parameters: dict[str, ParameterValue] = {}
     parameter_mode: ParameterMode = "product"
@@ -303,6 +330,11 @@ class WorkflowSpec(StrictModel):
     # A runner that cannot renew its lease for this long kills its jobs; others take them after
     # 1.5x as long, or at once with proof of death (see runner.liveness).
     heartbeat_timeout_seconds: LeaseSeconds = 120
+    failure_handlers: list[FailureHandler] = []
+    # runtime is a request (packing, walltime fitting); with enforce_runtime a job still running
+    # at runtime x runtime_grace is killed and recorded as timed out.
+    enforce_runtime: bool = False
+    runtime_grace: Grace = 1.5
 
     @field_validator("slurm_defaults")
     @classmethod
@@ -320,6 +352,7 @@ class WorkflowSpec(StrictModel):
         for label, items in (
             ("resource_requirements", self.resource_requirements),
             ("slurm_schedulers", self.slurm_schedulers),
+            ("failure_handlers", self.failure_handlers),
         ):
             seen: set[str] = set()
             for item in items:

@@ -64,13 +64,14 @@ def add_workflow(db: Database, compiled: CompiledWorkflow, *, working_dir: str |
         conn.executemany(
             "INSERT INTO jobs (id, workflow_id, name, command, invocation_script, env, status, rank, priority,"
             " num_cpus, num_gpus, num_nodes, memory_bytes, runtime_s, resource_requirements, scheduler,"
-            " cancel_on_blocking_job_failure, supports_termination, depset_id, max_attempts)"
-            " VALUES (?,?,?,?,?,?,'uninitialized',?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " cancel_on_blocking_job_failure, supports_termination, depset_id, max_attempts, failure_handler,"
+            " enforce_runtime, runtime_grace) VALUES (?,?,?,?,?,?,'uninitialized',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             ((job_base + i, workflow_id, j.name, j.command, j.invocation_script,
               json.dumps(j.env) if j.env else None, j.rank, j.priority, j.num_cpus, j.num_gpus,
               j.num_nodes, j.memory_bytes, j.runtime_s, j.resource_requirements, j.scheduler,
               int(j.cancel_on_blocking_job_failure), int(j.supports_termination),
-              None if j.depset is None else set_base + j.depset, j.max_attempts)
+              None if j.depset is None else set_base + j.depset, j.max_attempts, j.failure_handler,
+              int(j.enforce_runtime), j.runtime_grace)
              for i, j in enumerate(compiled.jobs)))
         file_base = next_ids(conn, "files", len(compiled.files))
         conn.executemany(
