@@ -226,6 +226,12 @@ def test_the_wait_limit_from_the_environment_is_checked(monkeypatch: pytest.Monk
     assert QueueLock(str(tmp_path / "q.lock")).timeout == float("inf")
     monkeypatch.delenv("TORC_LOCK_TIMEOUT")
     assert QueueLock(str(tmp_path / "q.lock")).timeout == lock_module.DEFAULT_LOCK_TIMEOUT
+    monkeypatch.setenv("TORC_SOFT_LOCK_LIFETIME", "inf")  # never break by age: only dead holders here
+    forever = QueueLock(str(tmp_path / "s.lock"), "soft")
+    assert forever.lifetime == float("inf") and forever._lock.lifetime is None
+    monkeypatch.setenv("TORC_SOFT_LOCK_LIFETIME", "45")
+    assert QueueLock(str(tmp_path / "s.lock"), "soft").lifetime == 45
+    assert QueueLock(str(tmp_path / "q.lock"), "flock").lifetime is None
 
 
 def test_a_soft_lock_broken_during_a_long_transaction_rolls_it_back(tmp_path: Path) -> None:

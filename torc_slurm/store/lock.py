@@ -95,8 +95,9 @@ def resolve_lock_kind(db_path: str | Path, requested: LockKind | None, *, existi
         raise LockKindMismatch(
             f"the queue {db_path} uses lock kind '{recorded}' (recorded in {record}), but this process asks "
             f"for '{requested}'; the two kinds do not exclude each other, so every process must use the "
-            f"queue's kind. Drop --lock-kind / TORC_LOCK_KIND (or set it to '{recorded}'); to change the "
-            f"kind, stop every process using the queue and delete {record}")
+            f"queue's kind. Drop --lock-kind / TORC_LOCK_KIND (or set it to '{recorded}'; in Slurm "
+            f"allocations it comes from the site config's lock_kind); to change the kind, stop every process "
+            f"using the queue and delete {record}")
     return recorded
 
 
@@ -313,7 +314,8 @@ class QueueLock:
             return filelock.FileLock(self.path, mode=0o600, thread_local=False, fallback_to_soft=False)
         with warnings.catch_warnings():  # "lifetime can overlap a live holder": bounded, see confirm_held()
             warnings.simplefilter("ignore", getattr(filelock, "SoftFileLockLifetimeWarning", FutureWarning))
-            return filelock.SoftFileLock(self.path, mode=0o600, thread_local=False, lifetime=self.lifetime)
+            lifetime = self.lifetime if self.lifetime is not None and self.lifetime < float("inf") else None
+            return filelock.SoftFileLock(self.path, mode=0o600, thread_local=False, lifetime=lifetime)
 
     @contextmanager
     def held(self) -> Iterator[None]:
