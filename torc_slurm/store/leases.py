@@ -110,7 +110,8 @@ def interrupt(conn: sqlite3.Connection, workflow_id: int, runner_id: int, job_id
     gave_up = interrupted >= max_attempts
     if gave_up:
         message += f"; gave up after {interrupted} attempts"
-    record_result(conn, workflow_id, runner_id, job_id, attempt, token, status, message, **figures)
+    record_result(conn, workflow_id, runner_id, job_id, attempt, token, status, message,
+                  reason="walltime" if status == "terminated" else status, **figures)
     conn.execute("UPDATE jobs SET status = ?, interrupted = ?, runner_id = NULL, pid = NULL WHERE id = ?",
                  (JobStatus.FAILED if gave_up else JobStatus.READY, interrupted, job_id))
     return [(job_id, True)] if gave_up else []
@@ -136,7 +137,9 @@ _RESULT_FIGURES = ("return_code", "signal", "started_at", "ended_at", "peak_rss_
 
 def record_result(conn: sqlite3.Connection, workflow_id: int, runner_id: int | None, job_id: int, attempt: int,
                   token: int | None, status: str, message: str | None, *, late: bool = False,
-                  **figures: object) -> None:
+                  reason: str | None = None, **figures: object) -> None:
+    """One attempt's record, in the workflow's current run; ``reason`` says why it ended (exit
+    code, signal, oom, timeout, walltime, lost, upstream failed), also kept on the job."""
     unknown = set(figures) - set(_RESULT_FIGURES)
     if unknown:
         raise TypeError(f"unknown result fields {sorted(unknown)}")
@@ -144,6 +147,9 @@ def record_result(conn: sqlite3.Connection, workflow_id: int, runner_id: int | N
     exec_s = ended - started if isinstance(started, float | int) and isinstance(ended, float | int) else None
     conn.execute(
         "INSERT INTO results (workflow_id, job_id, attempt, runner_id, status, lease_token, late, exec_s, message,"
-        f" {', '.join(_RESULT_FIGURES)}) VALUES (?,?,?,?,?,?,?,?,?{',?' * len(_RESULT_FIGURES)})",
-        (workflow_id, job_id, attempt, runner_id, status, token, int(late), exec_s, message,
+        f" reason, run_id, {', '.join(_RESULT_FIGURES)}) VALUES (?,?,?,?,?,?,?,?,?,?,"
+        f" (SELECT run_id FROM workflows WHERE id = ?){',?' * len(_RESULT_FIGURES)})",
+        (workflow_id, job_id, attempt, runner_id, status, token, int(late), exec_s, message, reason, workflow_id,
          *(figures.get(name) for name in _RESULT_FIGURES)))
+    if reason is not None and not late:
+        conn.execute("UPDATE jobs SET reason = ? WHERE id = ?", (reason, job_id))

@@ -307,8 +307,9 @@ class Queue:
                 continue
             leases.record_result(conn, self.workflow_id, runner_id, out.job_id, out.attempt, out.lease_token,
                                  out.status, out.message, **figures)
-            conn.execute("UPDATE jobs SET status = ?, return_code = ?, runner_id = NULL, pid = NULL WHERE id = ?",
-                         (out.status, out.return_code, out.job_id))
+            conn.execute("UPDATE jobs SET status = ?, return_code = ?, runner_id = NULL, pid = NULL,"
+                         " ran_hash = CASE WHEN ? = 'completed' THEN spec_hash ELSE ran_hash END WHERE id = ?",
+                         (out.status, out.return_code, out.status, out.job_id))
             finished.append((out.job_id, out.status != "completed"))
         return requeued + _unblock(conn, finished)
 
