@@ -44,9 +44,10 @@ class TorcGroup(click.Group):
 @click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), envvar="TORC_DB",
               default="torc.db", show_default=True, show_envvar=True,
               help="The queue file (SQLite) holding the workflows.")
-@click.option("--lock-kind", type=click.Choice(["flock", "soft"]), envvar="TORC_LOCK_KIND", default="flock",
-              show_default=True, show_envvar=True,
-              help="Lock taken around every access: 'soft' for filesystems without working flock.")
+@click.option("--lock-kind", type=click.Choice(["flock", "soft"]), envvar="TORC_LOCK_KIND", default=None,
+              show_envvar=True,
+              help="Lock taken around every access: 'soft' for filesystems without working flock. "
+                   "Default: the kind recorded beside the queue; flock for a new one.")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) on stderr.")
 @click.version_option(__version__, "--version", prog_name="torc")
 @click.pass_context

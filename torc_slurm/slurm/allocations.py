@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torc_slurm.errors import SpecError
+from torc_slurm.errors import LockKindMismatch, SpecError
 from torc_slurm.slurm.backend import SlurmBackend
 from torc_slurm.slurm.render import render_sbatch
 from torc_slurm.slurm.sites import SiteConfig
@@ -81,6 +81,11 @@ def schedule_nodes(db: Database, backend: SlurmBackend | None, site: SiteConfig,
                    request: ScheduleRequest) -> ScheduleResult:
     settings = workflow_settings(db, request.workflow_id)
     scheduler = pick_scheduler(settings.spec, request.scheduler)
+    if site.lock_kind != db.lock.kind:
+        raise LockKindMismatch(
+            f"site {site.name} says its compute nodes lock with {site.lock_kind!r}, but the queue {db.path} "
+            f"was created with {db.lock.kind!r}; its runners could not open it. Create the workflow in a queue "
+            f"made with --lock-kind {site.lock_kind}, or pick a site whose lock kind matches.")
     output = (request.output_dir or settings.working_dir / "torc_output").absolute()
     script_dir = output / "slurm"
     script = render_sbatch(
