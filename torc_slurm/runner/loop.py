@@ -10,6 +10,11 @@ A job runs only under a live lease (`runner.keeper`): the runner starts nothing 
 near its end, kills its jobs when the lease ends without renewal (self-fencing), kills the jobs
 the queue took back from it, and survives a queue it cannot reach for a while, retrying with
 backoff; outcomes wait in memory meanwhile and are reported by the next cycle that succeeds.
+
+Failure handling (`runner.failures`): a job with ``enforce_runtime`` is timed out at runtime x
+runtime_grace (the wait's timeout is the next such deadline: no polling); a job killed while near
+its memory is recorded ``oom``; a failure its handler matches runs the rule's recovery script (a
+child like the jobs, reaped by the same wait) and is reported as a retry.
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ import psutil
 from torc_slurm.errors import QueueError
 from torc_slurm.runner.fencing import SlurmProbe
 from torc_slurm.runner.keeper import LeaseKeeper
-from torc_slurm.runner.monitor import ResourceMonitor
+from torc_slurm.runner.failures import FailureHandling
+from torc_slurm.runner.monitor import ResourceMonitor, oom_kills
 from torc_slurm.runner.packing import Candidate, Placement, fits_node, fits_time, pack
-from torc_slurm.runner.policy import STOP_SIGNAL_WINDOW_S, Exit, classify, killed_by_stop_signal, prefetch_size
+from torc_slurm.runner.policy import STOP_SIGNAL_WINDOW_S, Exit, judge, killed_by_stop_signal, prefetch_size
 from torc_slurm.runner.process import Finished, LaunchSpec, ProcessPool
 from torc_slurm.runner.resources import DetectedNode, pin_plan
 from torc_slurm.runner.walltime import EndTime
@@ -74,6 +80,10 @@ class RunnerConfig:
     report_delay_s: float = 0.25            # longest an outcome waits to be batched into a cycle
     on_progress: Callable[[dict[str, int]], None] | None = None
     progress_interval_s: float = 1.0
+    # Kill a job whose sampled tree RSS exceeds its declared memory x this factor (None: only
+    # detect; the kernel or Slurm's cgroup limit does the killing).
+    memory_kill_factor: float | None = None
+    recovery_timeout_s: float = 600.0       # a failure handler's recovery script is killed after this
 
 
 @dataclass
@@ -83,6 +93,7 @@ class RunSummary:
     failed: int = 0
     terminated: int = 0
     lost: int = 0                  # killed because this runner's lease on them ended
+    retried: int = 0               # failed, and retried by their failure handler
     exit_reason: str = ""
     unrunnable: list[str] = field(default_factory=list)  # ready jobs that can never fit this node
     counts: dict[str, int] = field(default_factory=dict)
@@ -94,6 +105,11 @@ class _Running:
     placement: Placement
     stdout: Path
     stderr: Path
+    started: float = 0.0                  # time.monotonic()
+    due: float | None = None              # monotonic: timed out (then: killed) at this time
+    timed_out: bool = False
+    memory_killed: bool = False
+    oom_kills: int | None = None          # the cgroup's OOM-kill count when it started
 
 
 class Runner:
@@ -103,7 +119,9 @@ class Runner:
         self.config = config
         self.queue = Queue(db, config.workflow_id)
         self.pool = ProcessPool()
-        self.monitor = ResourceMonitor(config.monitor_interval_s or None)
+        self.monitor = ResourceMonitor(config.monitor_interval_s or None,
+                                       on_over_limit=lambda _job: self.pool.wake())
+        self.failures = FailureHandling(self)
         if config.heartbeat_interval_s is None:
             config.heartbeat_interval_s = min(10.0, config.heartbeat_timeout_s / 8)
         self.leases = LeaseKeeper(timeout_s=config.heartbeat_timeout_s, observe_every_s=config.heartbeat_interval_s,
@@ -154,6 +172,7 @@ class Runner:
             self.leases.close()
             raise
         self.leases.renewed(before)
+        self.failures.load(self._failure_handlers())
         summary = self._summary = RunSummary(self.runner_id)
         log.info("runner %d on %s: %d CPUs, GPUs %s, %.1f GiB (%s)", self.runner_id, cfg.node_name,
                  len(capacity.cpu_ids), list(capacity.gpu_ids) or "none", capacity.memory_bytes / 2**30,
@@ -189,7 +208,7 @@ class Runner:
             if left is not None and left <= 0:
                 self.request_stop("walltime")
                 break
-            if self.leases.expired(time.monotonic()) and (self.running or self._backlog):
+            if self.leases.expired(time.monotonic()) and (self.running or self._backlog or self.failures.recovering):
                 self._self_fence()
             counts = self._cycle(now, left) if self._cycle_due(now) else None
             if counts is not None:
@@ -197,9 +216,10 @@ class Runner:
             if self.stop_reason is not None:
                 break
             self._start_backlog(now)
-            if self.running:
+            if self.running or self.failures.recovering:
                 idle_since, idle_wait = None, 0.05
                 self._collect(self.pool.wait(self._wait_timeout(now, left)), summary)
+                self.failures.check(time.monotonic())
                 continue
             if self._backlog or self._outcomes or self._last_claimed:
                 idle_since, idle_wait = None, 0.05
@@ -265,6 +285,8 @@ class Runner:
         idle = not self.running and not self._backlog and not self._last_claimed  # (counts cost a scan)
         progress_due = cfg.on_progress is not None and now - self._last_progress >= cfg.progress_interval_s
         held = {job_id: r.job.lease_token for job_id, r in self.running.items() if job_id not in self._lease_lost}
+        held.update((job_id, r.entry.job.lease_token) for job_id, r in self.failures.recovering.items()
+                    if job_id not in self._lease_lost)
         held.update((job_id, job.lease_token) for job_id, job in self._backlog.items())
         started, outcomes, verdicts = self._take_started(), self._take_outcomes(), self.leases.take_verdicts()
         may_claim = self.leases.may_start(mono) or not self.running  # a fresh lease comes with this cycle
@@ -331,7 +353,8 @@ class Runner:
     def _lose(self, job_ids: list[int], why: str) -> None:
         """This runner no longer holds ``job_ids``: drop the claimed-ahead ones, kill the running ones
         (their outcome is reported as lost, and the queue records it as late if it moved on)."""
-        live = [j for j in job_ids if j in self.running and j not in self._lease_lost]
+        live = [j for j in job_ids if (j in self.running or j in self.failures.recovering)
+                and j not in self._lease_lost]
         for job_id in job_ids:
             self._backlog.pop(job_id, None)
         if live:
@@ -339,6 +362,7 @@ class Runner:
             self._lease_lost.update(live)
             self._signaled.update(live)
             self.pool.signal(live, signal.SIGKILL)
+            self.failures.lose(live)
 
     def _chooser(self, now: float) -> Callable[[list[ReadyJob]], list[int]] | None:
         """Claim what fits the free resources now, plus up to ``prefetch`` more jobs that fit the
@@ -402,12 +426,14 @@ class Runner:
         return fits_time(candidate, now=now, end_time=self.config.end_time.current(now), buffer_s=self.config.buffer_s)
 
     def _busy(self) -> list[Placement]:
-        return [r.placement for r in self.running.values()]
+        """Placements in use: running jobs, and failed jobs whose recovery script runs."""
+        return [r.placement for r in self.running.values()] + \
+            [r.entry.placement for r in self.failures.recovering.values()]
 
     def _has_room(self) -> bool:
         if self.config.max_parallel_jobs is not None:
-            return len(self.running) < self.config.max_parallel_jobs
-        return sum(len(r.placement.cpu_ids) for r in self.running.values()) < len(self.node.capacity.cpu_ids)
+            return len(self.running) + len(self.failures.recovering) < self.config.max_parallel_jobs
+        return sum(len(p.cpu_ids) for p in self._busy()) < len(self.node.capacity.cpu_ids)
 
     def _limits(self, left: float | None) -> Limits:
         if self.config.max_parallel_jobs is not None:
@@ -440,9 +466,13 @@ class Runner:
             timeout = min(timeout, cfg.report_delay_s - (now - self._started_since))
         if left is not None:
             timeout = min(timeout, left)
-        to_deadline = self.leases.seconds_to_deadline(time.monotonic())
+        mono = time.monotonic()
+        to_deadline = self.leases.seconds_to_deadline(mono)
         if to_deadline is not None and self.running:
             timeout = min(timeout, max(to_deadline, 0.01))
+        due = self.failures.next_due(mono)  # a runtime limit or a recovery script's timeout
+        if due is not None:
+            timeout = min(timeout, due)
         return max(timeout, 0.0)
 
     def _wait_for_change(self, wait: float, ceiling: float) -> float:
@@ -485,8 +515,9 @@ class Runner:
             self._add_outcome(self._outcome(job, launched, None))
             return
         self._started.append(Started(job.id, job.lease_token, launched))
-        self.running[job.id] = _Running(job, placement, stdout, stderr)
-        self.monitor.track(job.id, launched)
+        entry = self.running[job.id] = _Running(job, placement, stdout, stderr, oom_kills=oom_kills())
+        self.failures.started(entry, time.monotonic())
+        self.monitor.track(job.id, launched, self.failures.memory_limit(job.memory_bytes))
 
     def _environment(self, job: ClaimedJob, placement: Placement) -> dict[str, str]:
         cfg = self.config
@@ -494,7 +525,8 @@ class Runner:
         env.update(job.env)
         env.update({
             "TORC_WORKFLOW_ID": str(cfg.workflow_id), "TORC_JOB_ID": str(job.id), "TORC_JOB_NAME": job.name,
-            "TORC_ATTEMPT": str(job.attempt), "TORC_OUTPUT_DIR": str(cfg.output_dir),
+            "TORC_ATTEMPT": str(job.attempt), "TORC_ATTEMPT_ID": str(job.attempt),
+            "TORC_OUTPUT_DIR": str(cfg.output_dir),
             "TORC_RUNNER_ID": str(self.runner_id), "OMP_NUM_THREADS": str(job.num_cpus),
             **self.leases.job_environment(),
         })
@@ -510,13 +542,21 @@ class Runner:
                 if d.job_id in self.running and d.job_id not in self._signaled):
             self._await_stop_request(STOP_SIGNAL_WINDOW_S)
         for done in finished:
+            if done.job_id < 0:  # a failure handler's recovery script
+                outcome = self.failures.recovery_done(done)
+                if outcome is not None:
+                    self._add_outcome(outcome)
+                    self._lease_lost.discard(-done.job_id)
+                continue
             self._signaled.discard(done.job_id)
             entry = self.running.pop(done.job_id, None)
             if entry is None:
                 continue
             stats = self.monitor.untrack(done.job_id)
-            self._add_outcome(self._outcome(entry.job, done, stats))
-            self._lease_lost.discard(done.job_id)
+            outcome = self.failures.after_failure(entry, self._outcome(entry, done, stats))
+            if outcome is not None:
+                self._add_outcome(outcome)
+                self._lease_lost.discard(done.job_id)
 
     def _add_outcome(self, outcome: Outcome) -> None:
         summary = self._summary  # counts every outcome, launch failures and dry runs included
@@ -527,6 +567,8 @@ class Runner:
                 summary.terminated += 1
             elif outcome.status == "lost":
                 summary.lost += 1
+            elif outcome.status == "retry":
+                summary.retried += 1
             else:
                 summary.failed += 1
         now = time.time()
@@ -535,19 +577,31 @@ class Runner:
         self._outcomes.append(outcome)
         self._finished_at.append(now)
 
-    def _outcome(self, job: ClaimedJob, done: Finished, stats) -> Outcome:  # noqa: ANN001
+    def _outcome(self, entry: _Running | ClaimedJob, done: Finished, stats) -> Outcome:  # noqa: ANN001
+        running = entry if isinstance(entry, _Running) else None
+        job = running.job if running else entry
         missing: tuple[str, ...] = ()
         if done.launch_error is None and done.return_code == 0 and job.output_files:
             missing = tuple(p for p in job.output_files if not (self.config.working_dir / p).exists())
-        status, message = classify(Exit(
+        peak_rss = self._trusted_peak_rss(done.peak_rss_bytes)
+        sampled = stats.peak_memory_bytes if stats else None
+        oom_before = running.oom_kills if running else None
+        oom_after = oom_kills() if oom_before is not None and killed_by_stop_signal(done.signal, done.return_code) \
+            else None
+        verdict = judge(Exit(
             done.return_code, done.signal, done.ended_at, done.launch_error, missing,
             lease_lost=job.id in self._lease_lost, stopped_by_runner=job.id in self._terminating,
-            stop_reason=self.stop_reason, stop_requested_at=self._stop_requested_at))
+            stop_reason=self.stop_reason, stop_requested_at=self._stop_requested_at,
+            timed_out=bool(running and running.timed_out), runtime_s=job.runtime_s,
+            ran_s=done.ended_at - done.started_at, limit_s=job.runtime_s * job.runtime_grace,
+            memory_bytes=job.memory_bytes, peak_memory_bytes=max(peak_rss or 0, sampled or 0) or None,
+            oom_kills=(oom_after - oom_before) if oom_after is not None and oom_before is not None else 0,
+            memory_killed=bool(running and running.memory_killed)))
         return Outcome(
-            job.id, job.attempt, status, job.lease_token, done.return_code, done.signal, done.started_at,
-            done.ended_at, self._trusted_peak_rss(done.peak_rss_bytes), done.cpu_time_s,
+            job.id, job.attempt, verdict.status, job.lease_token, done.return_code, done.signal, done.started_at,
+            done.ended_at, peak_rss, done.cpu_time_s,
             stats.avg_cpu_percent if stats else None, stats.peak_cpu_percent if stats else None,
-            stats.avg_memory_bytes if stats else None, stats.peak_memory_bytes if stats else None, message)
+            stats.avg_memory_bytes if stats else None, sampled, verdict.message, verdict.reason)
 
     def _trusted_peak_rss(self, peak: int | None) -> int | None:
         """wait4's peak RSS counts the runner's own pages that the child had mapped between fork and
@@ -573,18 +627,21 @@ class Runner:
         cfg = self.config
         if self.running:
             self._collect(self.pool.wait(0), summary)  # those that exited before the stop keep their outcome
-        if self.running:
-            self._terminating = set(self.running) - self._lease_lost
+        recovering = self.failures.recovering
+        if self.running or recovering:
+            self._terminating = (set(self.running) | set(recovering)) - self._lease_lost
             reason = self.stop_reason or "runner exit"
-            log.warning("stopping %d running jobs (%s)", len(self.running), reason)
+            log.warning("stopping %d running jobs (%s)", len(self.running) + len(recovering), reason)
             polite = [j for j, r in self.running.items() if r.job.supports_termination]
             self.pool.signal(polite, signal.SIGTERM)
+            self.failures.stop_all(signal.SIGTERM)
             deadline = time.monotonic() + cfg.termination_grace_s
-            while self.running and time.monotonic() < deadline:
+            while (self.running or recovering) and time.monotonic() < deadline:
                 self._collect(self.pool.wait(max(0.0, deadline - time.monotonic())), summary)
-            if self.running:
+            if self.running or recovering:
                 self.pool.signal(list(self.running), signal.SIGKILL)
-                while self.running:
+                self.failures.stop_all(signal.SIGKILL)
+                while self.running or recovering:
                     self._collect(self.pool.wait(5.0), summary)
         summary.exit_reason = summary.exit_reason or (self.stop_reason or "")
         self._backlog = {}
@@ -611,6 +668,16 @@ class Runner:
                 log.warning("runner %d: sign-off failed (%s); retrying in %.1f s", self.runner_id, exc, delay)
                 time.sleep(delay)
                 delay = min(2 * delay, 5.0)
+
+    def _failure_handlers(self) -> dict:
+        """The workflow's failure handlers by name (read once, at start)."""
+        if not self.db.read("SELECT 1 FROM jobs WHERE workflow_id = ? AND failure_handler IS NOT NULL LIMIT 1",
+                            (self.config.workflow_id,)):
+            return {}
+        from torc_slurm.store.workflows import workflow_settings
+
+        spec = workflow_settings(self.db, self.config.workflow_id).spec
+        return {h.name: list(h.rules) for h in spec.failure_handlers}
 
     def _unrunnable(self) -> list[str]:
         """Names of ready jobs that could never fit this node (for a clear report)."""

@@ -8,13 +8,21 @@ memory only. Processes that vanish or cannot be read are skipped.
 
 Peak RSS of the reaped child is also available for free from `os.wait4` (see
 `torc_slurm.runner.process`); this sampler adds the tree-wide sum and CPU utilisation.
+
+A job may be tracked with a memory limit: the first sample whose tree RSS exceeds it puts the job
+in `take_over_limit` and calls ``on_over_limit`` (the runner wakes up and kills it). The kernel's
+own OOM kills are counted by `oom_kills` from the cgroup files (v2 ``memory.events``, v1
+``memory.oom_control``), where readable.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import psutil
@@ -43,6 +51,7 @@ EMPTY_STATS = TreeStats(0, None, None, None, None)
 @dataclass
 class _Job:
     pid: int
+    limit_bytes: int | None = None
     procs: dict[int, psutil.Process] = field(default_factory=dict)  # kept for cpu_percent
     samples: int = 0
     mem_sum: int = 0
@@ -69,8 +78,10 @@ class ResourceMonitor:
     ``interval_s`` of 0 or None disables sampling: no thread, and `untrack` returns empty stats.
     """
 
-    def __init__(self, interval_s: float | None = 5.0) -> None:
+    def __init__(self, interval_s: float | None = 5.0, on_over_limit: Callable[[int], None] | None = None) -> None:
         self.interval_s = interval_s or 0.0
+        self.on_over_limit = on_over_limit
+        self._over: list[int] = []
         self._jobs: dict[int, _Job] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -95,11 +106,18 @@ class ResourceMonitor:
             self._stop.set()
             thread.join()
 
-    def track(self, job_id: int, pid: int) -> None:
-        """Start sampling the tree rooted at ``pid`` for ``job_id`` (cheap: no /proc access here)."""
+    def track(self, job_id: int, pid: int, limit_bytes: int | None = None) -> None:
+        """Start sampling the tree rooted at ``pid`` for ``job_id`` (cheap: no /proc access here);
+        a tree RSS above ``limit_bytes`` reports the job once (`take_over_limit`)."""
         if self.enabled:
             with self._lock:
-                self._jobs[job_id] = _Job(pid)
+                self._jobs[job_id] = _Job(pid, limit_bytes)
+
+    def take_over_limit(self) -> list[int]:
+        """The jobs whose sampled memory went past their limit since the last call."""
+        with self._lock:
+            over, self._over = self._over, []
+            return over
 
     def untrack(self, job_id: int) -> TreeStats:
         """Stop sampling ``job_id`` and return its final stats (empty if unknown)."""
@@ -135,10 +153,16 @@ class ResourceMonitor:
                 job.samples += 1
                 job.mem_sum += mem
                 job.mem_peak = max(job.mem_peak, mem)
+                over = job.limit_bytes is not None and mem > job.limit_bytes
+                if over:
+                    self._over.append(job_id)
+                    job.limit_bytes = None  # once
                 if cpu is not None:
                     job.cpu_samples += 1
                     job.cpu_sum += cpu
                     job.cpu_peak = max(job.cpu_peak, cpu)
+            if over and self.on_over_limit is not None:
+                self.on_over_limit(job_id)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -185,3 +209,43 @@ def _measure(job: _Job, children: dict[int, list[int]]) -> tuple[float | None, i
         new[pid] = proc
     job.procs = new
     return (None if first else cpu_total), mem_total
+
+
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def oom_kills(pid: int | None = None, *, root: Path = _CGROUP_ROOT) -> int | None:
+    """The kernel's OOM-kill count of the memory cgroup of ``pid`` (default: this process), or
+    None where it cannot be read. cgroup v2: ``oom_kill`` in ``memory.events`` (at the root mount,
+    or under ``unified`` on hybrid hosts); v1: ``oom_kill`` in ``memory.oom_control``. A job runs
+    in its runner's cgroup unless Slurm gives each step its own, so a count that rose during a
+    job's life is evidence, not proof, that this job was the one killed."""
+    try:
+        lines = Path(f"/proc/{pid or os.getpid()}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    candidates = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        relative = path.lstrip("/")
+        if controllers == "":
+            candidates += [root / relative / "memory.events", root / "unified" / relative / "memory.events"]
+        elif "memory" in controllers.split(","):
+            candidates.append(root / "memory" / relative / "memory.oom_control")
+    for candidate in candidates:
+        count = _read_counter(candidate, "oom_kill")
+        if count is not None:
+            return count
+    return None
+
+
+def _read_counter(path: Path, key: str) -> int | None:
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
+    return None

@@ -101,17 +101,19 @@ def sweep(conn: sqlite3.Connection, workflow_id: int, requests: Sequence[SweepRe
 
 
 def interrupt(conn: sqlite3.Connection, workflow_id: int, runner_id: int, job_id: int, attempt: int,
-              token: int | None, status: str, message: str, **figures: object) -> list[tuple[int, bool]]:
-    """End an attempt that was interrupted (``status`` lost or terminated): record it and return
-    the job to ready, or fail it once it has used up its attempts. Returns [(job_id, True)] when
-    the job failed (its dependents must be told), else []."""
+              token: int | None, status: str, message: str, *, reason: str | None = None,
+              **figures: object) -> list[tuple[int, bool]]:
+    """End an attempt that was interrupted (``status`` lost or terminated; ``reason`` lost,
+    walltime or timeout, by default from the status): record it and return the job to ready, or
+    fail it once it has used up its attempts. Returns [(job_id, True)] when the job failed (its
+    dependents must be told), else []."""
     interrupted, max_attempts = conn.execute("SELECT interrupted + 1, max_attempts FROM jobs WHERE id = ?",
                                              (job_id,)).fetchone()
     gave_up = interrupted >= max_attempts
     if gave_up:
         message += f"; gave up after {interrupted} attempts"
     record_result(conn, workflow_id, runner_id, job_id, attempt, token, status, message,
-                  reason="walltime" if status == "terminated" else status, **figures)
+                  reason=reason or ("walltime" if status == "terminated" else status), **figures)
     conn.execute("UPDATE jobs SET status = ?, interrupted = ?, runner_id = NULL, pid = NULL WHERE id = ?",
                  (JobStatus.FAILED if gave_up else JobStatus.READY, interrupted, job_id))
     return [(job_id, True)] if gave_up else []

@@ -30,8 +30,9 @@ from torc_slurm.store.db import Database
 from torc_slurm.store.leases import PeerLease, SweepRequest
 
 log = logging.getLogger(__name__)
-# terminated: stopped by its runner (walltime, shutdown); lost: its lease ended first (self-fenced).
-OutcomeStatus = Literal["completed", "failed", "terminated", "lost", "canceled"]
+# terminated: stopped by its runner (walltime, shutdown); lost: its lease ended first (self-fenced);
+# retry: failed, and its failure handler retries it (recorded as a failed attempt, job back to ready).
+OutcomeStatus = Literal["completed", "failed", "terminated", "lost", "canceled", "retry"]
 INTERRUPTED = ("terminated", "lost")
 
 
@@ -61,6 +62,10 @@ class ClaimedJob:
     supports_termination: bool
     output_files: tuple[str, ...]
     lease_token: int
+    failure_handler: str | None = None
+    retries: int = 0                 # failure-handler retries used so far
+    enforce_runtime: bool = False
+    runtime_grace: float = 1.5
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class Outcome:
     avg_memory_bytes: int | None = None
     peak_memory_bytes: int | None = None
     message: str | None = None
+    reason: str | None = None   # why it ended (see runner.policy); None for a completed attempt
 
 
 @dataclass(frozen=True)
@@ -270,7 +276,7 @@ class Queue:
             outputs.setdefault(job_id, []).append(path)
         rows = conn.execute(
             f"SELECT id, name, command, invocation_script, env, attempt, num_cpus, num_gpus, memory_bytes,"
-            f" runtime_s, supports_termination FROM jobs WHERE id IN ({marks}) AND runner_id = ?"
+            f" runtime_s, supports_termination, failure_handler, retries, enforce_runtime, runtime_grace FROM jobs WHERE id IN ({marks}) AND runner_id = ?"
             f" AND lease_token = ? AND status = 'pending'", (*job_ids, runner_id, token)).fetchall()
         by_id = {row["id"]: row for row in rows}
         return [ClaimedJob(
@@ -278,7 +284,9 @@ class Queue:
             env=json.loads(row["env"]) if row["env"] else {}, attempt=row["attempt"], num_cpus=row["num_cpus"],
             num_gpus=row["num_gpus"], memory_bytes=row["memory_bytes"], runtime_s=row["runtime_s"],
             supports_termination=bool(row["supports_termination"]),
-            output_files=tuple(outputs.get(row["id"], ())), lease_token=token)
+            output_files=tuple(outputs.get(row["id"], ())), lease_token=token,
+            failure_handler=row["failure_handler"], retries=row["retries"],
+            enforce_runtime=bool(row["enforce_runtime"]), runtime_grace=row["runtime_grace"])
             for row in (by_id[i] for i in job_ids if i in by_id)]
 
     def _record(self, conn: sqlite3.Connection, runner_id: int, outcomes: Sequence[Outcome]) -> int:
@@ -295,23 +303,36 @@ class Queue:
                     else "its lease had ended (the job was taken back or reassigned)"
                 message = ((out.message + "; ") if out.message else "") + f"late, not applied: {why}"
                 leases.record_result(conn, self.workflow_id, runner_id, out.job_id, out.attempt, out.lease_token,
-                                     out.status, message, late=True, **figures)
+                                     _recorded_status(out.status), message, late=True, reason=out.reason, **figures)
                 if row is not None and row["runner_id"] == runner_id and row["status"] == JobStatus.CANCELED:
                     conn.execute("UPDATE jobs SET runner_id = NULL, pid = NULL WHERE id = ?", (out.job_id,))
                 continue
             if out.status in INTERRUPTED:
                 gave_up = leases.interrupt(conn, self.workflow_id, runner_id, out.job_id, out.attempt,
-                                           out.lease_token, out.status, out.message or out.status, **figures)
+                                           out.lease_token, out.status, out.message or out.status,
+                                           reason=out.reason, **figures)
                 finished += gave_up
                 requeued += not gave_up
                 continue
+            if out.status == "retry":  # the failure handler retries it: a failed attempt, the job back to ready
+                leases.record_result(conn, self.workflow_id, runner_id, out.job_id, out.attempt, out.lease_token,
+                                     "failed", out.message, reason=out.reason, **figures)
+                conn.execute("UPDATE jobs SET status = 'ready', retries = retries + 1, return_code = ?,"
+                             " runner_id = NULL, pid = NULL WHERE id = ?", (out.return_code, out.job_id))
+                requeued += 1
+                continue
             leases.record_result(conn, self.workflow_id, runner_id, out.job_id, out.attempt, out.lease_token,
-                                 out.status, out.message, **figures)
+                                 out.status, out.message, reason=out.reason, **figures)
             conn.execute("UPDATE jobs SET status = ?, return_code = ?, runner_id = NULL, pid = NULL,"
-                         " ran_hash = CASE WHEN ? = 'completed' THEN spec_hash ELSE ran_hash END WHERE id = ?",
-                         (out.status, out.return_code, out.status, out.job_id))
+                         " ran_hash = CASE WHEN ? = 'completed' THEN spec_hash ELSE ran_hash END,"
+                         " reason = CASE WHEN ? = 'completed' THEN NULL ELSE reason END WHERE id = ?",
+                         (out.status, out.return_code, out.status, out.status, out.job_id))
             finished.append((out.job_id, out.status != "completed"))
         return requeued + _unblock(conn, finished)
+
+
+def _recorded_status(status: str) -> str:
+    return "failed" if status == "retry" else status
 
 
 _FIGURES = ("return_code", "signal", "started_at", "ended_at", "peak_rss_bytes", "cpu_time_s", "avg_cpu_percent",
@@ -321,7 +342,9 @@ _FIGURES = ("return_code", "signal", "started_at", "ended_at", "peak_rss_bytes",
 def _unblock(conn: sqlite3.Connection, finished: list[tuple[int, bool]]) -> int:
     """Count finished jobs out of the sets they belong to; release the jobs whose set emptied.
     Touches only those sets and their waiting jobs (through indexes), never the whole table, and
-    releases all the waiters of a set in one statement. Returns the jobs released or canceled."""
+    releases all the waiters of a set in one statement. A waiter whose set holds a failed member
+    is canceled (unless it opted out) with the reason "upstream job X failed", X being the job
+    that failed first in its chain. Returns the jobs released or canceled."""
     released = 0
     work = list(finished)
     while work:
@@ -338,13 +361,32 @@ def _unblock(conn: sqlite3.Connection, finished: list[tuple[int, bool]]) -> int:
                     "SELECT id FROM jobs WHERE depset_id = ? AND status = 'blocked'"
                     " AND cancel_on_blocking_job_failure = 1", (set_id,))]
                 if canceled:
-                    conn.execute("UPDATE jobs SET status = 'canceled' WHERE depset_id = ? AND status = 'blocked'"
-                                 " AND cancel_on_blocking_job_failure = 1", (set_id,))
+                    conn.execute("UPDATE jobs SET status = 'canceled', reason = ? WHERE depset_id = ?"
+                                 " AND status = 'blocked' AND cancel_on_blocking_job_failure = 1",
+                                 (upstream_reason(conn, set_id), set_id))
                     work.extend((waiter, True) for waiter in canceled)
                     released += len(canceled)
             released += conn.execute("UPDATE jobs SET status = 'ready' WHERE depset_id = ? AND status = 'blocked'",
                                      (set_id,)).rowcount
     return released
+
+
+def upstream_reason(conn: sqlite3.Connection, set_id: int) -> str:
+    """'upstream job X failed' for the first failed member of a set (by rank); a member canceled
+    for its own upstream passes its culprit on."""
+    rows = conn.execute(
+        "SELECT j.name, j.status, j.reason FROM dependency_members m JOIN jobs j ON j.id = m.job_id"
+        " WHERE m.set_id = ? AND j.status IN ('failed', 'canceled', 'terminated') ORDER BY j.rank LIMIT 2",
+        (set_id,)).fetchall()
+    if not rows:
+        return "upstream job failed"
+    name, status, reason = rows[0]
+    culprit = f"upstream job {name} failed"
+    if status == "canceled" and reason and reason.startswith("upstream job"):
+        culprit = reason
+    elif status == "canceled":
+        culprit = f"upstream job {name} was canceled"
+    return culprit + (" (and others)" if len(rows) > 1 else "")
 
 
 def _counts(conn: sqlite3.Connection, workflow_id: int) -> dict[str, int]:
