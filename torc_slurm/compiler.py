@@ -16,6 +16,8 @@ user_data entries) per workflow, counted from the parameters' lengths (see ``spe
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
@@ -488,6 +490,31 @@ def _job(job: _Expanded, flags: tuple[int, bool, bool, int, str | None, bool, fl
         job.name, text["command"] or "", text["invocation_script"], dict(env) if env else {},  # type: ignore[arg-type]
         f.cpus, f.gpus, f.nodes, f.memory_bytes, f.runtime_s, rr_name, scheduler, flags[0], flags[1], flags[2],
         depset, inputs, outputs, data_in, data_out, rank, *flags[3:])
+
+
+def job_definition(job: CompiledJob, files: Sequence[CompiledFile],
+                   user_data: Sequence[CompiledUserData]) -> tuple[tuple[str, Any], ...]:
+    """What a job runs with, by part: a change in any part makes a completed job rerun
+    (``torc workflows update``/``reinit``). Priority, scheduler and retry settings are not part."""
+    return (
+        ("command", job.command, job.invocation_script),
+        ("env", sorted(job.env.items()) if job.env else ()),
+        ("resources", job.num_cpus, job.num_gpus, job.num_nodes, job.memory_bytes, job.runtime_s),
+        ("files", tuple(files[i].path for i in job.input_files), tuple(files[i].path for i in job.output_files)),
+        ("input user data", tuple((user_data[i].name, json.dumps(user_data[i].data, sort_keys=True, default=str))
+                                  for i in job.input_user_data)),
+    )
+
+
+def job_hash(job: CompiledJob, files: Sequence[CompiledFile], user_data: Sequence[CompiledUserData]) -> str:
+    """A short stable hash of ``job_definition`` (stored as jobs.spec_hash); the common case of a
+    job without env, files or user data takes a flat path (it is computed for every job created)."""
+    if job.env or job.input_files or job.output_files or job.input_user_data:
+        text = repr(job_definition(job, files, user_data))
+    else:
+        text = repr((job.command, job.invocation_script, job.num_cpus, job.num_gpus, job.num_nodes,
+                     job.memory_bytes, job.runtime_s))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 class _Figures(NamedTuple):

@@ -85,6 +85,130 @@ def init(app: App, workflow_id: int, force: bool) -> None:
                       f"{counts['blocked']:,} blocked")
 
 
+@workflows.command("reset-status")
+@click.argument("workflow_id", metavar="ID", type=int)
+@click.option("--failed-only", is_flag=True,
+              help="Reset the failed, canceled and terminated jobs (timed-out ones included).")
+@click.option("--job", "job_names", multiple=True, metavar="NAME|REGEX",
+              help="Reset this job (a name, else a regular expression searched in the names); repeatable.")
+@click.option("--dry-run", is_flag=True, help="List what would be reset and why; change nothing.")
+@format_option
+@pass_app
+def reset_status(app: App, workflow_id: int, failed_only: bool, job_names: tuple[str, ...], dry_run: bool,
+                 fmt: str) -> None:
+    """Set jobs of workflow ID to run again, with everything downstream of them.
+
+    Without --failed-only or --job, every job is reset. Completed jobs outside the reset keep their
+    results; every attempt is kept, attempt numbers keep growing, and the reset starts a new run
+    (its results carry the new run id). Refuses while a job it would change is pending or running.
+    Run the workflow again with `torc run ID` or `torc slurm schedule-nodes ID`."""
+    from torc_slurm.store.restarts import plan_reset
+
+    restart = plan_reset(app.db, workflow_id, failed_only=failed_only, jobs=job_names)
+    _restart_outcome(app, restart, dry_run, fmt)
+
+
+@workflows.command("reinit")
+@click.argument("workflow_id", metavar="ID", type=int)
+@click.option("--dry-run", is_flag=True, help="List what would run again and why; change nothing.")
+@click.option("--force", is_flag=True, help="Skip the check that input files no job produces exist.")
+@format_option
+@pass_app
+def reinit(app: App, workflow_id: int, dry_run: bool, force: bool, fmt: str) -> None:
+    """Start a new run of workflow ID that reruns only what is out of date.
+
+    Reruns the jobs that did not complete (failed, canceled, terminated), the completed jobs whose
+    input files changed since the workflow was (re)initialized (content hash for files up to
+    64 MiB, else size and mtime), whose output files are missing, or whose command, env,
+    resources, files or input user data changed since they ran, and everything downstream of
+    them. An uninitialized workflow is initialized."""
+    from torc_slurm.store.restarts import plan_reinit, reinit as do_reinit
+
+    if dry_run:
+        _restart_outcome(app, plan_reinit(app.db, workflow_id, force=force), True, fmt)
+        return
+    restart, run_id = do_reinit(app.db, workflow_id, force=force)
+    if restart.initialize:
+        app.console.print(f"Initialized workflow {workflow_id} (run {run_id}): every job will run")
+        return
+    _restart_outcome(app, restart, False, fmt, run_id=run_id)
+
+
+@workflows.command("update")
+@click.argument("workflow_id", metavar="ID", type=int)
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="List what would be added, removed and rerun; change nothing.")
+@format_option
+@pass_app
+def update(app: App, workflow_id: int, spec: Path, dry_run: bool, fmt: str) -> None:
+    """Compile an edited SPEC into workflow ID, rerunning only what changed.
+
+    Jobs are matched by name. Completed jobs whose command, invocation_script, env, resources,
+    files and input user data are unchanged keep their results; new jobs are added, jobs no
+    longer in the spec are removed (their results are kept), and changed jobs are reset with
+    everything downstream of them. The spec's name must be the workflow's (a renamed spec is a
+    new workflow: `torc workflows create`). Refuses while any job is pending or running."""
+    from torc_slurm.compiler import compile_workflow
+    from torc_slurm.spec.load import load_spec
+    from torc_slurm.store.spec_update import update_workflow
+
+    compiled = compile_workflow(load_spec(spec), source=str(spec))
+    result = update_workflow(app.db, workflow_id, compiled, source=str(spec.absolute()), dry_run=dry_run)
+    app.emit(result.as_dict(), fmt, lambda d: _text(update_lines(d)))
+
+
+def _restart_outcome(app: App, restart, dry_run: bool, fmt: str, *, run_id: int | None = None) -> None:  # noqa: ANN001
+    """Print what a restart would do (dry run) or apply it and print what it did: the same lines."""
+    if not dry_run:
+        run_id = restart.apply(app.db) if run_id is None else run_id
+    data = restart_dict(restart, dry_run, run_id)
+    app.emit(data, fmt, lambda d: _text(restart_lines(d)))
+
+
+def restart_dict(restart, dry_run: bool, run_id: int | None) -> dict[str, Any]:  # noqa: ANN001
+    return {"workflow_id": restart.workflow_id, "kind": restart.kind, "dry_run": dry_run,
+            "run_id": restart.run_id if dry_run or not restart.changes else run_id,
+            "not_run": restart.not_run,
+            "changes": [{"job": c.name, "old": c.old, "new": c.new, "reason": c.reason} for c in restart.changes]}
+
+
+def restart_lines(data: dict[str, Any]) -> list[str]:
+    """A header, then one line per job: `name  old -> new  reason` (the same in a dry run)."""
+    changes = data["changes"]
+    workflow = data["workflow_id"]
+    verb = "reset" if data["kind"] == "reset" else "rerun"
+    if not changes:
+        head = f"Workflow {workflow}: nothing to {verb}"
+    elif data["dry_run"]:
+        head = f"Workflow {workflow}: would {verb} {len(changes):,} job(s) in run {data['run_id'] + 1}:"
+    else:
+        head = f"Workflow {workflow}: {'reset' if verb == 'reset' else 'rerunning'} {len(changes):,} job(s) in run {data['run_id']}:"
+    if data.get("not_run"):
+        head += f" ({data['not_run']:,} other job(s) have not run yet)" if changes else \
+            f"; {data['not_run']:,} job(s) have not run yet"
+    width = max((len(c["job"]) for c in changes), default=0)
+    move = max((len(c["old"]) + len(c["new"]) for c in changes), default=0) + 4
+    return [head, *(f"  {c['job']:<{width}}  {c['old'] + ' -> ' + c['new']:<{move}}  {c['reason']}" for c in changes)]
+
+
+def _text(lines: list[str]):  # noqa: ANN202
+    from rich.text import Text  # plain text: job names are never read as markup
+
+    return Text("\n".join(lines))
+
+
+def update_lines(data: dict[str, Any]) -> list[str]:
+    lines = [f"Workflow {data['workflow_id']}: " + ("would update" if data["dry_run"] else "updated") +
+             f" from {data['spec']}: {len(data['added'])} added, {len(data['removed'])} removed, "
+             f"{len(data['changed'])} changed, {len(data['kept'])} kept"]
+    lines += [f"  added    {name}" for name in data["added"]]
+    lines += [f"  removed  {name}" for name in data["removed"]]
+    lines += [f"  changed  {c['job']}: {c['what']}" for c in data["changed"]]
+    if data.get("reset"):
+        lines += restart_lines(data["reset"])
+    return lines
+
+
 @workflows.command("list")
 @format_option
 @pass_app

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torc_slurm.compiler import CompiledWorkflow
+from torc_slurm.compiler import CompiledWorkflow, job_hash
 from torc_slurm.errors import QueueError, SpecError
 from torc_slurm.spec.models import WorkflowSpec
 from torc_slurm.states import ALL as JOB_STATUSES
@@ -65,13 +65,14 @@ def add_workflow(db: Database, compiled: CompiledWorkflow, *, working_dir: str |
             "INSERT INTO jobs (id, workflow_id, name, command, invocation_script, env, status, rank, priority,"
             " num_cpus, num_gpus, num_nodes, memory_bytes, runtime_s, resource_requirements, scheduler,"
             " cancel_on_blocking_job_failure, supports_termination, depset_id, max_attempts, failure_handler,"
-            " enforce_runtime, runtime_grace) VALUES (?,?,?,?,?,?,'uninitialized',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " enforce_runtime, runtime_grace, spec_hash)"
+            " VALUES (?,?,?,?,?,?,'uninitialized',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             ((job_base + i, workflow_id, j.name, j.command, j.invocation_script,
               json.dumps(j.env) if j.env else None, j.rank, j.priority, j.num_cpus, j.num_gpus,
               j.num_nodes, j.memory_bytes, j.runtime_s, j.resource_requirements, j.scheduler,
               int(j.cancel_on_blocking_job_failure), int(j.supports_termination),
               None if j.depset is None else set_base + j.depset, j.max_attempts, j.failure_handler,
-              int(j.enforce_runtime), j.runtime_grace)
+              int(j.enforce_runtime), j.runtime_grace, job_hash(j, compiled.files, compiled.user_data))
              for i, j in enumerate(compiled.jobs)))
         file_base = next_ids(conn, "files", len(compiled.files))
         conn.executemany(
@@ -136,7 +137,11 @@ def missing_inputs(db: Database, workflow_id: int) -> dict[str, list[str]]:
 
 
 def initialize_workflow(db: Database, workflow_id: int, *, force: bool = False) -> None:
-    """Set every job to ready or blocked and every dependency count to full. Refuses while jobs run."""
+    """Set every job to ready or blocked and every dependency count to full, start a new run
+    (``workflows.run_id`` + 1) and record the input files' stats (mtime, size, content hash) for
+    ``torc workflows reinit``. Refuses while jobs run."""
+    from torc_slurm.store.restarts import record_input_stats, stat_inputs
+
     if not force:
         missing = missing_inputs(db, workflow_id)
         if missing:
@@ -144,6 +149,7 @@ def initialize_workflow(db: Database, workflow_id: int, *, force: bool = False) 
                               for path, jobs in missing.items())
             raise SpecError(f"input files that no job produces do not exist: {lines}. "
                             "Create them, or pass --force to skip this check.")
+    stats = stat_inputs(db, workflow_id)  # outside the lock: reading files can take a while
     with db.transaction() as conn:
         busy = conn.execute(f"SELECT COUNT(*) FROM jobs WHERE workflow_id = ? AND status IN {sql_list(HELD)}",
                             (workflow_id,)).fetchone()[0]
@@ -151,10 +157,11 @@ def initialize_workflow(db: Database, workflow_id: int, *, force: bool = False) 
             raise QueueError(f"workflow {workflow_id} has {busy} jobs pending or running; cancel them first")
         conn.execute("UPDATE dependency_sets SET remaining = size, failed = 0 WHERE workflow_id = ?", (workflow_id,))
         conn.execute("UPDATE jobs SET status = CASE WHEN depset_id IS NULL THEN 'ready' ELSE 'blocked' END,"
-                     " runner_id = NULL, return_code = NULL, pid = NULL, lease_token = NULL, interrupted = 0"
-                     " WHERE workflow_id = ? AND status != 'disabled'",
+                     " runner_id = NULL, return_code = NULL, pid = NULL, lease_token = NULL, interrupted = 0,"
+                     " retries = 0, reason = NULL WHERE workflow_id = ? AND status != 'disabled'",
                      (workflow_id,))
-        conn.execute("UPDATE workflows SET status = 'initialized' WHERE id = ?", (workflow_id,))
+        conn.execute("UPDATE workflows SET status = 'initialized', run_id = run_id + 1 WHERE id = ?", (workflow_id,))
+        record_input_stats(conn, stats)
         add_event(conn, workflow_id, "initialized", "jobs set to ready or blocked")
     db.notify()
 
