@@ -593,7 +593,7 @@ class Runner:
             lease_lost=job.id in self._lease_lost, stopped_by_runner=job.id in self._terminating,
             stop_reason=self.stop_reason, stop_requested_at=self._stop_requested_at,
             timed_out=bool(running and running.timed_out), runtime_s=job.runtime_s,
-            ran_s=done.ended_at - done.started_at, limit_s=job.runtime_s * job.runtime_grace,
+            ran_s=self._ran_until(job.id, done.ended_at) - done.started_at, limit_s=job.runtime_s * job.runtime_grace,
             memory_bytes=job.memory_bytes, peak_memory_bytes=max(peak_rss or 0, sampled or 0) or None,
             oom_kills=(oom_after - oom_before) if oom_after is not None and oom_before is not None else 0,
             memory_killed=bool(running and running.memory_killed)))
@@ -602,6 +602,13 @@ class Runner:
             done.ended_at, peak_rss, done.cpu_time_s,
             stats.avg_cpu_percent if stats else None, stats.peak_cpu_percent if stats else None,
             stats.avg_memory_bytes if stats else None, sampled, verdict.message, verdict.reason)
+
+    def _ran_until(self, job_id: int, ended_at: float) -> float:
+        """A job the runner stopped overran its runtime only if it had by the stop request (the
+        grace period after it is the runner's doing)."""
+        if job_id in self._terminating and self._stop_requested_at is not None:
+            return min(ended_at, self._stop_requested_at)
+        return ended_at
 
     def _trusted_peak_rss(self, peak: int | None) -> int | None:
         """wait4's peak RSS counts the runner's own pages that the child had mapped between fork and

@@ -2,8 +2,9 @@
 is and why (its *reason*), which failure-handler rule retries it, and how many jobs to claim ahead.
 
 Reasons, one per attempt (kept on the attempt's result and on the job):
-``exit code N``, ``signal NAME``, ``oom``, ``timeout``, ``walltime``, ``lost``, ``missing outputs``,
-``launch error``; the queue adds ``upstream job X failed`` for jobs canceled because of a
+``exit code N``, ``signal NAME``, ``oom``, ``timeout``, ``walltime`` (stopped at the allocation's end
+or by Slurm's SIGTERM, within its runtime), ``stopped`` (the runner was stopped otherwise, e.g.
+Ctrl-C), ``lost``, ``missing outputs``, ``launch error``; the queue adds ``upstream job X failed`` for jobs canceled because of a
 prerequisite. A completed attempt has no reason.
 """
 
@@ -37,7 +38,7 @@ class Exit:
     stop_requested_at: float | None = None   # when the runner was told to stop (Slurm signals everyone)
     timed_out: bool = False                  # the runner killed it at runtime x runtime_grace
     runtime_s: float | None = None           # declared runtime (a stop after overrunning it: timeout)
-    ran_s: float | None = None               # how long it ran
+    ran_s: float | None = None               # how long it ran (until the stop request, if stopped)
     limit_s: float | None = None             # where enforcement killed it (for the message)
     memory_bytes: int | None = None          # declared memory
     peak_memory_bytes: int | None = None     # largest figure measured (sampled tree, wait4)
@@ -71,7 +72,7 @@ def judge(e: Exit) -> Verdict:
         if overran(e):
             return Verdict("terminated", message + f"; it had run {_seconds(e.ran_s)}, past its runtime "
                                                    f"{_seconds(e.runtime_s)}", "timeout")
-        return Verdict("terminated", message, "walltime")
+        return Verdict("terminated", message, "walltime" if e.stop_reason in (None, "walltime", "SIGTERM") else "stopped")
     if e.launch_error is not None:
         return Verdict("failed", e.launch_error, "launch error")
     if e.return_code == 0:
