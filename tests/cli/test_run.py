@@ -160,7 +160,7 @@ def test_queue_depth_mode_runs_what_resources_would_refuse(work: Path) -> None:
     result = invoke(db, "run", spec, "--num-cpus", 1, "--max-parallel-jobs", 2)
     assert result.exit_code == 0, result.output
     assert set(by_name(db, 1).values()) == {"completed"}
-    refused = invoke(db, "run", spec, "--num-cpus", 1)  # a second workflow, resource-aware this time
+    refused = invoke(db, "run", spec, "--num-cpus", 1, "--new")  # a second workflow, resource-aware this time
     assert refused.exit_code == 1 and "3 ready jobs need more than this machine has" in refused.stderr
 
 

@@ -25,13 +25,19 @@ from torc_slurm.states import DONE
 @click.option("--termination-grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="On Ctrl-C/SIGTERM: seconds jobs that support termination get to exit after SIGTERM "
                    "before every job still running is killed.")
+@click.option("--new", "new", is_flag=True,
+              help="With a spec file: create a new workflow even if one was created from this file.")
 @click.option("--dry-execute", is_flag=True, hidden=True, help="Mark jobs completed without running them.")
 @click.pass_obj
 def run(app, spec_or_id: str, num_cpus, num_gpus, memory_gb, max_parallel_jobs, output_dir, force,
-        monitor_interval, termination_grace, dry_execute) -> None:
+        monitor_interval, termination_grace, new, dry_execute) -> None:
     """Run a workflow on this machine until it is done.
 
-    SPEC_OR_ID is a spec file (the workflow is created first) or the id of a workflow in the DB.
+    SPEC_OR_ID is a spec file or the id of a workflow in the DB. Given a spec file from which a
+    workflow in the DB was created (the same absolute path), the run RESUMES that workflow: the
+    edited spec is compiled into it (`torc workflows update`), then it is reinitialized (`torc
+    workflows reinit`), so only jobs that are out of date run; what will run is printed first.
+    --new creates a new workflow instead.
     Exits 0 when every job completed, 1 when any failed or could not run, 130 on Ctrl-C and 143 on
     SIGTERM (running jobs are stopped and returned to ready, so `torc run ID` resumes)."""
     from torc_slurm.runner.resources import detect_node
@@ -39,7 +45,7 @@ def run(app, spec_or_id: str, num_cpus, num_gpus, memory_gb, max_parallel_jobs, 
     from torc_slurm.store.workflows import ensure_initialized
 
     db = app.open_db(create=True)
-    workflow_id = _workflow_id(app, db, spec_or_id)
+    workflow_id = _workflow_id(app, db, spec_or_id, new=new, force=force)
     ensure_initialized(db, workflow_id, force=force)
     try:
         node = detect_node(num_cpus=num_cpus, num_gpus=num_gpus, memory_gb=memory_gb)
@@ -54,17 +60,56 @@ def run(app, spec_or_id: str, num_cpus, num_gpus, memory_gb, max_parallel_jobs, 
     _report(app, db, workflow_id, summary, runner.stop_reason)
 
 
-def _workflow_id(app, db, spec_or_id: str) -> int:
+def _workflow_id(app, db, spec_or_id: str, *, new: bool, force: bool) -> int:
     if spec_or_id.isdigit() and not Path(spec_or_id).exists():
         return int(spec_or_id)
     from torc_slurm.compiler import compile_workflow
     from torc_slurm.spec.load import load_spec
-    from torc_slurm.store.workflows import add_workflow
 
     compiled = compile_workflow(load_spec(spec_or_id), spec_or_id)
-    workflow_id = add_workflow(db, compiled, working_dir=Path.cwd(), source=spec_or_id)
-    app.err_console.print(f"Created workflow {workflow_id} ({len(compiled.jobs)} jobs)")
-    return workflow_id
+    return create_or_resume(app, db, Path(spec_or_id), compiled, new=new, force=force)[0]
+
+
+def find_workflow_from(db, spec: Path) -> int | None:
+    """The newest workflow created (or last updated) from the spec file at ``spec``'s absolute path."""
+    rows = db.read("SELECT id FROM workflows WHERE spec_source = ? ORDER BY id DESC LIMIT 1",
+                   (str(spec.absolute()),))
+    return rows[0]["id"] if rows else None
+
+
+def create_or_resume(app, db, spec: Path, compiled, *, new: bool, force: bool,
+                     stdout: bool = False) -> tuple[int, bool]:
+    """(workflow id, resumed). Without ``new``, a workflow created from the same spec file is
+    updated from it and reinitialized, and what will run again is printed (on stderr, or stdout
+    with ``stdout``); otherwise a new workflow is created."""
+    from torc_slurm.cli.workflows import restart_dict, restart_lines, update_lines
+    from torc_slurm.store.restarts import reinit
+    from torc_slurm.store.spec_update import update_workflow
+    from torc_slurm.store.workflows import add_workflow
+
+    source = str(spec.absolute())
+    existing = None if new else find_workflow_from(db, spec)
+    if existing is None:
+        workflow_id = add_workflow(db, compiled, working_dir=Path.cwd(), source=source)
+        click.echo(f"Created workflow {workflow_id} ({len(compiled.jobs)} jobs)", err=not stdout)
+        return workflow_id, False
+    updated = update_workflow(db, existing, compiled, source=source)
+    lines = [f"Resumed workflow {existing} from {spec} (--new starts a new one)"]
+    if updated.added or updated.removed or updated.changed:
+        lines += update_lines({**updated.as_dict(), "reset": None})
+    restart, run_id = reinit(db, existing, force=force)
+    if restart.initialize:
+        lines.append(f"Workflow {existing}: initialized (run {run_id}); every job will run")
+    else:
+        data = restart_dict(restart, False, run_id)
+        by_update = {c.name for c in updated.changes}
+        changes = [*({"job": c.name, "old": c.old, "new": c.new, "reason": c.reason} for c in updated.changes),
+                   *(c for c in data["changes"] if c["job"] not in by_update)]
+        data.update(changes=changes, run_id=run_id, not_run=data["not_run"] - (len(changes) - len(data["changes"])))
+        lines += restart_lines(data)
+    for line in lines:
+        click.echo(line, err=not stdout)
+    return existing, True
 
 
 def _report(app, db, workflow_id: int, summary, stop_reason: str | None) -> None:

@@ -194,17 +194,24 @@ def cancel(app, workflow_id: int) -> None:
               help="At most this many allocations per scheduler.")
 @click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Skip the check that input files no job produces exist.")
+@click.option("--new", "new", is_flag=True,
+              help="Create a new workflow even if one was created from this spec file.")
 @click.pass_obj
-def submit(app, spec: str, site, max_allocations: int, output_dir, force) -> None:
+def submit(app, spec: str, site, max_allocations: int, output_dir, force, new) -> None:
     """Create a workflow from SPEC and schedule Slurm allocations for each of its schedulers.
 
-    Each scheduler gets enough allocations to hold the CPU-hours of the jobs bound to it (jobs
-    bound to none count for the first scheduler), at least one."""
+    When a workflow was already created from this spec file (same absolute path), it is RESUMED:
+    updated from the spec and reinitialized, so only jobs that are out of date run (`torc run
+    SPEC` does the same); --new creates a new workflow. Each scheduler gets enough allocations to
+    hold the CPU-hours of the jobs still to run that are bound to it (jobs bound to none count for
+    the first scheduler), at least one; none when nothing is left to run."""
+    from torc_slurm.cli.run import create_or_resume
     from torc_slurm.compiler import compile_workflow
     from torc_slurm.slurm.allocations import ScheduleRequest, allocations_needed, schedule_nodes as schedule
     from torc_slurm.slurm.backend import get_backend
     from torc_slurm.spec.load import load_spec
-    from torc_slurm.store.workflows import add_workflow, initialize_workflow, list_jobs
+    from torc_slurm.states import UNFINISHED
+    from torc_slurm.store.workflows import initialize_workflow, list_jobs
 
     compiled = compile_workflow(load_spec(spec), spec)
     if not compiled.spec.slurm_schedulers:
@@ -212,10 +219,14 @@ def submit(app, spec: str, site, max_allocations: int, output_dir, force) -> Non
     backend = get_backend()
     site_config = _site(site, backend)
     db = app.open_db(create=True)
-    workflow_id = add_workflow(db, compiled, working_dir=Path.cwd(), source=spec)
-    initialize_workflow(db, workflow_id, force=force)
-    app.console.print(f"Created workflow {workflow_id} ({len(compiled.jobs)} jobs)")
-    sizing = allocations_needed(compiled.spec, list_jobs(db, workflow_id), site_config, max_allocations)
+    workflow_id, resumed = create_or_resume(app, db, Path(spec), compiled, new=new, force=force, stdout=True)
+    if not resumed:
+        initialize_workflow(db, workflow_id, force=force)
+    to_run = [job for job in list_jobs(db, workflow_id) if job["status"] in UNFINISHED]
+    if not to_run:
+        app.console.print(f"Workflow {workflow_id} is complete: nothing to submit")
+        return
+    sizing = allocations_needed(compiled.spec, to_run, site_config, max_allocations)
     for name, count in sizing.items():
         result = schedule(db, backend, site_config, ScheduleRequest(workflow_id, name, count, output_dir=output_dir))
         app.console.print(f"Submitted {count} allocation(s) of scheduler {name}: {', '.join(result.slurm_job_ids)}")
