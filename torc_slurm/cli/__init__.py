@@ -13,6 +13,7 @@ import click
 from torc_slurm import __version__
 from torc_slurm.cli.app import App, error
 from torc_slurm.cli.jobs import jobs
+from torc_slurm.cli.recover import recover
 from torc_slurm.cli.reports import reports
 from torc_slurm.cli.run import run
 from torc_slurm.cli.slurm import slurm, submit
@@ -73,6 +74,7 @@ torc.add_command(reports)
 torc.add_command(run)
 torc.add_command(slurm)
 torc.add_command(submit)
+torc.add_command(recover)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -48,11 +48,12 @@ def _results_table(rows):  # noqa: ANN001, ANN202
     from torc_slurm.reports import human_bytes, human_seconds
 
     table = Table(title="Attempts")
-    for column in ("job", "attempt", "status", "rc", "node", "exec", "peak memory", "cpu time", "message"):
+    for column in ("job", "attempt", "status", "reason", "rc", "node", "exec", "peak memory", "cpu time", "message"):
         table.add_column(column)
     for r in rows:
         code = f"sig {r['signal']}" if r["signal"] is not None else ("-" if r["return_code"] is None else str(r["return_code"]))
-        table.add_row(r["job"], str(r["attempt"]), r["status"], code, r["node"] or "-", human_seconds(r["exec_s"]),
+        table.add_row(r["job"], str(r["attempt"]), r["status"], r.get("reason") or "-", code, r["node"] or "-",
+                      human_seconds(r["exec_s"]),
                       human_bytes(r["peak_memory_bytes"] or r["peak_rss_bytes"]), human_seconds(r["cpu_time_s"]),
                       r["message"] or "")
     return table

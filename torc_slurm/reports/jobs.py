@@ -34,6 +34,16 @@ def job_totals(db: Database) -> dict[int, dict[str, int]]:
             for row in rows}
 
 
+def failure_reasons(db: Database, workflow_id: int) -> dict[str, int]:
+    """Why the workflow's failed and canceled jobs ended: reason -> jobs (for `workflows status`).
+    "upstream job X failed" counts as "upstream failed"."""
+    rows = db.read("SELECT CASE WHEN reason LIKE 'upstream%' THEN 'upstream failed'"
+                   " ELSE COALESCE(reason, status) END AS why, COUNT(*) AS n FROM jobs"
+                   " WHERE workflow_id = ? AND status IN ('failed', 'canceled', 'terminated')"
+                   " GROUP BY why ORDER BY n DESC, why", (workflow_id,))
+    return {row["why"]: row["n"] for row in rows}
+
+
 def explain_job(db: Database, workflow_id: int, job: str) -> dict[str, Any]:
     """Everything that says why ``job`` (a name, or a numeric id) is where it is."""
     with db.transaction() as conn:
@@ -50,6 +60,10 @@ def explain_job(db: Database, workflow_id: int, job: str) -> dict[str, Any]:
             "status": row["status"],
             "attempt": row["attempt"],
             "return_code": row["return_code"],
+            "ended_because": row["reason"],   # the last attempt's reason, or "upstream job X failed"
+            "retries": row["retries"],
+            "failure_handler": row["failure_handler"],
+            "enforce_runtime": bool(row["enforce_runtime"]),
             "command": row["command"],
             "priority": row["priority"],
             "resources": {
@@ -143,7 +157,7 @@ def _runner(conn: sqlite3.Connection, runner_id: int | None) -> dict[str, Any] |
 
 def _results(conn: sqlite3.Connection, job_id: int) -> list[dict[str, Any]]:
     return [dict(r) for r in conn.execute(
-        "SELECT r.attempt, r.status, r.return_code, r.signal, r.started_at, r.ended_at, r.exec_s,"
+        "SELECT r.attempt, r.run_id, r.status, r.reason, r.return_code, r.signal, r.started_at, r.ended_at, r.exec_s,"
         " COALESCE(r.peak_memory_bytes, r.peak_rss_bytes) AS peak_memory_bytes, r.cpu_time_s, r.message,"
         " r.runner_id, u.hostname, u.slurm_job_id FROM results r LEFT JOIN runners u ON u.id = r.runner_id"
         " WHERE r.job_id = ? ORDER BY r.id", (job_id,))]
@@ -174,10 +188,17 @@ def _reason(report: dict[str, Any], cancel_on_failure: bool) -> str:
     last = report["results"][-1] if report["results"] else None
     if status == "completed":
         return "completed" + (f" (return code {report['return_code']})" if report["return_code"] is not None else "")
+    why = report.get("ended_because")
     if status == "failed":
-        text = f"failed with return code {report['return_code']}"
-        return text + (f": {last['message']}" if last and last.get("message") else "")
+        text = f"failed ({why})" if why else f"failed with return code {report['return_code']}"
+        text += f": {last['message']}" if last and last.get("message") else ""
+        if why in ("oom", "timeout"):
+            text += f"; `torc recover {wf}` reruns it with more {'memory' if why == 'oom' else 'runtime'}"
+        return text
     if status == "canceled":
+        if why and why.startswith("upstream"):
+            return f"canceled: {why}" + (f" ({deps['failed']} of its prerequisites failed or were canceled)"
+                                         if deps and deps["failed"] else "")
         if deps and deps["failed"] and cancel_on_failure:
             return f"canceled because {deps['failed']} of its prerequisites failed or were canceled"
         if report["workflow_status"] == "canceled":

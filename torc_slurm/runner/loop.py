@@ -81,9 +81,23 @@ class RunnerConfig:
     on_progress: Callable[[dict[str, int]], None] | None = None
     progress_interval_s: float = 1.0
     # Kill a job whose sampled tree RSS exceeds its declared memory x this factor (None: only
-    # detect; the kernel or Slurm's cgroup limit does the killing).
-    memory_kill_factor: float | None = None
+    # detect; the kernel or Slurm's cgroup limit does the killing). TORC_MEMORY_KILL_FACTOR sets it.
+    memory_kill_factor: float | None = field(default_factory=lambda: _memory_kill_factor(os.environ))
     recovery_timeout_s: float = 600.0       # a failure handler's recovery script is killed after this
+
+
+def _memory_kill_factor(environ: dict[str, str] | os._Environ) -> float | None:
+    text = environ.get("TORC_MEMORY_KILL_FACTOR", "").strip()
+    if not text:
+        return None
+    try:
+        factor = float(text)
+    except ValueError:
+        factor = 0.0
+    if not factor >= 1.0 or factor == float("inf"):
+        log.warning("TORC_MEMORY_KILL_FACTOR=%r is not a number >= 1; jobs past their memory are not killed", text)
+        return None
+    return factor
 
 
 @dataclass
