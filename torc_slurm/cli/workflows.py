@@ -159,6 +159,7 @@ def update(app: App, workflow_id: int, spec: Path, dry_run: bool, fmt: str) -> N
 
 def _restart_outcome(app: App, restart, dry_run: bool, fmt: str, *, run_id: int | None = None) -> None:  # noqa: ANN001
     """Print what a restart would do (dry run) or apply it and print what it did: the same lines."""
+    restart.check_not_busy()  # a dry run says so too
     if not dry_run:
         run_id = restart.apply(app.db) if run_id is None else run_id
     data = restart_dict(restart, dry_run, run_id)
