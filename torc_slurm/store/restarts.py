@@ -42,8 +42,8 @@ from torc_slurm.store.db import Database
 from torc_slurm.store.events import add_event
 
 HASH_LIMIT = 64 * 2**20  # input files up to this size get a content hash; larger ones: mtime and size
-CHUNK = 1000             # jobs per apply transaction
-READ_BATCH = 20_000      # ids per closure read transaction
+CHUNK = 250              # jobs per apply transaction (~30-70 ms each at 100k jobs, see benchmarks/restarts.py)
+READ_BATCH = 5_000       # ids per read transaction (tens of ms each)
 _BAD = frozenset(FINISHED) - {JobStatus.COMPLETED.value}  # what dependency_sets.failed counts
 RERUNNABLE = tuple(sorted(_BAD))  # failed, canceled, terminated (timed-out jobs end failed or terminated)
 
@@ -466,28 +466,34 @@ def plan_reinit(db: Database, workflow_id: int, *, force: bool = False) -> Resta
     if workflow["status"] == "uninitialized":
         return Restart(workflow_id, "reinit", [], Graph(), run_id=workflow["run_id"], initialize=True)
     rows: dict[int, JobRow] = {}
-    with db.transaction(write=False) as conn:
-        for row in conn.execute(f"SELECT {_JOB_COLUMNS}, reason FROM jobs WHERE workflow_id = ? AND status IN"
-                                f" {sql_list(RERUNNABLE)}", (workflow_id,)):
-            job = rows[row[0]] = _job_row(row)
-            seeds[job.id] = [f"{job.status} last time" + (f" ({row['reason']})" if row["reason"] else "")]
-        for row in conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE workflow_id = ? AND status = 'completed'"
-                                " AND spec_hash IS NOT NULL AND ran_hash IS NOT NULL AND spec_hash != ran_hash",
-                                (workflow_id,)):
-            job = rows[row[0]] = _job_row(row)
-            seeds.setdefault(job.id, []).append("its definition changed since it ran")
-        if changed_inputs:
-            for job_id, item in conn.execute(f"SELECT job_id, item_id FROM job_io WHERE kind = 'input_file'"
-                                             f" AND item_id IN {_IDS}", (json.dumps(list(changed_inputs)),)):
-                seeds.setdefault(job_id, []).append(changed_inputs[item])
-        lookup = [j for j in {*seeds, *missing_outputs} if j not in rows]
-        for row in conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN {_IDS}", (json.dumps(lookup),)):
+    # Short reads, each consistent on its own: the apply re-checks every job it changes.
+    for row in db.read(f"SELECT {_JOB_COLUMNS}, reason FROM jobs WHERE workflow_id = ? AND status IN"
+                       f" {sql_list(RERUNNABLE)}", (workflow_id,)):
+        job = rows[row[0]] = _job_row(row)
+        seeds[job.id] = [f"{job.status} last time" + (f" ({row['reason']})" if row["reason"] else "")]
+    for row in db.read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE workflow_id = ? AND status = 'completed'"
+                       " AND spec_hash IS NOT NULL AND ran_hash IS NOT NULL AND spec_hash != ran_hash", (workflow_id,)):
+        job = rows[row[0]] = _job_row(row)
+        seeds.setdefault(job.id, []).append("its definition changed since it ran")
+    after = -1
+    while changed_inputs:  # consumers of changed inputs, a page of job ids at a time (job_io's key order)
+        page = db.read(f"SELECT job_id, item_id FROM job_io WHERE job_id > ? AND kind = 'input_file' AND item_id IN"
+                       f" {_IDS} ORDER BY job_id LIMIT ?", (after, json.dumps(list(changed_inputs)), READ_BATCH))
+        for job_id, item in page:
+            seeds.setdefault(job_id, []).append(changed_inputs[item])
+        if len(page) < READ_BATCH:
+            break
+        after = page[-1][0]
+    lookup = [j for j in {*seeds, *missing_outputs} if j not in rows]
+    for start in range(0, len(lookup), READ_BATCH):
+        for row in db.read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN {_IDS}",
+                           (json.dumps(lookup[start:start + READ_BATCH]),)):
             rows[row[0]] = _job_row(row)
-        for job_id, paths in missing_outputs.items():  # a job that did not complete reruns anyway
-            if rows[job_id].status == JobStatus.COMPLETED:
-                seeds.setdefault(job_id, []).append(f"output {', '.join(paths)} missing")
-        not_run_total = conn.execute(f"SELECT COUNT(*) FROM jobs WHERE workflow_id = ? AND status IN"
-                                     f" {sql_list(UNFINISHED)}", (workflow_id,)).fetchone()[0]
+    for job_id, paths in missing_outputs.items():  # a job that did not complete reruns anyway
+        if job_id in rows and rows[job_id].status == JobStatus.COMPLETED:
+            seeds.setdefault(job_id, []).append(f"output {', '.join(paths)} missing")
+    not_run_total = db.read(f"SELECT COUNT(*) FROM jobs WHERE workflow_id = ? AND status IN {sql_list(UNFINISHED)}",
+                            (workflow_id,))[0][0]
     # Only finished jobs are set to run again; an unfinished one runs anyway (and is listed when a
     # reset reaches it from upstream).
     finished = {j: r for j, r in rows.items() if r.status in FINISHED and j in seeds}
