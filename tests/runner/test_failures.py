@@ -23,7 +23,7 @@ from torc_slurm.runner.resources import detect_node
 from torc_slurm.runner.walltime import EndTime
 from torc_slurm.spec.models import FailureRule
 
-from .helpers import PYTHON, create_workflow, jobs, results, run_runner, write_spec_data
+from .helpers import PYTHON, create_workflow, jobs, results, run_runner, wait_until, write_spec_data
 
 ALLOC = """\
 import os, signal, sys, time
@@ -220,6 +220,34 @@ def test_a_recovery_script_past_its_timeout_is_killed(tmp_path: Path) -> None:
     assert time.monotonic() - begun < 10
     (only,) = attempts(db, wf, "flaky")
     assert "recovery script failed (timed out" in only["message"]
+
+
+def test_a_job_canceled_during_its_recovery_script_is_not_retried(tmp_path: Path) -> None:
+    """The script runs under the job's lease: when the queue takes the job back (here: the workflow
+    is canceled), the runner kills the script, and the retry is recorded late and changes nothing."""
+    from torc_slurm.store.db import Database
+    from torc_slurm.store.workflows import cancel_workflow
+
+    db, wf = handled(tmp_path, "exit 3", recovery="echo started > recovering.txt; exec sleep 60")
+
+    def cancel_once_recovering() -> None:
+        wait_until(lambda: (tmp_path / "recovering.txt").exists(), timeout=20, what="the recovery script")
+        with Database(db, create=False) as database:
+            cancel_workflow(database, wf)
+
+    canceler = threading.Thread(target=cancel_once_recovering)
+    canceler.start()
+    begun = time.monotonic()
+    try:
+        _, summary = run(db, wf, tmp_path)
+    finally:
+        canceler.join()
+    assert time.monotonic() - begun < 20  # the script was killed, not waited out
+    rows = jobs(db, wf)
+    assert (rows["flaky"]["status"], rows["flaky"]["retries"]) == ("canceled", 0)
+    (only,) = attempts(db, wf, "flaky")
+    assert only["late"] == 1 and "recovery script" in only["message"]
+    assert summary.retried == 0
 
 
 # -- the pure rules ------------------------------------------------------------------------------

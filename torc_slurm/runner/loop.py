@@ -323,14 +323,14 @@ class Runner:
         lapsed = deadline is not None and result.renewed_at >= deadline
         self.leases.renewed(result.renewed_at)
         if lapsed:  # the lease ran out while this cycle waited: the guardian fenced these jobs
-            self._lose(list(self.running) + list(self._backlog), "the lease lapsed while waiting for the queue")
+            self._lose(self._held_ids(), "the lease lapsed while waiting for the queue")
         self._last_cycle = now
         self._force_cycle = False
         self._last_claimed = len(result.claimed)
         if result.runner_gone:
             log.error("runner %d: its workflow %d was deleted from the queue; stopping its jobs",
                       self.runner_id, cfg.workflow_id)
-            self._lose(list(self.running) + list(self._backlog), "its workflow was deleted")
+            self._lose(self._held_ids(), "its workflow was deleted")
             self.request_stop("workflow deleted")
             return None
         if result.revoked:
@@ -362,7 +362,11 @@ class Runner:
         start nothing that was claimed ahead."""
         log.error("runner %d: lease not renewed for %.0f s; killing %d running jobs (self-fencing)",
                   self.runner_id, self.config.heartbeat_timeout_s, len(self.running))
-        self._lose(list(self.running) + list(self._backlog), "self-fenced")
+        self._lose(self._held_ids(), "self-fenced")
+
+    def _held_ids(self) -> list[int]:
+        """Every job this runner holds: running, recovering (failure handler) or claimed ahead."""
+        return [*self.running, *self.failures.recovering, *self._backlog]
 
     def _lose(self, job_ids: list[int], why: str) -> None:
         """This runner no longer holds ``job_ids``: drop the claimed-ahead ones, kill the running ones

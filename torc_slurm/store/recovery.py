@@ -125,7 +125,7 @@ class Recovery:
     skipped: list[FailedJob]
     caps: Caps
     reset: object | None = None             # restarts.Restart of the jobs to rerun and their downstream
-    lines: list[str] = field(default_factory=list)
+    seen: dict[int, tuple[str, int]] = field(default_factory=dict)  # job -> (status, attempt) when planned
 
     @property
     def rerun(self) -> list[Growth]:
@@ -152,9 +152,10 @@ def plan_recovery(db: Database, workflow_id: int, caps: Caps, *, memory_factor: 
                   runtime_factor: float = 1.5, retry_unknown: bool = False) -> Recovery:
     if memory_factor < 1 or runtime_factor < 1:
         raise QueueError("--memory-factor and --runtime-factor must be at least 1")
-    growth, skipped = plan_growth(failed_jobs(db, workflow_id), caps, memory_factor=memory_factor,
+    failed = failed_jobs(db, workflow_id)
+    growth, skipped = plan_growth(failed, caps, memory_factor=memory_factor,
                                   runtime_factor=runtime_factor, retry_unknown=retry_unknown)
-    recovery = Recovery(workflow_id, growth, skipped, caps)
+    recovery = Recovery(workflow_id, growth, skipped, caps, seen={j.id: (j.status, j.attempt) for j in failed})
     if recovery.rerun:
         recovery.reset = _plan_reset(db, workflow_id, [g.name for g in recovery.rerun])
     return recovery
@@ -174,12 +175,10 @@ def apply_recovery(db: Database, recovery: Recovery) -> int:
     if not recovery.rerun:
         return 0
     recovery.reset.check_not_busy()  # type: ignore[union-attr]
-    planned = {j.id: j for j in failed_jobs(db, recovery.workflow_id)}
     with db.transaction() as conn:
         for g in recovery.rerun:
             row = conn.execute("SELECT status, attempt FROM jobs WHERE id = ?", (g.job_id,)).fetchone()
-            before = planned.get(g.job_id)
-            if row is None or before is None or (row[0], row[1]) != (before.status, before.attempt):
+            if row is None or (row[0], row[1]) != recovery.seen.get(g.job_id):
                 raise RecoverConflict(f"job {g.name} changed while recover was being applied (it was reset or "
                                       "rerun); nothing was changed. Run `torc recover` again")
             if g.field == "memory":
