@@ -42,7 +42,7 @@ from torc_slurm.store.db import Database
 from torc_slurm.store.events import add_event
 
 HASH_LIMIT = 64 * 2**20  # input files up to this size get a content hash; larger ones: mtime and size
-CHUNK = 250              # jobs per apply transaction (~30-70 ms each at 100k jobs, see benchmarks/restarts.py)
+CHUNK = 200              # jobs per apply transaction (~30-110 ms each at 100k jobs: benchmarks/restarts.py)
 READ_BATCH = 5_000       # ids per read transaction (tens of ms each)
 _BAD = frozenset(FINISHED) - {JobStatus.COMPLETED.value}  # what dependency_sets.failed counts
 RERUNNABLE = tuple(sorted(_BAD))  # failed, canceled, terminated (timed-out jobs end failed or terminated)
