@@ -146,7 +146,7 @@ def test_work2_out_of_memory_then_recover_reruns_only_work2_and_postprocess(tmp_
     kept = {name: attempts_of(db, wf)[name] for name in ("preprocess", "work1")}
 
     explain = json.loads(torc(db, "jobs", "explain", wf, "postprocess", "-f", "json", cwd=tmp_path, env=ENV).stdout)
-    assert explain["reason"].startswith("canceled: upstream job work2 failed")
+    assert explain["reason"].startswith("canceled because upstream job work2 failed")
     explain = json.loads(torc(db, "jobs", "explain", wf, "work2", "-f", "json", cwd=tmp_path, env=ENV).stdout)
     assert explain["ended_because"] == "oom" and explain["results"][0]["reason"] == "oom"
     assert explain["reason"].startswith("failed (oom): out of memory") and "torc recover" in explain["reason"]

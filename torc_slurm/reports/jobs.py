@@ -197,8 +197,8 @@ def _reason(report: dict[str, Any], cancel_on_failure: bool) -> str:
         return text
     if status == "canceled":
         if why and why.startswith("upstream"):
-            return f"canceled: {why}" + (f" ({deps['failed']} of its prerequisites failed or were canceled)"
-                                         if deps and deps["failed"] else "")
+            return f"canceled because {why}" + (f"; {deps['failed']} of its prerequisites failed or were canceled"
+                                                if deps and deps["failed"] else "")
         if deps and deps["failed"] and cancel_on_failure:
             return f"canceled because {deps['failed']} of its prerequisites failed or were canceled"
         if report["workflow_status"] == "canceled":
