@@ -62,7 +62,7 @@ def test_caps_come_from_the_schedulers_partition_and_walltime(failed: tuple[Path
     assert dry.stdout == real.stdout
     lines = real.stdout.splitlines()
     # memory: 6 GiB x 1.5 capped at the cpu partition's 8000M; runtime: 10 min walltime - 60 s buffer = 9 min
-    assert "  hungry  failed -> ready  oom: memory 6 GiB -> 8000 MiB (capped: the largest node)" in lines
+    assert "  hungry  failed -> ready      oom: memory 6 GiB -> 8000 MiB (capped: the largest node)" in lines
     assert "  after   canceled -> blocked  downstream of hungry" in lines
     assert "Cannot grow (left failed; the largest node: schedulers short):" in lines
     assert "  slow  timeout: cannot grow, runtime 9m00s is already the most any node offers" in lines

@@ -81,7 +81,8 @@ def report_lines(data: dict[str, Any], workflow_id: int) -> list[str]:
     if data["rerun"]:
         lines.append(f"Jobs to rerun in workflow {workflow_id}:")
         width = max(len(c["job"]) for c in data["rerun"])
-        lines += [f"  {c['job']:<{width}}  {c['from']} -> {c['to']}  {c['why']}" for c in data["rerun"]]
+        move = max(len(f"{c['from']} -> {c['to']}") for c in data["rerun"])
+        lines += [f"  {c['job']:<{width}}  {c['from'] + ' -> ' + c['to']:<{move}}  {c['why']}" for c in data["rerun"]]
     else:
         lines.append(f"Workflow {workflow_id}: nothing to recover.")
     if data["cannot_grow"]:
