@@ -29,13 +29,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine  # noqa: E402
+from _common import machine
 
-from torc_slurm.compiler import compile_workflow  # noqa: E402
-from torc_slurm.spec.models import WorkflowSpec  # noqa: E402
-from torc_slurm.store import restarts  # noqa: E402
-from torc_slurm.store.db import Database  # noqa: E402
-from torc_slurm.store.workflows import add_workflow, initialize_workflow  # noqa: E402
+from torc_slurm.compiler import compile_workflow
+from torc_slurm.spec.models import WorkflowSpec
+from torc_slurm.store import restarts
+from torc_slurm.store.db import Database
+from torc_slurm.store.workflows import add_workflow, initialize_workflow
 
 PAIRS = 50_000
 FAILED = 1_000
@@ -73,7 +73,7 @@ def build(folder: Path) -> Path:
     return path
 
 
-def measure(label: str, source: Path, action) -> dict:  # noqa: ANN001
+def measure(label: str, source: Path, action) -> dict:
     copy = source.parent / f"{label}.db"
     shutil.copy(source, copy)
     with Database(copy) as db:

@@ -11,10 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from runner.helpers import jobs, results, start_torc, torc, wait_until
 
 from torc_slurm.errors import QueueError
-
-from runner.helpers import jobs, results, start_torc, torc, wait_until
 
 from . import EXAMPLES
 

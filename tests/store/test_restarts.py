@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import torc_slurm.store.restarts as restarts
 from torc_slurm.compiler import compile_workflow
@@ -18,8 +20,16 @@ from torc_slurm.spec.models import WorkflowSpec
 from torc_slurm.states import FINISHED, HELD, UNFINISHED
 from torc_slurm.store.db import Database
 from torc_slurm.store.queue import Outcome, Queue, Started
-from torc_slurm.store.restarts import (Graph, JobRow, RestartConflict, UnknownJob, plan_changes, plan_reinit,
-                                       plan_reset, reinit)
+from torc_slurm.store.restarts import (
+    Graph,
+    JobRow,
+    RestartConflict,
+    UnknownJob,
+    plan_changes,
+    plan_reinit,
+    plan_reset,
+    reinit,
+)
 from torc_slurm.store.spec_update import diff_jobs, update_workflow
 from torc_slurm.store.workflows import add_workflow, initialize_workflow
 
@@ -27,7 +37,7 @@ BAD = set(FINISHED) - {"completed"}
 
 
 @pytest.fixture
-def db(tmp_path: Path):  # noqa: ANN201
+def db(tmp_path: Path):
     database = Database(tmp_path / "torc.db")
     yield database
     database.close()
@@ -130,7 +140,7 @@ def graph_of(rows: list[tuple[int, str, str, int | None]], members: dict[int, li
      [("pre", "completed", "ready"), ("w1", "completed", "blocked"), ("w2", "completed", "blocked"),
       ("post", "completed", "blocked")]),
 ])
-def test_plan_orders_upstream_first_and_simulates_statuses(seeds, rows, expected) -> None:  # noqa: ANN001
+def test_plan_orders_upstream_first_and_simulates_statuses(seeds, rows, expected) -> None:
     members = {9: [30], 1: [20], 2: [20], 3: []}
     counters = {10: (0, 0), 20: (0, 1), 30: (0, 0)}
     changes = plan_changes(graph_of(rows, members, counters), seeds)
@@ -325,3 +335,51 @@ def test_update_refuses_a_renamed_spec_and_running_jobs(db: Database) -> None:
     queue.cycle(runner, choose=lambda ready: [j.job_id for j in ready])
     with pytest.raises(QueueError, match="cannot update while jobs are pending or running: pre"):
         update_workflow(db, wf, compile_workflow(spec(edited(DIAMOND, w1={"command": "z"}))), source="s.yaml")
+
+
+# -- random workflows, random outcomes, random restarts ---------------------------------------------
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> list[dict[str, Any]]:
+    size = draw(st.integers(2, 9))
+    jobs = []
+    for i in range(size):
+        before = draw(st.lists(st.integers(0, i - 1), max_size=3, unique=True)) if i else []
+        jobs.append({"name": f"j{i}", "command": "x", "depends_on": [f"j{b}" for b in before],
+                     "cancel_on_blocking_job_failure": draw(st.booleans())})
+    return jobs
+
+
+STEPS = st.lists(st.tuples(st.sampled_from(["run", "failed-only", "job", "reinit", "all"]),
+                           st.integers(0, 8), st.sets(st.integers(0, 8), max_size=3)), min_size=1, max_size=6)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(jobs=dags(), steps=STEPS)
+def test_random_restarts_keep_the_queue_consistent_and_do_what_they_print(tmp_path_factory, jobs, steps) -> None:
+    with Database(tmp_path_factory.mktemp("q") / "torc.db") as db:
+        wf = make(db, jobs)
+        names = [j["name"] for j in jobs]
+        for action, pick, failing in steps:
+            if action == "run":
+                run_all(db, wf, fail={names[i] for i in failing if i < len(names)})
+                continue
+            if action == "reinit":
+                restart = plan_reinit(db, wf)
+            else:
+                restart = plan_reset(db, wf, failed_only=action == "failed-only",
+                                     jobs=[names[pick % len(names)]] if action == "job" else ())
+            before = attempts(db, wf)
+            restart.apply(db)
+            check_invariants(db, wf)
+            now = statuses(db, wf)
+            assert {c.name: c.new for c in restart.changes} == {c.name: now[c.name] for c in restart.changes}
+            assert attempts(db, wf) == before  # a reset never renumbers attempts
+        for _ in range(len(names) + 1):  # then everything can be brought to completion
+            plan_reset(db, wf, failed_only=True).apply(db)
+            run_all(db, wf)
+            if set(statuses(db, wf).values()) == {"completed"}:
+                break
+        assert set(statuses(db, wf).values()) == {"completed"}
+        check_invariants(db, wf)

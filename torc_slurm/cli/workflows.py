@@ -125,11 +125,16 @@ def reinit(app: App, workflow_id: int, dry_run: bool, force: bool, fmt: str) -> 
     from torc_slurm.store.restarts import plan_reinit, reinit as do_reinit
 
     if dry_run:
-        _restart_outcome(app, plan_reinit(app.db, workflow_id, force=force), True, fmt)
+        restart = plan_reinit(app.db, workflow_id, force=force)
+        if restart.initialize:
+            app.console.print(f"Workflow {workflow_id} was never initialized: would initialize it "
+                              f"(run {restart.run_id + 1}); every job runs")
+            return
+        _restart_outcome(app, restart, True, fmt)
         return
     restart, run_id = do_reinit(app.db, workflow_id, force=force)
     if restart.initialize:
-        app.console.print(f"Initialized workflow {workflow_id} (run {run_id}): every job will run")
+        app.console.print(f"Workflow {workflow_id} was never initialized: initialized it (run {run_id}); every job runs")
         return
     _restart_outcome(app, restart, False, fmt, run_id=run_id)
 

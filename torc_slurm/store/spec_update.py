@@ -21,7 +21,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from torc_slurm.compiler import CompiledWorkflow, compile_workflow, job_definition, job_hash
+from torc_slurm.compiler import (
+    CompiledWorkflow,
+    compile_workflow,
+    job_definition,
+    job_hash,
+)
 from torc_slurm.errors import QueueError, SpecError
 from torc_slurm.spec.models import WorkflowSpec
 from torc_slurm.states import HELD, UNFINISHED, JobStatus, sql_list
@@ -175,7 +180,7 @@ def update_workflow(db: Database, workflow_id: int, compiled: CompiledWorkflow, 
     return result
 
 
-def _rebuild(conn, workflow_id: int, workflow, compiled: CompiledWorkflow, result: UpdateResult,  # noqa: ANN001
+def _rebuild(conn, workflow_id: int, workflow, compiled: CompiledWorkflow, result: UpdateResult,
              changed: dict[str, str], new_json: str, source: str) -> None:
     busy = [name for (name,) in conn.execute(
         f"SELECT name FROM jobs WHERE workflow_id = ? AND status IN {sql_list(HELD)} LIMIT 11", (workflow_id,))]
@@ -272,7 +277,7 @@ def _rebuild(conn, workflow_id: int, workflow, compiled: CompiledWorkflow, resul
                                             f"{len(result.changes)} jobs to run again")
 
 
-def _merge_named(conn, table: str, workflow_id: int, entries: list[tuple], producers: list[int | None]) -> list[int]:  # noqa: ANN001
+def _merge_named(conn, table: str, workflow_id: int, entries: list[tuple], producers: list[int | None]) -> list[int]:
     """Files or user data by name: keep the ids (and a file's stats, when its path is unchanged),
     update the rest, add the new, delete the gone. Returns the id of each entry."""
     existing = {name: (row_id, rest) for name, row_id, *rest in conn.execute(

@@ -140,7 +140,7 @@ def initialize_workflow(db: Database, workflow_id: int, *, force: bool = False) 
     """Set every job to ready or blocked and every dependency count to full, start a new run
     (``workflows.run_id`` + 1) and record the input files' stats (mtime, size, content hash) for
     ``torc workflows reinit``. Refuses while jobs run."""
-    from torc_slurm.store.restarts import record_input_stats, stat_inputs
+    from torc_slurm.store.input_stats import record_input_stats, stat_inputs
 
     if not force:
         missing = missing_inputs(db, workflow_id)
