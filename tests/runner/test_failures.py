@@ -20,7 +20,6 @@ import pytest
 
 from torc_slurm.runner.policy import Exit, judge, matching_rule
 from torc_slurm.runner.resources import detect_node
-from torc_slurm.runner.walltime import EndTime
 from torc_slurm.spec.models import FailureRule
 
 from .helpers import PYTHON, create_workflow, jobs, results, run_runner, wait_until, write_spec_data

@@ -1,4 +1,5 @@
-"""The runner's failure handling: runtime enforcement, memory kills and failure-handler retries.
+"""The runner's outcomes and failure handling: judging an ended attempt, runtime enforcement,
+memory kills and failure-handler retries.
 
 Pure decisions live in `runner.policy`; this module holds their timers and child processes:
 
@@ -25,14 +26,17 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torc_slurm.runner.policy import matching_rule, may_retry, return_code_of, runtime_limit
+from torc_slurm.runner.monitor import oom_kills
+from torc_slurm.runner.policy import (Exit, judge, killed_by_stop_signal, matching_rule, may_retry, return_code_of,
+                                      runtime_limit)
 from torc_slurm.runner.process import Finished, LaunchSpec
 from torc_slurm.spec.models import FailureRule
-from torc_slurm.store.queue import Outcome
+from torc_slurm.store.queue import ClaimedJob, Outcome
 
 if TYPE_CHECKING:
     from torc_slurm.runner.loop import Runner, _Running
@@ -111,6 +115,42 @@ class FailureHandling:
         factor = self.runner.config.memory_kill_factor
         return int(memory_bytes * factor) if factor and memory_bytes else None
 
+    # -- outcomes -------------------------------------------------------------------------------
+    def outcome(self, job: ClaimedJob, done: Finished, stats, running: _Running | None = None) -> Outcome:  # noqa: ANN001
+        """The outcome of an ended attempt (``running``: its entry, None for a job that could not
+        start), judged by `policy.judge` on what the runner knows."""
+        runner = self.runner
+        missing: tuple[str, ...] = ()
+        if done.launch_error is None and done.return_code == 0 and job.output_files:
+            missing = tuple(p for p in job.output_files if not (runner.config.working_dir / p).exists())
+        peak_rss = runner._trusted_peak_rss(done.peak_rss_bytes)
+        sampled = stats.peak_memory_bytes if stats else None
+        oom_before = running.oom_kills if running else None
+        oom_after = oom_kills() if oom_before is not None and killed_by_stop_signal(done.signal, done.return_code) \
+            else None
+        verdict = judge(Exit(
+            done.return_code, done.signal, done.ended_at, done.launch_error, missing,
+            lease_lost=job.id in runner._lease_lost, stopped_by_runner=job.id in runner._terminating,
+            stop_reason=runner.stop_reason, stop_requested_at=runner._stop_requested_at,
+            timed_out=bool(running and running.timed_out), runtime_s=job.runtime_s,
+            ran_s=self._ran_until(job.id, done.ended_at) - done.started_at, limit_s=job.runtime_s * job.runtime_grace,
+            memory_bytes=job.memory_bytes, peak_memory_bytes=max(peak_rss or 0, sampled or 0) or None,
+            oom_kills=(oom_after - oom_before) if oom_after is not None and oom_before is not None else 0,
+            memory_killed=bool(running and running.memory_killed)))
+        return Outcome(
+            job.id, job.attempt, verdict.status, job.lease_token, done.return_code, done.signal, done.started_at,
+            done.ended_at, peak_rss, done.cpu_time_s,
+            stats.avg_cpu_percent if stats else None, stats.peak_cpu_percent if stats else None,
+            stats.avg_memory_bytes if stats else None, sampled, verdict.message, verdict.reason)
+
+    def _ran_until(self, job_id: int, ended_at: float) -> float:
+        """A job the runner stopped overran its runtime only if it had by the stop request (the
+        grace period after it is the runner's doing)."""
+        runner = self.runner
+        if job_id in runner._terminating and runner._stop_requested_at is not None:
+            return min(ended_at, runner._stop_requested_at)
+        return ended_at
+
     # -- failure handlers -----------------------------------------------------------------------
     def after_failure(self, entry: _Running, outcome: Outcome) -> Outcome | None:
         """The outcome to report for a failed attempt, or None while its recovery script runs."""
@@ -180,6 +220,21 @@ class FailureHandling:
 
     def stop_all(self, sig: int) -> None:
         self.runner.pool.signal([-j for j in self.recovering], sig)
+
+
+def memory_kill_factor(environ: Mapping[str, str]) -> float | None:
+    """``TORC_MEMORY_KILL_FACTOR`` (a number >= 1), or None when unset or invalid (with a warning)."""
+    text = environ.get("TORC_MEMORY_KILL_FACTOR", "").strip()
+    if not text:
+        return None
+    try:
+        factor = float(text)
+    except ValueError:
+        factor = 0.0
+    if not factor >= 1.0 or factor == float("inf"):
+        log.warning("TORC_MEMORY_KILL_FACTOR=%r is not a number >= 1; jobs past their memory are not killed", text)
+        return None
+    return factor
 
 
 def _noted(outcome: Outcome, note: str) -> Outcome:

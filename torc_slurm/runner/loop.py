@@ -33,12 +33,12 @@ from pathlib import Path
 import psutil
 
 from torc_slurm.errors import QueueError
+from torc_slurm.runner.failures import FailureHandling, memory_kill_factor
 from torc_slurm.runner.fencing import SlurmProbe
 from torc_slurm.runner.keeper import LeaseKeeper
-from torc_slurm.runner.failures import FailureHandling
 from torc_slurm.runner.monitor import ResourceMonitor, oom_kills
 from torc_slurm.runner.packing import Candidate, Placement, fits_node, fits_time, pack
-from torc_slurm.runner.policy import STOP_SIGNAL_WINDOW_S, Exit, judge, killed_by_stop_signal, prefetch_size
+from torc_slurm.runner.policy import STOP_SIGNAL_WINDOW_S, killed_by_stop_signal, prefetch_size
 from torc_slurm.runner.process import Finished, LaunchSpec, ProcessPool
 from torc_slurm.runner.resources import DetectedNode, pin_plan
 from torc_slurm.runner.walltime import EndTime
@@ -82,22 +82,8 @@ class RunnerConfig:
     progress_interval_s: float = 1.0
     # Kill a job whose sampled tree RSS exceeds its declared memory x this factor (None: only
     # detect; the kernel or Slurm's cgroup limit does the killing). TORC_MEMORY_KILL_FACTOR sets it.
-    memory_kill_factor: float | None = field(default_factory=lambda: _memory_kill_factor(os.environ))
+    memory_kill_factor: float | None = field(default_factory=lambda: memory_kill_factor(os.environ))
     recovery_timeout_s: float = 600.0       # a failure handler's recovery script is killed after this
-
-
-def _memory_kill_factor(environ: dict[str, str] | os._Environ) -> float | None:
-    text = environ.get("TORC_MEMORY_KILL_FACTOR", "").strip()
-    if not text:
-        return None
-    try:
-        factor = float(text)
-    except ValueError:
-        factor = 0.0
-    if not factor >= 1.0 or factor == float("inf"):
-        log.warning("TORC_MEMORY_KILL_FACTOR=%r is not a number >= 1; jobs past their memory are not killed", text)
-        return None
-    return factor
 
 
 @dataclass
@@ -530,7 +516,7 @@ class Runner:
                                               self._environment(job, placement), stdout, stderr, affinity))
         if isinstance(launched, Finished):
             self._started.append(Started(job.id, job.lease_token))
-            self._add_outcome(self._outcome(job, launched, None))
+            self._add_outcome(self.failures.outcome(job, launched, None))
             return
         self._started.append(Started(job.id, job.lease_token, launched))
         entry = self.running[job.id] = _Running(job, placement, stdout, stderr, oom_kills=oom_kills())
@@ -571,7 +557,7 @@ class Runner:
             if entry is None:
                 continue
             stats = self.monitor.untrack(done.job_id)
-            outcome = self.failures.after_failure(entry, self._outcome(entry, done, stats))
+            outcome = self.failures.after_failure(entry, self.failures.outcome(entry.job, done, stats, entry))
             if outcome is not None:
                 self._add_outcome(outcome)
                 self._lease_lost.discard(done.job_id)
@@ -594,39 +580,6 @@ class Runner:
             self._outcomes_since = now
         self._outcomes.append(outcome)
         self._finished_at.append(now)
-
-    def _outcome(self, entry: _Running | ClaimedJob, done: Finished, stats) -> Outcome:  # noqa: ANN001
-        running = entry if isinstance(entry, _Running) else None
-        job = running.job if running else entry
-        missing: tuple[str, ...] = ()
-        if done.launch_error is None and done.return_code == 0 and job.output_files:
-            missing = tuple(p for p in job.output_files if not (self.config.working_dir / p).exists())
-        peak_rss = self._trusted_peak_rss(done.peak_rss_bytes)
-        sampled = stats.peak_memory_bytes if stats else None
-        oom_before = running.oom_kills if running else None
-        oom_after = oom_kills() if oom_before is not None and killed_by_stop_signal(done.signal, done.return_code) \
-            else None
-        verdict = judge(Exit(
-            done.return_code, done.signal, done.ended_at, done.launch_error, missing,
-            lease_lost=job.id in self._lease_lost, stopped_by_runner=job.id in self._terminating,
-            stop_reason=self.stop_reason, stop_requested_at=self._stop_requested_at,
-            timed_out=bool(running and running.timed_out), runtime_s=job.runtime_s,
-            ran_s=self._ran_until(job.id, done.ended_at) - done.started_at, limit_s=job.runtime_s * job.runtime_grace,
-            memory_bytes=job.memory_bytes, peak_memory_bytes=max(peak_rss or 0, sampled or 0) or None,
-            oom_kills=(oom_after - oom_before) if oom_after is not None and oom_before is not None else 0,
-            memory_killed=bool(running and running.memory_killed)))
-        return Outcome(
-            job.id, job.attempt, verdict.status, job.lease_token, done.return_code, done.signal, done.started_at,
-            done.ended_at, peak_rss, done.cpu_time_s,
-            stats.avg_cpu_percent if stats else None, stats.peak_cpu_percent if stats else None,
-            stats.avg_memory_bytes if stats else None, sampled, verdict.message, verdict.reason)
-
-    def _ran_until(self, job_id: int, ended_at: float) -> float:
-        """A job the runner stopped overran its runtime only if it had by the stop request (the
-        grace period after it is the runner's doing)."""
-        if job_id in self._terminating and self._stop_requested_at is not None:
-            return min(ended_at, self._stop_requested_at)
-        return ended_at
 
     def _trusted_peak_rss(self, peak: int | None) -> int | None:
         """wait4's peak RSS counts the runner's own pages that the child had mapped between fork and

@@ -22,8 +22,8 @@ import os
 import threading
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
