@@ -152,6 +152,11 @@ def test_work2_out_of_memory_then_recover_reruns_only_work2_and_postprocess(tmp_
     assert explain["reason"].startswith("failed (oom): out of memory") and "torc recover" in explain["reason"]
     status = torc(db, "workflows", "status", wf, "-f", "json", cwd=tmp_path, env=ENV)
     assert status.returncode == 1
+    from torc_slurm.reports.jobs import failure_reasons  # what `workflows status` can show per reason
+    from torc_slurm.store.db import Database
+
+    with Database(db, create=False) as database:
+        assert failure_reasons(database, wf) == {"oom": 1, "upstream failed": 1}
 
     report, notes = recover(db, wf, tmp_path)
     plan = rerun_lines(report)
