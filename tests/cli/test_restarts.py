@@ -178,3 +178,13 @@ def test_a_renamed_spec_is_refused_and_running_jobs_block_resets(diamond: Path) 
     renamed.write_text(spec.read_text().replace("name: diamond", "name: diamond2"))
     done = torc(diamond / "torc.db", "workflows", "update", 1, renamed, cwd=diamond)
     assert done.returncode == 2 and "a renamed spec is a new workflow" in done.stderr
+
+
+def test_reinit_of_a_new_workflow_initializes_it_and_its_dry_run_says_so(diamond: Path) -> None:
+    ok(diamond, "workflows", "create", "diamond.yaml")
+    dry = ok(diamond, "workflows", "reinit", 1, "--dry-run")
+    assert dry.stdout.strip() == "Workflow 1 was never initialized: would initialize it (run 1); every job runs"
+    real = ok(diamond, "workflows", "reinit", 1)
+    assert real.stdout.strip() == "Workflow 1 was never initialized: initialized it (run 1); every job runs"
+    assert {n: r["status"] for n, r in jobs(diamond / "torc.db", 1).items()} == {
+        "preprocess": "ready", "work1": "blocked", "work2": "blocked", "postprocess": "blocked"}
