@@ -122,3 +122,64 @@ def test_submit_without_schedulers_and_unknown_workflows_are_errors(tmp_path: Pa
     assert missing.exit_code == 1 and "no workflow 99" in missing.stderr and "Traceback" not in missing.output
     bad = invoke(db, "recover", wf, "--memory-factor", "0.5")
     assert bad.exit_code == 2
+
+
+# -- on the local Slurm cluster ------------------------------------------------------------------
+@pytest.fixture
+def slurm_e2e(request: pytest.FixtureRequest, slurm_cluster):  # noqa: ANN001, ANN201
+    """The e2e tests' working directory and cleanup (tests/e2e_slurm/conftest.py), for this module."""
+    import os
+    import secrets
+    import shutil
+
+    from tests.e2e_slurm import E2E
+
+    tag = f"{os.getpid() % 100000}{secrets.token_hex(3)}"
+    path = Path(os.path.realpath(Path(os.environ.get("TORC_E2E_DIR", "/var/tmp")) / f"torc_e2e_recover_{tag}"))
+    path.mkdir(mode=0o755)
+    path.chmod(0o755)
+    env = E2E(path=path, tag=tag)
+    try:
+        yield env
+    finally:
+        env.cancel_all()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.slurm
+def test_recover_submit_on_slurm_reruns_only_the_timed_out_job(slurm_e2e) -> None:  # noqa: ANN001
+    """A job that overran its enforced runtime times out inside an allocation; `torc recover --submit`
+    grows its runtime, submits the allocation the rerun needs, and only that job runs again."""
+    e2e = slurm_e2e
+    scheduler = e2e.scheduler("rcv")
+    workflow_id = e2e.create({
+        "name": f"recover_{e2e.tag}",
+        "compute_node_wait_for_new_jobs_seconds": 3,
+        "jobs": [
+            {"name": "first", "command": "echo first > first.txt", "resource_requirements": "small"},
+            {"name": "slow", "command": "sleep 4", "depends_on": ["first"], "resource_requirements": "tight",
+             "enforce_runtime": True},
+        ],
+        "resource_requirements": [{"name": "small", "memory": "100m", "runtime": "PT1M"},
+                                  {"name": "tight", "memory": "100m", "runtime": "PT2S"}],
+        "slurm_schedulers": [{"name": scheduler, "partition": "cpu", "walltime": "00:05:00"}],
+    })
+    e2e.schedule(workflow_id, scheduler)
+    e2e.wait_workflow_done(workflow_id)
+    jobs = e2e.jobs(workflow_id)
+    assert (jobs["slow"]["status"], jobs["slow"]["reason"]) == ("failed", "timeout")
+    first = [r for r in e2e.results(workflow_id) if r["job_name"] == "first"]
+
+    dry = e2e.torc("recover", workflow_id, "--site", "localhost", "--dry-run")
+    real = e2e.torc("recover", workflow_id, "--site", "localhost", "--submit")
+    assert "  slow  failed -> ready  timeout: runtime 2 s -> 3 s" in dry.stdout
+    assert f"Allocations the rerun needs: 1 x {scheduler}" in dry.stdout
+    assert real.stdout.startswith(dry.stdout)
+    submitted = [a["slurm_job_id"] for a in e2e.allocations(workflow_id)][1:]
+    e2e.submitted.update(submitted)
+    assert len(submitted) == 1 and f"Submitted 1 allocation(s) of scheduler {scheduler}: {submitted[0]}" in real.stdout
+    e2e.wait_workflow_done(workflow_id)
+    jobs = e2e.jobs(workflow_id)
+    assert {n: r["status"] for n, r in jobs.items()} == {"first": "completed", "slow": "completed"}
+    assert jobs["slow"]["runtime_s"] == 3 and jobs["slow"]["attempt"] == 2
+    assert [r for r in e2e.results(workflow_id) if r["job_name"] == "first"] == first
