@@ -116,7 +116,8 @@ class FailureHandling:
         return int(memory_bytes * factor) if factor and memory_bytes else None
 
     # -- outcomes -------------------------------------------------------------------------------
-    def outcome(self, job: ClaimedJob, done: Finished, stats, running: _Running | None = None) -> Outcome:  # noqa: ANN001
+    def outcome(self, job: ClaimedJob, done: Finished, stats,  # noqa: ANN001
+                running: _Running | None = None) -> Outcome:
         """The outcome of an ended attempt (``running``: its entry, None for a job that could not
         start), judged by `policy.judge` on what the runner knows."""
         runner = self.runner

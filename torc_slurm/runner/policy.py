@@ -4,8 +4,8 @@ is and why (its *reason*), which failure-handler rule retries it, and how many j
 Reasons, one per attempt (kept on the attempt's result and on the job):
 ``exit code N``, ``signal NAME``, ``oom``, ``timeout``, ``walltime`` (stopped at the allocation's end
 or by Slurm's SIGTERM, within its runtime), ``stopped`` (the runner was stopped otherwise, e.g.
-Ctrl-C), ``lost``, ``missing outputs``, ``launch error``; the queue adds ``upstream job X failed`` for jobs canceled because of a
-prerequisite. A completed attempt has no reason.
+Ctrl-C), ``lost``, ``missing outputs``, ``launch error``; the queue adds ``upstream job X failed``
+for jobs canceled because of a prerequisite. A completed attempt has no reason.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def judge(e: Exit) -> Verdict:
         if overran(e):
             return Verdict("terminated", message + f"; it had run {_seconds(e.ran_s)}, past its runtime "
                                                    f"{_seconds(e.runtime_s)}", "timeout")
-        return Verdict("terminated", message, "walltime" if e.stop_reason in (None, "walltime", "SIGTERM") else "stopped")
+        at_the_end = e.stop_reason in (None, "walltime", "SIGTERM")  # the allocation's end, or Slurm's signal
+        return Verdict("terminated", message, "walltime" if at_the_end else "stopped")
     if e.launch_error is not None:
         return Verdict("failed", e.launch_error, "launch error")
     if e.return_code == 0:

@@ -276,7 +276,8 @@ class Queue:
             outputs.setdefault(job_id, []).append(path)
         rows = conn.execute(
             f"SELECT id, name, command, invocation_script, env, attempt, num_cpus, num_gpus, memory_bytes,"
-            f" runtime_s, supports_termination, failure_handler, retries, enforce_runtime, runtime_grace FROM jobs WHERE id IN ({marks}) AND runner_id = ?"
+            f" runtime_s, supports_termination, failure_handler, retries, enforce_runtime, runtime_grace"
+            f" FROM jobs WHERE id IN ({marks}) AND runner_id = ?"
             f" AND lease_token = ? AND status = 'pending'", (*job_ids, runner_id, token)).fetchall()
         by_id = {row["id"]: row for row in rows}
         return [ClaimedJob(
