@@ -78,7 +78,7 @@ class FailureHandling:
     def next_due(self, mono: float) -> float | None:
         """Seconds until the nearest timer (None: no timer)."""
         dues = [r.due for r in self.runner.running.values() if r.due is not None]
-        dues += [r.due for r in self.recovering.values()]
+        dues += [r.due for r in self.recovering.values() if not r.timed_out]
         return max(0.0, min(dues) - mono) if dues else None
 
     def check(self, mono: float) -> None:
