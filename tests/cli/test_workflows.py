@@ -240,6 +240,8 @@ def test_init_and_status(db: Path, tmp_path: Path) -> None:
     data = json.loads(result.stdout)
     assert result.exit_code == 1 and data["failed"] == 2  # second failed, so third was canceled
     assert (data["counts"]["failed"], data["counts"]["canceled"]) == (1, 1)
+    assert data["failure_reasons"] == {"upstream failed": 1, "failed": 1}  # the fake runner gives no reason
+    assert "upstream failed: 1" in invoke(db, "workflows", "status", workflow).output
 
 
 def test_init_refuses_to_reset_finished_jobs(db: Path, tmp_path: Path) -> None:

@@ -236,10 +236,11 @@ def list_(app: App, fmt: str) -> None:
 @format_option
 @pass_app
 def status(app: App, workflow_id: int, fmt: str) -> None:
-    """Show how many jobs of workflow ID are in each state.
+    """Show how many jobs of workflow ID are in each state, and why the failed ones ended.
 
     Exits 1 if any job failed, was canceled or was terminated, and 0 otherwise.
     """
+    from torc_slurm.reports.jobs import failure_reasons
     from torc_slurm.store.workflows import get_workflow, status_counts
 
     workflow = get_workflow(app.db, workflow_id)
@@ -248,7 +249,8 @@ def status(app: App, workflow_id: int, fmt: str) -> None:
     unfinished = sum(counts[s] for s in UNFINISHED)
     failed = sum(counts.get(s, 0) for s in FAILED)
     data = {"workflow_id": workflow_id, "name": workflow.name, "status": workflow.status, "counts": counts,
-            "total": total, "done": total - unfinished, "failed": failed}
+            "total": total, "done": total - unfinished, "failed": failed,
+            "failure_reasons": failure_reasons(app.db, workflow_id) if failed else {}}
     app.emit(data, fmt, _status_table)
     if failed:
         raise click.exceptions.Exit(1)
@@ -430,4 +432,7 @@ def _status_table(data: dict[str, Any]):  # noqa: ANN202
     summary = f"{data['done']:,} of {data['total']:,} jobs finished"
     if data["failed"]:
         summary += f", {data['failed']:,} failed or canceled"
+        reasons = ", ".join(f"{why}: {n:,}" for why, n in data["failure_reasons"].items())
+        if reasons:
+            summary += f" ({reasons})"
     return Group(Text(f"Workflow {data['workflow_id']} ({data['name']}): {data['status']}"), table, Text(summary))

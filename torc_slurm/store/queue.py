@@ -194,7 +194,7 @@ class Queue:
                     changed += leases.hand_back(conn, runner_id, orphans)
             if sweep:
                 taken, gave_up = leases.sweep(conn, self.workflow_id, sweep, by=f"runner {runner_id}")
-                changed += taken + _unblock(conn, gave_up)
+                changed += taken + unblock(conn, gave_up)
             for peer_id, note in fence:
                 leases.mark_fencing(conn, peer_id, note)
             if want_peers:
@@ -220,7 +220,7 @@ class Queue:
             return 0
         with self.db.transaction() as conn:
             taken, gave_up = leases.sweep(conn, self.workflow_id, requests, by=by)
-            changed = taken + _unblock(conn, gave_up)
+            changed = taken + unblock(conn, gave_up)
         if changed:
             self.db.notify()
         return taken
@@ -329,7 +329,7 @@ class Queue:
                          " reason = CASE WHEN ? = 'completed' THEN NULL ELSE reason END WHERE id = ?",
                          (out.status, out.return_code, out.status, out.status, out.job_id))
             finished.append((out.job_id, out.status != "completed"))
-        return requeued + _unblock(conn, finished)
+        return requeued + unblock(conn, finished)
 
 
 def _recorded_status(status: str) -> str:
@@ -340,7 +340,7 @@ _FIGURES = ("return_code", "signal", "started_at", "ended_at", "peak_rss_bytes",
             "peak_cpu_percent", "avg_memory_bytes", "peak_memory_bytes")
 
 
-def _unblock(conn: sqlite3.Connection, finished: list[tuple[int, bool]]) -> int:
+def unblock(conn: sqlite3.Connection, finished: list[tuple[int, bool]]) -> int:
     """Count finished jobs out of the sets they belong to; release the jobs whose set emptied.
     Touches only those sets and their waiting jobs (through indexes), never the whole table, and
     releases all the waiters of a set in one statement. A waiter whose set holds a failed member

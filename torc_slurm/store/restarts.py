@@ -256,7 +256,7 @@ def _start_run(conn: sqlite3.Connection, restart: Restart) -> int:
 
 def _apply_chunk(conn: sqlite3.Connection, graph: Graph, chunk: Sequence[Change], *, done: int, total: int) -> None:
     from torc_slurm.store.queue import (
-        _unblock,  # the queue's own release rule, for the rare unfinished -> canceled
+        unblock,  # the queue's own release rule, for the rare unfinished -> canceled
     )
 
     held = sql_list(HELD)
@@ -278,7 +278,7 @@ def _apply_chunk(conn: sqlite3.Connection, graph: Graph, chunk: Sequence[Change]
                      " return_code = NULL, interrupted = 0, retries = 0, reason = ? WHERE id = ?",
                      (new, "upstream failed" if new == JobStatus.CANCELED else None, change.job_id))
         if d_remaining < 0:  # unfinished -> canceled: count it out and release, as the queue does
-            _unblock(conn, [(change.job_id, True)])
+            unblock(conn, [(change.job_id, True)])
             continue
         if not (d_remaining or d_failed):
             continue
