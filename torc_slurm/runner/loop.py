@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -30,8 +31,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
 from torc_slurm.errors import QueueError
 from torc_slurm.runner.failures import FailureHandling, memory_kill_factor
 from torc_slurm.runner.fencing import SlurmProbe
@@ -39,7 +38,7 @@ from torc_slurm.runner.keeper import LeaseKeeper
 from torc_slurm.runner.monitor import ResourceMonitor, oom_kills
 from torc_slurm.runner.packing import Candidate, Placement, fits_node, fits_time, pack
 from torc_slurm.runner.policy import STOP_SIGNAL_WINDOW_S, killed_by_stop_signal, prefetch_size
-from torc_slurm.runner.process import Finished, LaunchSpec, ProcessPool
+from torc_slurm.runner.process import RSS_UNIT, Finished, LaunchSpec, ProcessPool
 from torc_slurm.runner.resources import DetectedNode, pin_plan
 from torc_slurm.runner.walltime import EndTime
 from torc_slurm.spec.models import WorkflowSpec
@@ -135,7 +134,6 @@ class Runner:
         self._outcomes: list[Outcome] = []
         self._pin_warned = False
         self._terminating: set[int] = set()
-        self._own_rss: int | None = None
         self._backlog: dict[int, ClaimedJob] = {}  # claimed, not started yet (claim order)
         self._last_claimed = 0
         self._outcomes_since = 0.0
@@ -583,13 +581,12 @@ class Runner:
 
     def _trusted_peak_rss(self, peak: int | None) -> int | None:
         """wait4's peak RSS counts the runner's own pages that the child had mapped between fork and
-        exec, so a figure at or below the runner's size says nothing about the job: drop it (the
-        monitor's sampled tree peak remains)."""
+        exec, so a figure at or below the runner's own peak (which never shrinks, unlike its RSS now)
+        says nothing about the job: drop it (the monitor's sampled tree peak remains)."""
         if not peak:
             return None
-        if self._own_rss is None:
-            self._own_rss = psutil.Process().memory_info().rss
-        return peak if peak > self._own_rss else None
+        own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RSS_UNIT
+        return peak if peak > own_peak else None
 
     def _await_stop_request(self, timeout: float) -> None:
         """A job died of SIGTERM/SIGKILL/SIGINT this runner did not send. Slurm (scancel, the time

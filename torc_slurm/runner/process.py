@@ -38,7 +38,7 @@ from pathlib import Path
 
 __all__ = ["Finished", "LaunchSpec", "ProcessPool"]
 
-_RSS_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+RSS_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
 # O_NOFOLLOW: a symlink planted where a job's stdio file goes is refused, not written through.
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
 _CAN_PIN = hasattr(os, "sched_setaffinity")
@@ -275,7 +275,7 @@ class ProcessPool:
         return Finished(
             job_id=job_id, attempt=child.spec.attempt, pid=popen.pid, return_code=return_code,
             signal=sig, started_at=child.started_at, ended_at=ended_at,
-            peak_rss_bytes=usage.ru_maxrss * _RSS_UNIT if usage else 0,
+            peak_rss_bytes=usage.ru_maxrss * RSS_UNIT if usage else 0,
             cpu_time_s=usage.ru_utime + usage.ru_stime if usage else 0.0)
 
     def _drain(self) -> None:
