@@ -343,9 +343,9 @@ start_munge() {
     fi
     log "starting munged"
     if command -v runuser >/dev/null 2>&1; then
-        runuser -u munge -- munged || true
+        runuser -u munge -- munged 9>&- || true
     else
-        su -s /bin/sh munge -c munged || true
+        su -s /bin/sh munge -c munged 9>&- || true
     fi
     local i
     for ((i = 0; i < 50; i++)); do
@@ -354,7 +354,7 @@ start_munge() {
     done
     # Last resort: run as root (munged needs --force for that).
     warn "munged as user munge did not come up; trying 'munged --force' as root"
-    munged --force || true
+    munged --force 9>&- || true
     for ((i = 0; i < 50; i++)); do
         munge_works && return 0
         sleep 0.2
@@ -388,7 +388,7 @@ start_slurmctld() {
         log "starting slurmctld"
         # slurmctld daemonizes; -i ignores state-file errors (e.g. after
         # config changes) instead of refusing to start.
-        slurmctld -i || fail_with_logs "slurmctld failed to start"
+        slurmctld -i 9>&- || fail_with_logs "slurmctld failed to start"
     fi
     local i
     for ((i = 0; i < WAIT_SECS * 2; i++)); do
@@ -410,7 +410,7 @@ start_slurmds() {
         fi
         rm -f "$(slurmd_pid_file "$n")"
         log "starting slurmd -N ${n}"
-        slurmd -N "$n" || fail_with_logs "slurmd -N ${n} failed to start"
+        slurmd -N "$n" 9>&- || fail_with_logs "slurmd -N ${n} failed to start"
     done
     # slurmd daemonizes; give the daemons a moment to write their pid files.
     local i
@@ -542,6 +542,8 @@ usage() {
 # Serialize concurrent invocations (e.g. parallel CI jobs / test sessions).
 take_lock() {
     if command -v flock >/dev/null 2>&1; then
+        # Daemons started below get "9>&-": one that inherited this descriptor would hold the lock
+        # for its whole life, and the next start or stop would wait for it in vain.
         exec 9>"$LOCK_FILE"
         flock -w 180 9 || die "could not get ${LOCK_FILE} within 180 s (another start/stop running?)"
     fi
