@@ -320,3 +320,33 @@ def test_a_reader_that_blocks_commits_is_ridden_out(tmp_path: Path) -> None:
     assert set(assert_ran_once_at_a_time(tmp_path, 6).values()) == {1}
     assert all_completed(db, wf)
     assert query(db, "SELECT COUNT(*) AS n FROM jobs WHERE runner_id IS NOT NULL")[0]["n"] == 0
+
+
+def test_a_job_that_finishes_while_its_runner_waits_past_the_lease_keeps_its_outcome(tmp_path: Path) -> None:
+    """The lease lapses while the runner waits for a held lock, but the job exited 0 on its own
+    before anyone could take it: it is completed, not lost and rerun (found by the fault campaign)."""
+    db, wf = make(tmp_path, 1, 1.0, lease=3)
+    (runner,) = start_runners(db, wf, tmp_path, 1, cpus=1)
+    wait_until(lambda: any(e[2] == "start" for e in events(tmp_path)), what="the job to start", interval=0.01)
+    stall = hold_lock(db, 4.5, tmp_path / "held")
+    stall.wait(timeout=30)
+    finish_all([runner])
+    assert set(assert_ran_once_at_a_time(tmp_path, 1).values()) == {1}
+    assert [(r["status"], r["late"]) for r in results(db, wf)] == [("completed", 0)]
+
+
+def test_delete_sweeps_a_runner_killed_with_nothing_left_to_do(tmp_path: Path) -> None:
+    """A runner killed while idle stays 'active' in the queue; delete sees its pid gone on this
+    host and does not call it live (found by the fault campaign)."""
+    from torc_slurm.runner.fencing import host_key
+    from torc_slurm.store.db import Database
+    from torc_slurm.store.queue import Queue
+
+    db, wf = make(tmp_path, 1, 0.1, lease=60)
+    gone = subprocess.Popen([PYTHON, "-c", "pass"])
+    gone.wait()
+    with Database(db, create=False) as handle:
+        idle = Queue(handle, wf).register_runner(hostname="here", pid=gone.pid, host_key=host_key(), token="idle")
+    refused = torc(db, "workflows", "delete", wf, "--yes", cwd=tmp_path)
+    assert refused.returncode == 0, refused.stderr
+    assert query(db, "SELECT COUNT(*) AS n FROM runners WHERE id = ?", (idle,))[0]["n"] == 0

@@ -323,6 +323,7 @@ def delete(app: App, workflow_id: int, yes: bool, force: bool, timeout: float) -
     from torc_slurm.store.workflows import delete_workflow, get_workflow, live_runners, status_counts
 
     workflow = get_workflow(app.db, workflow_id)
+    _sweep_dead_runners(app, workflow_id)  # a runner killed with nothing left to do is not live
     live = live_runners(app.db, workflow_id)
     if live and not force:
         names = ", ".join(f"{r['id']} on {r['hostname']}" for r in live[:5])

@@ -155,8 +155,12 @@ def main(argv: list[str]) -> int:
     deadline: float | None = None
     buffer = b""
     while True:
-        timeout = None if deadline is None else max(0.0, deadline + DEADLINE_SLACK_S - time.monotonic())
+        # Bounded: after a stop (SIGSTOP, a paused node) select resumes with the time that was left,
+        # so the clock is looked at again at least twice a second.
+        timeout = None if deadline is None else min(0.5, max(0.0, deadline + DEADLINE_SLACK_S - time.monotonic()))
         readable, _, _ = select.select([stdin], [], [], timeout)
+        if not readable and deadline is not None and time.monotonic() < deadline + DEADLINE_SLACK_S:
+            continue
         if not readable:  # the lease ran out with no renewal
             killed = kill_processes(token, exclude=(runner_pid,))
             if killed:

@@ -306,7 +306,12 @@ class Runner:
         self._failing_since = None
         lapsed = deadline is not None and result.renewed_at >= deadline
         self.leases.renewed(result.renewed_at)
-        if lapsed:  # the lease ran out while this cycle waited: the guardian fenced these jobs
+        # Also lapsed: a cycle frozen between its renewal and its return (a paused node) hands back
+        # a renewal that is already over.
+        if lapsed or self.leases.expired(time.monotonic()):
+            # Jobs that ended on their own meanwhile keep their outcome; the guardian's kills and
+            # everything still running are lost (they may be running elsewhere by now).
+            self._collect(self.pool.wait(0), self._summary, lease_over=True)
             self._lose(self._held_ids(), "the lease lapsed while waiting for the queue")
         self._last_cycle = now
         self._force_cycle = False
@@ -538,7 +543,13 @@ class Runner:
                 env[cfg.gpu_variable] = ",".join(placement.gpu_ids)
         return env
 
-    def _collect(self, finished: list[Finished], summary: RunSummary) -> None:
+    def _collect(self, finished: list[Finished], summary: RunSummary, *, lease_over: bool = False) -> None:
+        """Record the outcomes of ``finished``. ``lease_over``: the lease ran out meanwhile (also
+        checked here), so what died of SIGKILL was fenced by the guardian: lost, not failed."""
+        if lease_over or self.leases.expired(time.monotonic()):
+            fenced = [d.job_id for d in finished if d.signal == signal.SIGKILL and d.job_id in self.running]
+            self._lease_lost.update(fenced)
+            self._signaled.update(fenced)
         if self.stop_reason is None and any(
                 killed_by_stop_signal(d.signal, d.return_code) for d in finished
                 if d.job_id in self.running and d.job_id not in self._signaled):

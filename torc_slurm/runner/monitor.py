@@ -17,6 +17,7 @@ own OOM kills are counted by `oom_kills` from the cgroup files (v2 ``memory.even
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -219,11 +220,31 @@ def oom_kills(pid: int | None = None, *, root: Path = _CGROUP_ROOT) -> int | Non
     None where it cannot be read. cgroup v2: ``oom_kill`` in ``memory.events`` (at the root mount,
     or under ``unified`` on hybrid hosts); v1: ``oom_kill`` in ``memory.oom_control``. A job runs
     in its runner's cgroup unless Slurm gives each step its own, so a count that rose during a
-    job's life is evidence, not proof, that this job was the one killed."""
+    job's life is evidence, not proof, that this job was the one killed. The file is found once
+    per process (a job start reads one small file, not /proc and every candidate)."""
+    if pid is None and root == _CGROUP_ROOT:
+        found = _own_counter_file()
+        return None if found is None else _read_counter(found, "oom_kill")
+    for candidate in _counter_files(pid, root):
+        count = _read_counter(candidate, "oom_kill")
+        if count is not None:
+            return count
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _own_counter_file() -> Path | None:
+    for candidate in _counter_files(None, _CGROUP_ROOT):
+        if _read_counter(candidate, "oom_kill") is not None:
+            return candidate
+    return None
+
+
+def _counter_files(pid: int | None, root: Path) -> list[Path]:
     try:
         lines = Path(f"/proc/{pid or os.getpid()}/cgroup").read_text().splitlines()
     except OSError:
-        return None
+        return []
     candidates = []
     for line in lines:
         _, controllers, path = line.split(":", 2)
@@ -232,11 +253,7 @@ def oom_kills(pid: int | None = None, *, root: Path = _CGROUP_ROOT) -> int | Non
             candidates += [root / relative / "memory.events", root / "unified" / relative / "memory.events"]
         elif "memory" in controllers.split(","):
             candidates.append(root / "memory" / relative / "memory.oom_control")
-    for candidate in candidates:
-        count = _read_counter(candidate, "oom_kill")
-        if count is not None:
-            return count
-    return None
+    return candidates
 
 
 def _read_counter(path: Path, key: str) -> int | None:
