@@ -102,6 +102,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine  # noqa: E402
 
+from torc_slurm.runner.guardian import has_exited  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
 KINDS = ("kill", "stall", "stop", "clock", "freeze")
@@ -339,7 +341,7 @@ class Campaign:
                             environ = dict(item.split(b"=", 1) for item in handle.read().split(b"\0") if b"=" in item)
                     except (ValueError, IndexError, OSError):
                         continue
-                    if _zombie(int(entry)):
+                    if has_exited(int(entry)):
                         continue
                     key = (name, environ.get(b"TORC_ATTEMPT", b"?").decode(),
                            environ.get(b"TORC_RUNNER_TOKEN", b"?").decode())
@@ -591,15 +593,6 @@ def _created(pid: int) -> float | None:
         return psutil.Process(pid).create_time()
     except psutil.Error:
         return None
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
-        return True
-    return stat[stat.rfind(b")") + 2:][:1] in (b"Z", b"X")
 
 
 # -- analysis -----------------------------------------------------------------------------------

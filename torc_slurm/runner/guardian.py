@@ -63,7 +63,7 @@ def kill_processes(token: str, *, exclude: Iterable[int] = (), rounds: int = 20,
     excluded = set(exclude)
     for _ in range(rounds):
         pids = find_processes(token, exclude=excluded)
-        alive = [pid for pid in pids if not _zombie(pid)]
+        alive = [pid for pid in pids if not has_exited(pid)]
         if not alive:
             return len(killed)
         for pid in alive:
@@ -84,10 +84,11 @@ def kill_processes(token: str, *, exclude: Iterable[int] = (), rounds: int = 20,
 
 def processes_left(token: str, *, exclude: Iterable[int] = ()) -> list[int]:
     """Processes carrying ``token`` that have not exited (zombies have)."""
-    return [pid for pid in find_processes(token, exclude=exclude) if not _zombie(pid)]
+    return [pid for pid in find_processes(token, exclude=exclude) if not has_exited(pid)]
 
 
-def _zombie(pid: int) -> bool:
+def has_exited(pid: int) -> bool:
+    """Gone, or a zombie (exited, not reaped yet)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             stat = handle.read()
