@@ -110,10 +110,6 @@ class Guardian:
             [sys.executable, "-m", "torc_slurm.runner.guardian", self.token, str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True, env=env, close_fds=True)
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
     def renew(self, deadline_monotonic: float) -> None:
         """The runner's lease now lasts until ``deadline_monotonic`` (CLOCK_MONOTONIC is one clock
         for every process of the host)."""
