@@ -213,8 +213,8 @@ def delete_workflow(db: Database, workflow_id: int) -> None:
         conn.execute("DELETE FROM dependency_members WHERE set_id IN"
                      " (SELECT id FROM dependency_sets WHERE workflow_id = ?)", (workflow_id,))
         conn.execute("DELETE FROM job_io WHERE job_id IN (SELECT id FROM jobs WHERE workflow_id = ?)", (workflow_id,))
-        for table in ("results", "runners", "allocations", "events", "jobs", "files", "user_data",
-                      "dependency_sets"):
+        for table in ("results", "runner_samples", "runners", "allocations", "events", "jobs", "files",
+                      "user_data", "dependency_sets"):
             conn.execute(f"DELETE FROM {table} WHERE workflow_id = ?", (workflow_id,))
         conn.execute("DELETE FROM workflows WHERE id = ?", (workflow_id,))
 
