@@ -12,11 +12,13 @@ import click
 
 from torc_slurm import __version__
 from torc_slurm.cli.app import App, error
+from torc_slurm.cli.events import events
 from torc_slurm.cli.jobs import jobs
 from torc_slurm.cli.recover import recover
 from torc_slurm.cli.reports import reports
 from torc_slurm.cli.run import run
 from torc_slurm.cli.slurm import slurm, submit
+from torc_slurm.cli.user_data import user_data
 from torc_slurm.cli.workflows import workflows
 from torc_slurm.errors import TorcError
 
@@ -75,6 +77,8 @@ torc.add_command(run)
 torc.add_command(slurm)
 torc.add_command(submit)
 torc.add_command(recover)
+torc.add_command(events)
+torc.add_command(user_data)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
