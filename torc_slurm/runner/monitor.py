@@ -13,6 +13,15 @@ A job may be tracked with a memory limit: the first sample whose tree RSS exceed
 in `take_over_limit` and calls ``on_over_limit`` (the runner wakes up and kills it). The kernel's
 own OOM kills are counted by `oom_kills` from the cgroup files (v2 ``memory.events``, v1
 ``memory.oom_control``), where readable.
+
+GPUs: given a `torc_slurm.runner.gpu.GpuSampler`, each pass reads every device once, and a job
+tracked with ``gpu_ids`` gets the mean utilisation over its devices (averaged over the passes) and
+the peak of their summed memory. Without a sampler those figures stay None ("not sampled"), never 0.
+
+Node samples: each pass also records one `NodeSample` (summed CPU and RSS of all tracked trees, and
+the node's GPUs), kept in a bounded deque that the runner drains with `drain_node_samples` and
+writes with its queue cycles. A pass with nothing tracked skips the process table but still records
+a sample, so an idle node shows as idle.
 """
 
 from __future__ import annotations
@@ -21,14 +30,17 @@ import functools
 import logging
 import os
 import threading
-from collections import defaultdict
-from collections.abc import Callable
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
-__all__ = ["ResourceMonitor", "TreeStats"]
+from torc_slurm.runner.gpu import GpuReading, GpuSampler
+
+__all__ = ["NodeSample", "ResourceMonitor", "TreeStats"]
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +56,32 @@ class TreeStats:
     peak_cpu_percent: float | None
     avg_memory_bytes: int | None  # RSS summed over the process tree
     peak_memory_bytes: int | None
+    avg_gpu_percent: float | None = None  # mean over the job's GPUs per pass, averaged over passes
+    peak_gpu_memory_bytes: int | None = None  # peak of the memory summed over the job's GPUs
 
 
 EMPTY_STATS = TreeStats(0, None, None, None, None)
+
+
+@dataclass(frozen=True)
+class NodeSample:
+    """The node at one sampling pass (what the runner writes to ``runner_samples``)."""
+
+    at: float  # time.time()
+    cpu_percent: float  # summed over the tracked jobs' trees: 100 = one core busy
+    memory_bytes: int  # RSS summed over the tracked jobs' trees
+    gpu_percent: float | None  # mean over the node's GPUs; None without a sampler
+    gpu_memory_bytes: int | None  # summed over the node's GPUs; None without a sampler
+
+
+MAX_NODE_SAMPLES = 10_000  # bounded: a runner that stops draining loses the oldest, not its memory
 
 
 @dataclass
 class _Job:
     pid: int
     limit_bytes: int | None = None
+    gpu_ids: tuple[str, ...] = ()
     procs: dict[int, psutil.Process] = field(default_factory=dict)  # kept for cpu_percent
     samples: int = 0
     mem_sum: int = 0
@@ -60,30 +89,53 @@ class _Job:
     cpu_samples: int = 0
     cpu_sum: float = 0.0
     cpu_peak: float = 0.0
+    gpu_samples: int = 0
+    gpu_sum: float = 0.0
+    gpu_mem_peak: int = 0
 
     def stats(self) -> TreeStats:
         if not self.samples:
             return EMPTY_STATS
         cpu = self.cpu_samples > 0
+        gpu = self.gpu_samples > 0
         return TreeStats(
             samples=self.samples,
             avg_cpu_percent=self.cpu_sum / self.cpu_samples if cpu else None,
             peak_cpu_percent=self.cpu_peak if cpu else None,
             avg_memory_bytes=self.mem_sum // self.samples,
-            peak_memory_bytes=self.mem_peak)
+            peak_memory_bytes=self.mem_peak,
+            avg_gpu_percent=self.gpu_sum / self.gpu_samples if gpu else None,
+            peak_gpu_memory_bytes=self.gpu_mem_peak if gpu else None)
+
+    def add_gpu(self, readings: dict[str, GpuReading]) -> None:
+        """One pass's readings of this job's devices (those the sampler saw)."""
+        seen = [readings[i] for i in self.gpu_ids if i in readings]
+        if seen:
+            self.gpu_samples += 1
+            self.gpu_sum += sum(r.util_percent for r in seen) / len(seen)
+            self.gpu_mem_peak = max(self.gpu_mem_peak, sum(r.memory_bytes for r in seen))
 
 
 class ResourceMonitor:
     """Samples the process trees of tracked jobs from one background thread. Thread-safe.
 
     ``interval_s`` of 0 or None disables sampling: no thread, and `untrack` returns empty stats.
+    ``gpu_sampler`` (from `torc_slurm.runner.gpu.detect_gpu_sampler`) adds GPU figures;
+    ``node_gpu_ids`` limits the node samples' GPU figures to this runner's devices (default: every
+    device the sampler sees).
     """
 
-    def __init__(self, interval_s: float | None = 5.0, on_over_limit: Callable[[int], None] | None = None) -> None:
+    def __init__(self, interval_s: float | None = 5.0, on_over_limit: Callable[[int], None] | None = None,
+                 gpu_sampler: GpuSampler | None = None, node_gpu_ids: Iterable[str] | None = None, *,
+                 max_node_samples: int = MAX_NODE_SAMPLES, clock: Callable[[], float] = time.time) -> None:
         self.interval_s = interval_s or 0.0
         self.on_over_limit = on_over_limit
+        self.gpu_sampler = gpu_sampler
+        self.node_gpu_ids: frozenset[str] | None = None if node_gpu_ids is None else frozenset(map(str, node_gpu_ids))
+        self._clock = clock
         self._over: list[int] = []
         self._jobs: dict[int, _Job] = {}
+        self._node_samples: deque[NodeSample] = deque(maxlen=max_node_samples)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -91,6 +143,15 @@ class ResourceMonitor:
     @property
     def enabled(self) -> bool:
         return self.interval_s > 0
+
+    @property
+    def gpu_sampler_name(self) -> str | None:
+        """'nvml' or 'nvidia-smi' while GPUs are sampled; None without a sampler, when sampling is
+        disabled, or once the sampler has failed (what the runner records as ``gpu_sampler``)."""
+        sampler = self.gpu_sampler
+        if not self.enabled or sampler is None or sampler.disabled:
+            return None
+        return sampler.name
 
     def start(self) -> None:
         """Start the sampler thread (no-op when disabled or already running)."""
@@ -107,12 +168,20 @@ class ResourceMonitor:
             self._stop.set()
             thread.join()
 
-    def track(self, job_id: int, pid: int, limit_bytes: int | None = None) -> None:
+    def track(self, job_id: int, pid: int, limit_bytes: int | None = None, gpu_ids: Collection[str] = ()) -> None:
         """Start sampling the tree rooted at ``pid`` for ``job_id`` (cheap: no /proc access here);
-        a tree RSS above ``limit_bytes`` reports the job once (`take_over_limit`)."""
+        a tree RSS above ``limit_bytes`` reports the job once (`take_over_limit`). ``gpu_ids``: the
+        device indexes the job was given (its ``CUDA_VISIBLE_DEVICES``)."""
         if self.enabled:
             with self._lock:
-                self._jobs[job_id] = _Job(pid, limit_bytes)
+                self._jobs[job_id] = _Job(pid, limit_bytes, tuple(str(i) for i in gpu_ids))
+
+    def drain_node_samples(self) -> list[NodeSample]:
+        """The node samples recorded since the last call, oldest first (and forget them)."""
+        with self._lock:
+            samples = list(self._node_samples)
+            self._node_samples.clear()
+            return samples
 
     def take_over_limit(self) -> list[int]:
         """The jobs whose sampled memory went past their limit since the last call."""
@@ -133,12 +202,13 @@ class ResourceMonitor:
             return job.stats() if job is not None else None
 
     def _sample_all(self) -> None:
-        """Take one sample of every tracked job (sampler thread only: it owns the psutil caches)."""
+        """Take one sample of every tracked job and of the node (sampler thread only: it owns the
+        psutil caches and calls the GPU sampler)."""
         with self._lock:
             jobs = list(self._jobs.items())
-        if not jobs:
-            return
-        children = _children_map()
+        readings = self.gpu_sampler.sample() if self.gpu_sampler is not None else None
+        node_cpu, node_mem = 0.0, 0
+        children = _children_map() if jobs else {}
         for job_id, job in jobs:
             try:
                 measured = _measure(job, children)
@@ -148,9 +218,13 @@ class ResourceMonitor:
             if measured is None:
                 continue
             cpu, mem = measured
+            node_cpu += cpu or 0.0
+            node_mem += mem
             with self._lock:
                 if self._jobs.get(job_id) is not job:  # untracked meanwhile
                     continue
+                if readings and job.gpu_ids:
+                    job.add_gpu(readings)
                 job.samples += 1
                 job.mem_sum += mem
                 job.mem_peak = max(job.mem_peak, mem)
@@ -164,6 +238,19 @@ class ResourceMonitor:
                     job.cpu_peak = max(job.cpu_peak, cpu)
             if over and self.on_over_limit is not None:
                 self.on_over_limit(job_id)
+        gpu_percent, gpu_memory = self._node_gpu(readings)
+        sample = NodeSample(self._clock(), node_cpu, node_mem, gpu_percent, gpu_memory)
+        with self._lock:
+            self._node_samples.append(sample)
+
+    def _node_gpu(self, readings: dict[str, GpuReading] | None) -> tuple[float | None, int | None]:
+        """(mean utilisation, summed memory) over the node's devices, or (None, None) when not sampled."""
+        if not readings:
+            return None, None
+        mine = [r for i, r in readings.items() if self.node_gpu_ids is None or i in self.node_gpu_ids]
+        if not mine:
+            return None, None
+        return sum(r.util_percent for r in mine) / len(mine), sum(r.memory_bytes for r in mine)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
