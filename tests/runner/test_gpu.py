@@ -18,8 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from torc_slurm.runner.gpu import (GpuReading, GpuSampler, NvidiaSmiSampler, NvmlSampler, detect_gpu_sampler,
-                                   parse_smi_csv)
+from torc_slurm.runner.gpu import (
+    GpuReading,
+    GpuSampler,
+    NvidiaSmiSampler,
+    NvmlSampler,
+    detect_gpu_sampler,
+    parse_smi_csv,
+)
 from torc_slurm.runner.monitor import NodeSample, ResourceMonitor, TreeStats
 
 MIB = 2**20
@@ -121,21 +127,21 @@ class FakeNvml(types.ModuleType):
         self.fail_init = fail_init
         self.inits = 0
 
-    def nvmlInit(self) -> None:  # noqa: N802 - pynvml's names
+    def nvmlInit(self) -> None:
         self.inits += 1
         if self.fail_init:
             raise RuntimeError("NVML Shared Library Not Found")
 
-    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+    def nvmlDeviceGetCount(self) -> int:
         return len(self.devices)
 
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:  # noqa: N802
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
         return index
 
-    def nvmlDeviceGetUtilizationRates(self, handle: int) -> types.SimpleNamespace:  # noqa: N802
+    def nvmlDeviceGetUtilizationRates(self, handle: int) -> types.SimpleNamespace:
         return types.SimpleNamespace(gpu=self.devices[handle][0], memory=0)
 
-    def nvmlDeviceGetMemoryInfo(self, handle: int) -> types.SimpleNamespace:  # noqa: N802
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> types.SimpleNamespace:
         return types.SimpleNamespace(used=self.devices[handle][1], total=80 * 2**30, free=0)
 
 
