@@ -34,6 +34,7 @@ from torc_slurm.store.db import Database
 from torc_slurm.store.events import add_event
 from torc_slurm.store.leases import next_ids
 from torc_slurm.store.restarts import Change, deltas, next_status
+from torc_slurm.store.workflows import refresh_status_counts
 
 _PARTS = ("command", "env", "resources", "files", "input user data")
 
@@ -272,6 +273,7 @@ def _rebuild(conn, workflow_id: int, workflow, compiled: CompiledWorkflow, resul
     result.run_id = run_id
     conn.execute("UPDATE workflows SET spec_json = ?, spec_source = ?, description = ?, run_id = ? WHERE id = ?",
                  (new_json, source, compiled.spec.description, run_id, workflow_id))
+    refresh_status_counts(conn, workflow_id)  # jobs were inserted and deleted: recount (schema 6)
     add_event(conn, workflow_id, "updated", f"updated from {source}: {len(result.added)} added, "
                                             f"{len(result.removed)} removed, {len(changed)} changed; "
                                             f"{len(result.changes)} jobs to run again")
