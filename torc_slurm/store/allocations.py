@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -15,15 +16,19 @@ FINAL_STATES = ("gone", "canceled", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT
 
 def record_allocations(db: Database, workflow_id: int, scheduler: str, num_nodes: int,
                        submitted: list[tuple[str, str | None]]) -> None:
-    """``submitted`` holds (slurm_job_id, script_path) pairs, all written in one transaction."""
+    """``submitted`` holds (slurm_job_id, script_path) pairs, all written in one transaction, with
+    one ``allocation_submitted`` event each."""
     now = time.time()
     with db.transaction() as conn:
         conn.executemany(
             "INSERT INTO allocations (workflow_id, slurm_job_id, scheduler, script_path, num_nodes, state,"
             " submitted_at, updated_at) VALUES (?,?,?,?,?,'submitted',?,?)",
             [(workflow_id, job_id, scheduler, path, num_nodes, now, now) for job_id, path in submitted])
-        add_event(conn, workflow_id, "allocations_submitted",
-                  f"{len(submitted)} allocations of scheduler {scheduler}: {', '.join(j for j, _ in submitted)}")
+        for job_id, _ in submitted:
+            add_event(conn, workflow_id, "allocation_submitted",
+                      f"Slurm job {job_id} submitted: {num_nodes} node(s) of scheduler {scheduler}",
+                      data={"slurm_job_id": job_id, "scheduler": scheduler, "num_nodes": num_nodes},
+                      source="torc")
 
 
 def list_allocations(db: Database, workflow_id: int, *, active_only: bool = False) -> list[dict[str, Any]]:
@@ -33,14 +38,35 @@ def list_allocations(db: Database, workflow_id: int, *, active_only: bool = Fals
     return [dict(r) for r in db.read(sql + " ORDER BY id", (workflow_id, *(FINAL_STATES if active_only else ())))]
 
 
+# States in which an allocation holds its nodes: reaching one (from submitted, PENDING …) is a start.
+STARTED_STATES = ("RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESIZING")
+
+
 def update_allocation_states(db: Database, workflow_id: int, states: Mapping[str, str]) -> None:
-    """slurm_job_id -> new state, for this workflow's allocations, in one transaction."""
+    """slurm_job_id -> new state, for this workflow's allocations, in one transaction. A change
+    into RUNNING (or another state that holds nodes) posts ``allocation_started``; a change into a
+    final state posts ``allocation_ended`` (only the end, if both happened between two looks)."""
     if not states:
         return
     now = time.time()
     with db.transaction() as conn:
+        before = {row[0]: (row[1], row[2]) for row in conn.execute(
+            "SELECT slurm_job_id, state, scheduler FROM allocations WHERE workflow_id = ?"
+            " AND slurm_job_id IN (SELECT value FROM json_each(?))", (workflow_id, json.dumps(list(states))))}
         conn.executemany("UPDATE allocations SET state = ?, updated_at = ? WHERE workflow_id = ? AND slurm_job_id = ?",
                          [(state, now, workflow_id, job_id) for job_id, state in states.items()])
+        for job_id, state in states.items():
+            if job_id not in before or before[job_id][0] == state:
+                continue
+            old, scheduler = before[job_id]
+            data = {"slurm_job_id": job_id, "scheduler": scheduler, "state": state, "previous_state": old}
+            if state in FINAL_STATES and old not in FINAL_STATES:
+                how = "no longer known to Slurm" if state == "gone" else state
+                add_event(conn, workflow_id, "allocation_ended", f"Slurm job {job_id} ended: {how}", data=data,
+                          source="torc")
+            elif state in STARTED_STATES and old not in STARTED_STATES and old not in FINAL_STATES:
+                add_event(conn, workflow_id, "allocation_started", f"Slurm job {job_id} started ({state})",
+                          data=data, source="torc")
 
 
 def runners_by_allocation(db: Database, workflow_id: int) -> dict[str, list[dict[str, Any]]]:

@@ -174,14 +174,22 @@ def _check_limit(limit: int) -> int:
     return limit
 
 
+def _edge(conn: sqlite3.Connection, workflow_id: int, order: str) -> int | None:
+    """The workflow's first (ASC) or last (DESC) event id: one step into the index."""
+    found = conn.execute(f"SELECT id FROM events WHERE workflow_id = ? ORDER BY id {order} LIMIT 1",
+                         (workflow_id,)).fetchone()
+    return None if found is None else int(found[0])
+
+
 def _first_id_at(conn: sqlite3.Connection, workflow_id: int, since: float) -> int | None:
     """The smallest event id of the workflow stamped at or after ``since``, by binary search over
     the id index (``at`` grows with ``id`` because every insert holds the queue's one lock; nodes'
     clocks may differ a little, which can only move the boundary by that much). Each step is one
     index probe. None: no event that late."""
-    low, high = conn.execute("SELECT MIN(id), MAX(id) FROM events WHERE workflow_id = ?", (workflow_id,)).fetchone()
-    if high is None or conn.execute("SELECT at FROM events WHERE id = ?", (high,)).fetchone()[0] < since:
+    last = _edge(conn, workflow_id, "DESC")
+    if last is None or conn.execute("SELECT at FROM events WHERE id = ?", (last,)).fetchone()[0] < since:
         return None
+    low, high = _edge(conn, workflow_id, "ASC"), last
     probe = "SELECT id, at FROM events WHERE workflow_id = ? AND id >= ? ORDER BY id LIMIT 1"
     # Smallest key k in [low, high] whose first event at or after id k is stamped >= since.
     while low < high:
@@ -201,8 +209,7 @@ def list_events(db: Database, workflow_id: int, *, category: str | None = None, 
     limit = _check_limit(limit)
     with db.transaction(write=False) as conn:
         require_workflow(conn, workflow_id, db.path)
-        (last_id,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events WHERE workflow_id = ?",
-                                  (workflow_id,)).fetchone()
+        last_id = _edge(conn, workflow_id, "DESC") or 0
         first = 0
         if since is not None:
             found = _first_id_at(conn, workflow_id, since)

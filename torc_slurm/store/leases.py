@@ -93,9 +93,15 @@ def sweep(conn: sqlite3.Connection, workflow_id: int, requests: Sequence[SweepRe
         held = conn.execute(f"SELECT id, attempt, lease_token FROM jobs WHERE runner_id = ? AND status IN {sql_list(HELD)}",
                             (request.runner_id,)).fetchall()
         message = f"runner {request.runner_id} on {host} declared dead by {by}: {request.reason}"
+        gave_up = 0
         for job_id, attempt, token in held:
-            finished += interrupt(conn, workflow_id, request.runner_id, job_id, attempt, token, "lost", message)
-        add_event(conn, workflow_id, "runner_lost", f"{message}; {len(held)} of its jobs taken back")
+            ended = interrupt(conn, workflow_id, request.runner_id, job_id, attempt, token, "lost", message)
+            finished += ended
+            gave_up += len(ended)
+        # jobs_returned: back to ready; jobs_failed: out of attempts (both were taken from the runner)
+        add_event(conn, workflow_id, "runner_swept", f"{message}; {len(held)} of its jobs taken back",
+                  data={"runner_id": request.runner_id, "hostname": host, "reason": request.reason,
+                        "jobs_returned": len(held) - gave_up, "jobs_failed": gave_up}, source=by)
         taken += len(held)
     return taken, finished
 
