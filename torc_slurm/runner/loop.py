@@ -535,6 +535,7 @@ class Runner:
             "TORC_ATTEMPT": str(job.attempt), "TORC_ATTEMPT_ID": str(job.attempt),
             "TORC_OUTPUT_DIR": str(cfg.output_dir),
             "TORC_RUNNER_ID": str(self.runner_id), "OMP_NUM_THREADS": str(job.num_cpus),
+            "TORC_DB": str(self.db.path),  # `torc user-data put NAME …` from inside the job needs no --db
             **self.leases.job_environment(),
         })
         if cfg.max_parallel_jobs is None:
@@ -644,7 +645,9 @@ class Runner:
         delay = 0.1
         while True:
             try:
-                self.queue.finish_runner(self.runner_id, outcomes=outcomes)
+                self.queue.finish_runner(self.runner_id, outcomes=outcomes, report=self._report(),
+                                         time_left_s=self.config.end_time.seconds_left(time.time(),
+                                                                                       self.config.buffer_s))
                 return
             except (QueueError, sqlite3.Error) as exc:
                 if time.monotonic() + delay > deadline:
@@ -654,6 +657,18 @@ class Runner:
                 log.warning("runner %d: sign-off failed (%s); retrying in %.1f s", self.runner_id, exc, delay)
                 time.sleep(delay)
                 delay = min(2 * delay, 5.0)
+
+    def _report(self) -> dict[str, object]:
+        """What this runner did, for its ``runner_ended`` event."""
+        summary = self._summary
+        if summary is None:
+            return {"exit_reason": self.stop_reason or ""}
+        report: dict[str, object] = {k: getattr(summary, k) for k in ("completed", "failed", "terminated", "lost",
+                                                                      "retried")}
+        report["exit_reason"] = summary.exit_reason or self.stop_reason or ""
+        if summary.unrunnable:
+            report["unrunnable"] = summary.unrunnable[:20]
+        return report
 
     def _failure_handlers(self) -> dict:
         """The workflow's failure handlers by name (read once, at start)."""

@@ -5,7 +5,8 @@ Reasons, one per attempt (kept on the attempt's result and on the job):
 ``exit code N``, ``signal NAME``, ``oom``, ``timeout``, ``walltime`` (stopped at the allocation's end
 or by Slurm's SIGTERM, within its runtime), ``stopped`` (the runner was stopped otherwise, e.g.
 Ctrl-C), ``lost``, ``missing outputs``, ``launch error``; the queue adds ``upstream job X failed``
-for jobs canceled because of a prerequisite. A completed attempt has no reason.
+for jobs canceled because of a prerequisite, and ``missing output user data`` for a job that exited 0
+without writing a user data entry it declares as output. A completed attempt has no reason.
 """
 
 from __future__ import annotations

@@ -140,7 +140,8 @@ def hand_back(conn: sqlite3.Connection, runner_id: int, job_ids: Sequence[int] |
 
 
 _RESULT_FIGURES = ("return_code", "signal", "started_at", "ended_at", "peak_rss_bytes", "cpu_time_s",
-                   "avg_cpu_percent", "peak_cpu_percent", "avg_memory_bytes", "peak_memory_bytes")
+                   "avg_cpu_percent", "peak_cpu_percent", "avg_memory_bytes", "peak_memory_bytes",
+                   "avg_gpu_percent", "peak_gpu_memory_bytes")
 
 
 def record_result(conn: sqlite3.Connection, workflow_id: int, runner_id: int | None, job_id: int, attempt: int,

@@ -20,13 +20,14 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from torc_slurm.errors import QueueError
 from torc_slurm.states import HELD, JobStatus, sql_list
 from torc_slurm.store import leases
 from torc_slurm.store.db import Database
+from torc_slurm.store.events import add_event
 from torc_slurm.store.leases import PeerLease, SweepRequest
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 # retry: failed, and its failure handler retries it (recorded as a failed attempt, job back to ready).
 OutcomeStatus = Literal["completed", "failed", "terminated", "lost", "canceled", "retry"]
 INTERRUPTED = ("terminated", "lost")
+WORK_LEFT_CAP = 10_000  # a runner's last event counts the ready jobs it leaves up to this many
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class Outcome:
     peak_memory_bytes: int | None = None
     message: str | None = None
     reason: str | None = None   # why it ended (see runner.policy); None for a completed attempt
+    avg_gpu_percent: float | None = None       # None: no GPU sampler on the node
+    peak_gpu_memory_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,8 @@ class Queue:
     def register_runner(self, *, hostname: str, pid: int, slurm_job_id: str | None = None,
                         scheduler: str | None = None, resources: dict | None = None,
                         host_key: str | None = None, pid_started: float | None = None,
-                        token: str | None = None, slurm_step_id: str | None = None) -> int:
+                        token: str | None = None, slurm_step_id: str | None = None,
+                        gpu_sampler: str | None = None) -> int:
         now = time.time()
         with self.db.transaction() as conn:
             status = conn.execute("SELECT status FROM workflows WHERE id = ?", (self.workflow_id,)).fetchone()
@@ -144,18 +149,55 @@ class Queue:
                 " VALUES (?,?,?,?,?,?,?,'active',?,?,?,?,?,?)",
                 (runner_id, self.workflow_id, hostname, pid, slurm_job_id, scheduler, json.dumps(resources or {}),
                  now, now, host_key, pid_started, token, slurm_step_id))
+            if gpu_sampler:
+                conn.execute("UPDATE runners SET gpu_sampler = ? WHERE id = ?", (gpu_sampler, runner_id))
+            where = f" in Slurm job {slurm_job_id}" if slurm_job_id else ""
+            add_event(conn, self.workflow_id, "runner_started", f"runner {runner_id} started on {hostname}{where}",
+                      data={"runner_id": runner_id, "hostname": hostname, "pid": pid, "slurm_job_id": slurm_job_id,
+                            "scheduler": scheduler, **{k: v for k, v in (resources or {}).items() if k != "output_dir"}},
+                      source=f"runner {runner_id}")
             return runner_id
 
-    def finish_runner(self, runner_id: int, *, outcomes: Sequence[Outcome] = ()) -> None:
-        """The runner's last cycle: record outcomes, hand back anything it still holds, sign off."""
+    def finish_runner(self, runner_id: int, *, outcomes: Sequence[Outcome] = (),
+                      report: Mapping[str, object] | None = None, time_left_s: float | None = None) -> None:
+        """The runner's last cycle: record outcomes, hand back anything it still holds, sign off.
+        ``report`` (its counts and exit reason) goes into the ``runner_ended`` event, with the
+        ready jobs it leaves behind and how many of those need more than ``time_left_s``."""
         now = time.time()
         with self.db.transaction() as conn:
             changed = self._record(conn, runner_id, outcomes)
             changed += leases.hand_back(conn, runner_id)
             conn.execute("UPDATE runners SET status = 'finished', ended_at = ?, heartbeat_at = ? WHERE id = ?",
                          (now, now, runner_id))
+            self._post_runner_ended(conn, runner_id, dict(report or {}), time_left_s)
         if changed:
             self.db.notify()
+
+    def _post_runner_ended(self, conn: sqlite3.Connection, runner_id: int, report: dict[str, object],
+                           time_left_s: float | None) -> None:
+        """``runner_ended``, and ``runner_exit_with_work_left`` when ready jobs remain (counted up
+        to a cap through the status index, so a huge queue costs no scan)."""
+        reason = report.get("exit_reason") or "stopped"
+        done = ", ".join(f"{report[k]} {k}" for k in ("completed", "failed", "terminated", "lost") if report.get(k))
+        add_event(conn, self.workflow_id, "runner_ended", f"runner {runner_id} ended ({reason})"
+                  + (f": {done}" if done else ""), data={"runner_id": runner_id, **report}, source=f"runner {runner_id}")
+        ready = conn.execute("SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE workflow_id = ? AND status = 'ready'"
+                             " LIMIT ?)", (self.workflow_id, WORK_LEFT_CAP)).fetchone()[0]
+        if not ready:
+            return
+        shown = f"{ready}+" if ready >= WORK_LEFT_CAP else str(ready)
+        data: dict[str, object] = {"runner_id": runner_id, "ready": ready, "exit_reason": reason}
+        message = f"runner {runner_id} ended ({reason}) with {shown} ready job(s) left"
+        if time_left_s is not None:
+            too_long = conn.execute(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE workflow_id = ? AND status = 'ready' AND runtime_s > ?"
+                " LIMIT ?)", (self.workflow_id, time_left_s, WORK_LEFT_CAP)).fetchone()[0]
+            data.update(time_left_s=round(time_left_s), need_more_time=too_long)
+            if too_long:
+                message += (f"; {too_long}{'+' if too_long >= WORK_LEFT_CAP else ''} need more time than the "
+                            f"{_minutes(time_left_s)} left")
+        add_event(conn, self.workflow_id, "runner_exit_with_work_left", message, data=data,
+                  source=f"runner {runner_id}")
 
     # -- the cycle --------------------------------------------------------------------------
     def cycle(self, runner_id: int, *, started: Sequence[Started] = (), outcomes: Sequence[Outcome] = (),
@@ -291,12 +333,26 @@ class Queue:
             for row in (by_id[i] for i in job_ids if i in by_id)]
 
     def _record(self, conn: sqlite3.Connection, runner_id: int, outcomes: Sequence[Outcome]) -> int:
-        """Apply the outcomes whose attempt still holds its lease; record the others as late."""
+        """Apply the outcomes whose attempt still holds its lease; record the others as late. Adds
+        what the attempts held and used to the runner's totals, and posts an event for each job
+        that timed out or ran out of memory, and one for the jobs stopped at the walltime."""
         finished: list[tuple[int, bool]] = []
         requeued = 0
+        usage = _Usage()
+        walltime: list[str] = []
         for out in outcomes:
             figures = {name: getattr(out, name) for name in _FIGURES}
-            row = conn.execute("SELECT status, runner_id, lease_token FROM jobs WHERE id = ?", (out.job_id,)).fetchone()
+            row = conn.execute("SELECT name, status, runner_id, lease_token, num_cpus, num_gpus FROM jobs WHERE id = ?",
+                               (out.job_id,)).fetchone()
+            if row is not None:
+                usage.add(out, row["num_cpus"], row["num_gpus"])
+                if out.reason in ("timeout", "oom"):
+                    add_event(conn, self.workflow_id, f"job_{out.reason}", f"job {row['name']} attempt {out.attempt}: "
+                              f"{out.message or out.reason}", data={"job_id": out.job_id, "job": row["name"],
+                                                                     "attempt": out.attempt, "runner_id": runner_id},
+                              source=f"runner {runner_id}")
+                elif out.reason == "walltime":
+                    walltime.append(row["name"])
             current = row is not None and row["runner_id"] == runner_id and row["lease_token"] == out.lease_token \
                 and row["status"] in HELD
             if not current:
@@ -322,6 +378,8 @@ class Queue:
                              " runner_id = NULL, pid = NULL WHERE id = ?", (out.return_code, out.job_id))
                 requeued += 1
                 continue
+            if out.status == "completed":
+                out = _check_output_user_data(conn, out)
             leases.record_result(conn, self.workflow_id, runner_id, out.job_id, out.attempt, out.lease_token,
                                  out.status, out.message, reason=out.reason, **figures)
             conn.execute("UPDATE jobs SET status = ?, return_code = ?, runner_id = NULL, pid = NULL,"
@@ -329,7 +387,53 @@ class Queue:
                          " reason = CASE WHEN ? = 'completed' THEN NULL ELSE reason END WHERE id = ?",
                          (out.status, out.return_code, out.status, out.status, out.job_id))
             finished.append((out.job_id, out.status != "completed"))
+        if usage:
+            conn.execute("UPDATE runners SET job_cpu_s = job_cpu_s + ?, held_cpu_s = held_cpu_s + ?,"
+                         " held_gpu_s = held_gpu_s + ? WHERE id = ?",
+                         (usage.cpu_used_s, usage.cpu_held_s, usage.gpu_held_s, runner_id))
+        if walltime:
+            add_event(conn, self.workflow_id, "job_walltime_terminated",
+                      f"runner {runner_id} stopped {len(walltime)} job(s) at the end of its allocation: "
+                      + ", ".join(walltime[:5]) + (" …" if len(walltime) > 5 else ""),
+                      data={"runner_id": runner_id, "jobs": walltime[:100], "count": len(walltime)},
+                      source=f"runner {runner_id}")
         return requeued + unblock(conn, finished)
+
+
+@dataclass
+class _Usage:
+    """What a batch of attempts held and used, for the runner's totals (allocation utilisation)."""
+
+    cpu_used_s: float = 0.0
+    cpu_held_s: float = 0.0
+    gpu_held_s: float = 0.0
+
+    def add(self, out: Outcome, num_cpus: int, num_gpus: int) -> None:
+        if out.started_at is not None and out.ended_at is not None:
+            elapsed = max(0.0, out.ended_at - out.started_at)
+            self.cpu_held_s += num_cpus * elapsed
+            self.gpu_held_s += num_gpus * elapsed
+        self.cpu_used_s += out.cpu_time_s or 0.0
+
+    def __bool__(self) -> bool:
+        return bool(self.cpu_used_s or self.cpu_held_s or self.gpu_held_s)
+
+
+def _check_output_user_data(conn: sqlite3.Connection, out: Outcome) -> Outcome:
+    """A job that exited 0 without writing (in this attempt) every user data entry it declares as
+    output has failed."""
+    missing = [name for (name,) in conn.execute(
+        "SELECT d.name FROM job_io io JOIN user_data d ON d.id = io.item_id WHERE io.job_id = ?"
+        " AND io.kind = 'output_user_data' AND (d.written_by_job_id IS NOT ? OR d.written_attempt IS NOT ?)"
+        " ORDER BY d.name", (out.job_id, out.job_id, out.attempt))]
+    if not missing:
+        return out
+    return replace(out, status="failed", reason="missing output user data",
+                   message=f"exited 0 without writing its output user data: {', '.join(missing)}")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{max(0.0, seconds):.0f} s"
 
 
 def _recorded_status(status: str) -> str:
@@ -337,7 +441,7 @@ def _recorded_status(status: str) -> str:
 
 
 _FIGURES = ("return_code", "signal", "started_at", "ended_at", "peak_rss_bytes", "cpu_time_s", "avg_cpu_percent",
-            "peak_cpu_percent", "avg_memory_bytes", "peak_memory_bytes")
+            "peak_cpu_percent", "avg_memory_bytes", "peak_memory_bytes", "avg_gpu_percent", "peak_gpu_memory_bytes")
 
 
 def unblock(conn: sqlite3.Connection, finished: list[tuple[int, bool]]) -> int:
