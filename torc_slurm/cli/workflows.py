@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from torc_slurm.cli.app import App, can_prompt, format_option, pass_app
-from torc_slurm.states import FAILED, FINISHED, UNFINISHED  # FAILED: what makes `status` exit 1
+from torc_slurm.states import FINISHED
 
 _COUNT_LABELS = {
     "jobs": "jobs",
@@ -228,31 +228,81 @@ def list_(app: App, fmt: str) -> None:
              **totals.get(w.id, {"jobs": 0, "done": 0, "failed": 0}),
              "created_at": w.created_at, "working_dir": w.working_dir, "spec_source": w.spec_source}
             for w in list_workflows(app.db)]
-    app.emit(data, fmt, _workflows_table)
+    app.emit(data, fmt, lambda d: _workflows_table(d, app.console.width))
 
 
 @workflows.command("status")
 @click.argument("workflow_id", metavar="ID", type=int)
+@click.option("--watch", is_flag=True,
+              help="Refresh in place until the workflow is done (or Ctrl-C); without a terminal, print one "
+                   "line per change.")
+@click.option("--interval", type=click.FloatRange(min=1.0), default=5.0, show_default=True, metavar="S",
+              help="Seconds between two refreshes of --watch (at least 1).")
 @format_option
 @pass_app
-def status(app: App, workflow_id: int, fmt: str) -> None:
-    """Show how many jobs of workflow ID are in each state, and why the failed ones ended.
+def status(app: App, workflow_id: int, watch: bool, interval: float, fmt: str) -> None:
+    """Show where workflow ID stands.
 
-    Exits 1 if any job failed, was canceled or was terminated, and 0 otherwise.
+    Jobs per state (pending: claimed by a runner, not started yet; running: started), done/total,
+    elapsed time and an ETA from the exec times of recent attempts, the live Slurm allocations and
+    runners with their time left, the last failures, and the jobs that cannot run, by reason (no
+    scheduler fits, no live runner fits, upstream failed). Each look is one short locked read.
+
+    Exits 1 if any job failed, was canceled or was terminated, and 0 otherwise (--watch too, once
+    the workflow is done; 130 after Ctrl-C).
     """
-    from torc_slurm.reports.jobs import failure_reasons
-    from torc_slurm.store.workflows import get_workflow, status_counts
+    from torc_slurm.reports.status import workflow_status
 
-    workflow = get_workflow(app.db, workflow_id)
-    counts = status_counts(app.db, workflow_id)
-    total = sum(counts.values())
-    unfinished = sum(counts[s] for s in UNFINISHED)
-    failed = sum(counts.get(s, 0) for s in FAILED)
-    data = {"workflow_id": workflow_id, "name": workflow.name, "status": workflow.status, "counts": counts,
-            "total": total, "done": total - unfinished, "failed": failed,
-            "failure_reasons": failure_reasons(app.db, workflow_id) if failed else {}}
-    app.emit(data, fmt, _status_table)
-    if failed:
+    if watch:
+        _watch(app, workflow_id, interval, fmt)
+        return
+    report = workflow_status(app.db, workflow_id)
+    from torc_slurm.cli.status_view import status_view
+
+    app.emit(report, fmt, lambda d: status_view(d, app.console.width))
+    if report["failed"]:
+        raise click.exceptions.Exit(1)
+
+
+def _watch(app: App, workflow_id: int, interval: float, fmt: str) -> None:
+    """Refresh until the workflow is done: rich Live on a terminal, else one line (or one JSON
+    object with -f json) per change of the counts. One locked read per refresh."""
+    import datetime
+    import json
+    import threading
+
+    from torc_slurm.reports.status import change_line, counts_key, workflow_status
+
+    stop = threading.Event()   # waits between refreshes; nothing sets it but the tests' patience
+    report = workflow_status(app.db, workflow_id)
+    try:
+        if app.console.is_terminal and fmt != "json":
+            from rich.live import Live
+
+            from torc_slurm.cli.status_view import watch_view
+
+            with Live(watch_view(report, app.console.width, interval), console=app.console, auto_refresh=False,
+                      redirect_stdout=False, redirect_stderr=False) as live:
+                while not report["finished"]:
+                    stop.wait(interval)
+                    report = workflow_status(app.db, workflow_id)
+                    live.update(watch_view(report, app.console.width, interval), refresh=True)
+        else:
+            last = None
+            while True:
+                if counts_key(report) != last:
+                    last = counts_key(report)
+                    if fmt == "json":
+                        click.echo(json.dumps(report, default=str))
+                    else:
+                        click.echo(change_line(report, datetime.datetime.now().strftime("%H:%M:%S")))
+                if report["finished"]:
+                    break
+                stop.wait(interval)
+                report = workflow_status(app.db, workflow_id)
+    except KeyboardInterrupt:
+        raise click.exceptions.Exit(130) from None
+    if report["failed"]:
         raise click.exceptions.Exit(1)
 
 
@@ -398,42 +448,26 @@ def _counts_table(title: str, counts: dict[str, int]):  # noqa: ANN202
     return Group(Text(title), table)
 
 
-def _workflows_table(rows: list[dict[str, Any]]):  # noqa: ANN202
+def _workflows_table(rows: list[dict[str, Any]], width: int = 80):  # noqa: ANN202
+    """Fits 80 columns: names and users fold, statuses and numbers never wrap; the creation time
+    and the user are left out below 100 columns (``-f json`` has them)."""
     import datetime
 
-    from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=None if rows else "No workflows in this queue file", box=None, pad_edge=False)
-    for name, justify in (("ID", "right"), ("Name", "left"), ("Status", "left"), ("Jobs", "right"),
-                          ("Done", "right"), ("Failed", "right"), ("User", "left"), ("Created", "left")):
-        table.add_column(name, justify=justify, overflow="fold", no_wrap=name == "Created")  # type: ignore[arg-type]
+    from torc_slurm.cli.status_view import NARROW, grid
+
+    wide = width >= NARROW
+    columns = [("ID", "num"), ("Name", "text"), ("Status", "word"), ("Jobs", "num"), ("Done", "num"),
+               ("Failed", "num")]
+    columns += [("User", "text"), ("Created", "word")] if wide else []
+    table = grid(*columns, title=None if rows else "No workflows in this queue file")
+    table.columns[2].min_width = len("uninitialized")
     for r in rows:
-        created = datetime.datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M")
-        table.add_row(str(r["id"]), Text(r["name"]), r["status"], f"{r['jobs']:,}", f"{r['done']:,}",
-                      f"[red]{r['failed']:,}[/]" if r["failed"] else "0", Text(r["user"] or "-"), created)
+        cells: list[Any] = [str(r["id"]), Text(r["name"]), r["status"], f"{r['jobs']:,}", f"{r['done']:,}",
+                            Text(f"{r['failed']:,}", style="red") if r["failed"] else "0"]
+        if wide:
+            cells += [Text(r["user"] or "-"),
+                      datetime.datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M")]
+        table.add_row(*cells)
     return table
-
-
-_STATUS_STYLES = {"completed": "green", "failed": "red", "canceled": "red", "terminated": "red",
-                  "running": "cyan", "pending": "cyan", "ready": "yellow", "blocked": "", "uninitialized": "dim"}
-
-
-def _status_table(data: dict[str, Any]):  # noqa: ANN202
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(box=None, pad_edge=False, show_footer=True)
-    table.add_column("Status", footer="total")
-    table.add_column("Jobs", justify="right", footer=f"{data['total']:,}")
-    for status, count in data["counts"].items():
-        if count:
-            table.add_row(status, f"{count:,}", style=_STATUS_STYLES.get(status, ""))
-    summary = f"{data['done']:,} of {data['total']:,} jobs finished"
-    if data["failed"]:
-        summary += f", {data['failed']:,} failed or canceled"
-        reasons = ", ".join(f"{why}: {n:,}" for why, n in data["failure_reasons"].items())
-        if reasons:
-            summary += f" ({reasons})"
-    return Group(Text(f"Workflow {data['workflow_id']} ({data['name']}): {data['status']}"), table, Text(summary))

@@ -24,14 +24,15 @@ MAX_LISTED = 10
 STDIO_DIR = Path("torc_output") / "job_stdio"
 
 def job_totals(db: Database) -> dict[int, dict[str, int]]:
-    """workflow id -> {"jobs": all jobs, "done": finished jobs, "failed": failed or canceled}."""
-    marks = ",".join("?" * len(FINISHED))
-    failed_marks = ",".join("?" * len(FAILED))
-    rows = db.read(
-        f"SELECT workflow_id, COUNT(*) AS jobs, SUM(status IN ({marks})) AS done,"
-        f" SUM(status IN ({failed_marks})) AS failed FROM jobs GROUP BY workflow_id", (*FINISHED, *FAILED))
-    return {row["workflow_id"]: {"jobs": row["jobs"], "done": row["done"] or 0, "failed": row["failed"] or 0}
-            for row in rows}
+    """workflow id -> {"jobs": all jobs, "done": finished jobs, "failed": failed or canceled}, from
+    the per-status counts (schema 6): no pass over the jobs."""
+    totals: dict[int, dict[str, int]] = {}
+    for row in db.read("SELECT workflow_id, status, n FROM status_counts"):
+        entry = totals.setdefault(row["workflow_id"], {"jobs": 0, "done": 0, "failed": 0})
+        entry["jobs"] += row["n"]
+        entry["done"] += row["n"] if row["status"] in FINISHED else 0
+        entry["failed"] += row["n"] if row["status"] in FAILED else 0
+    return totals
 
 
 def failure_reasons(db: Database, workflow_id: int) -> dict[str, int]:
