@@ -20,7 +20,7 @@ from torc_slurm.reports import human_bytes, human_seconds
 STYLES = {"completed": "green", "failed": "red", "canceled": "red", "terminated": "red", "running": "cyan",
           "pending": "blue", "ready": "yellow", "blocked": "", "uninitialized": "dim", "disabled": "dim"}
 STATUS_WIDTH = max(len(s) for s in STYLES)   # "uninitialized": a status column never cuts one
-NARROW = 100   # below this width, low-value columns are dropped
+NARROW = 100   # below this width, `workflows list` leaves out its low-value columns
 
 
 def duration(seconds: float | None) -> str:
@@ -35,13 +35,14 @@ def clock(ts: float | None) -> str:
 
 
 def grid(*columns: tuple[str, str], title: str | None = None) -> Table:
-    """A borderless table; each column (header, kind): 'word' never wraps, 'num' is right-aligned
-    and never wraps, 'text' folds."""
+    """A borderless table; each column (header, kind): 'text' folds (long values: names, reasons),
+    'status' fits every status word, 'num' is right-aligned, 'word' is left-aligned; none of those
+    three ever wraps."""
     table = Table(box=None, pad_edge=False, title=title, title_justify="left", title_style="bold",
                   show_edge=False, collapse_padding=True)
     for header, kind in columns:
         if kind == "text":
-            table.add_column(header, overflow="fold", ratio=1, min_width=8)
+            table.add_column(header, overflow="fold", ratio=1, min_width=min(8, len(header)))
         elif kind == "status":
             table.add_column(header, no_wrap=True, min_width=STATUS_WIDTH)
         else:
@@ -50,17 +51,43 @@ def grid(*columns: tuple[str, str], title: str | None = None) -> Table:
     return table
 
 
+def fit(columns: list[tuple[str, str]], rows: list[list[Any]], width: int, drop: tuple[str, ...] = (),
+        title: str | None = None, caption: str | None = None) -> Table:
+    """A ``grid`` that fits ``width`` without cutting a word: every 'word', 'num' and 'status' column
+    is as wide as its longest cell, 'text' columns (at least 8 wide) share the rest and fold; while
+    that does not fit, the columns named in ``drop`` are left out, in that order."""
+    def cell_len(cell: Any) -> int:
+        return max((len(line) for line in str(cell.plain if isinstance(cell, Text) else cell).splitlines()),
+                   default=0)
+
+    keep = list(range(len(columns)))
+    widths = []
+    for i, (header, kind) in enumerate(columns):
+        longest = max([len(header), *(cell_len(r[i]) for r in rows)])
+        widths.append(min(8, longest) if kind == "text" else max(longest, STATUS_WIDTH if kind == "status" else 0))
+    for name in drop:
+        if sum(widths[i] for i in keep) + len(keep) - 1 <= width:
+            break
+        keep = [i for i in keep if columns[i][0] != name]
+    table = grid(*(columns[i] for i in keep), title=title)
+    for column, i in zip(table.columns, keep):
+        if columns[i][1] != "text":
+            column.min_width = widths[i]
+    for r in rows:
+        table.add_row(*(r[i] for i in keep))
+    if caption:
+        table.caption, table.caption_justify = caption, "left"
+    return table
+
+
 def status_word(status: str) -> Text:
     return Text(status, style=STYLES.get(status, ""))
 
 
-def counts_table(report: dict[str, Any]) -> Table:
-    table = grid(("Status", "status"), ("Jobs", "num"))
-    for status, count in report["counts"].items():
-        if count:
-            table.add_row(status_word(status), f"{count:,}")
-    table.add_row(Text("total", style="bold"), Text(f"{report['total']:,}", style="bold"))
-    return table
+def counts_table(report: dict[str, Any], width: int = 80) -> Table:
+    rows = [[status_word(status), f"{count:,}"] for status, count in report["counts"].items() if count]
+    rows.append([Text("total", style="bold"), Text(f"{report['total']:,}", style="bold")])
+    return fit([("Status", "status"), ("Jobs", "num")], rows, width)
 
 
 def timing_line(report: dict[str, Any]) -> Text:
@@ -79,61 +106,50 @@ def timing_line(report: dict[str, Any]) -> Text:
     return text
 
 
-def allocations_table(report: dict[str, Any]) -> Table | None:
+def allocations_table(report: dict[str, Any], width: int = 80) -> Table | None:
     if not report["allocations"]:
         return None
-    table = grid(("Slurm job", "word"), ("Scheduler", "text"), ("Nodes", "num"), ("State", "word"),
-                 ("Runners", "num"), ("Time left", "num"), title="Allocations")
-    for a in report["allocations"]:
-        table.add_row(a["slurm_job_id"], Text(a["scheduler"]), str(a["num_nodes"]), a["state"], str(a["runners"]),
-                      duration(a["time_left_s"]))
-    return table
+    rows = [[a["slurm_job_id"], Text(a["scheduler"]), str(a["num_nodes"]), a["state"], str(a["runners"]),
+             duration(a["time_left_s"])] for a in report["allocations"]]
+    return fit([("Slurm job", "word"), ("Scheduler", "text"), ("Nodes", "num"), ("State", "word"),
+                ("Runners", "num"), ("Time left", "num")], rows, width, drop=("Runners", "Nodes"),
+               title="Allocations")
 
 
-def runners_table(report: dict[str, Any], width: int) -> Table | None:
+def runners_table(report: dict[str, Any], width: int = 80) -> Table | None:
     if not report["runners"]:
         return None
-    wide = width >= NARROW
-    columns = [("ID", "num"), ("Host", "text"), ("Slurm job", "word"), ("CPUs", "num"), ("GPUs", "num")]
-    columns += [("Memory", "num")] if wide else []
-    columns += [("Jobs", "num"), ("Time left", "num")]
-    columns += [("Heartbeat", "num")] if wide else []
-    table = grid(*columns, title="Runners")
-    for r in report["runners"]:
-        cells: list[Any] = [str(r["id"]), Text(r["hostname"] + (" (fencing)" if r["status"] == "fencing" else "")),
-                            r["slurm_job_id"] or "-", _num(r["cpus"]), _num(r["gpus"])]
-        cells += [human_bytes(r["memory_bytes"])] if wide else []
-        cells += [str(r["running"]), duration(r["time_left_s"])]
-        cells += [f"{duration(r['heartbeat_age_s'])} ago"] if wide else []
-        table.add_row(*cells)
-    return table
+    rows = [[str(r["id"]), Text(r["hostname"] + (" (fencing)" if r["status"] == "fencing" else "")),
+             r["slurm_job_id"] or "-", _num(r["cpus"]), _num(r["gpus"]), human_bytes(r["memory_bytes"]),
+             str(r["running"]), duration(r["time_left_s"]), f"{duration(r['heartbeat_age_s'])} ago"]
+            for r in report["runners"]]
+    return fit([("ID", "num"), ("Host", "text"), ("Slurm job", "word"), ("CPUs", "num"), ("GPUs", "num"),
+                ("Memory", "num"), ("Jobs", "num"), ("Time left", "num"), ("Heartbeat", "num")], rows, width,
+               drop=("Heartbeat", "Memory", "GPUs", "Slurm job"), title="Runners")
 
 
-def failures_table(report: dict[str, Any], width: int) -> Table | None:
+def failures_table(report: dict[str, Any], width: int = 80) -> Table | None:
     if not report["last_failures"]:
         return None
-    wide = width >= NARROW
-    columns = [("Job", "text"), ("Try", "num"), ("Status", "status"), ("RC", "num"), ("Reason", "text")]
-    columns += [("Ended", "word")] if wide else []
-    table = grid(*columns, title="Last failures")
+    rows = []
     for f in report["last_failures"]:
         rc = "-" if f["return_code"] is None else str(f["return_code"])
         if f["signal"]:
             rc += f"/sig{f['signal']}"
-        cells: list[Any] = [Text(f["job"]), str(f["attempt"]), status_word(f["status"]), rc, Text(f["reason"] or "-")]
-        cells += [clock(f["ended_at"])] if wide else []
-        table.add_row(*cells)
-    return table
+        rows.append([Text(f["job"]), str(f["attempt"]), status_word(f["status"]), rc, Text(f["reason"] or "-"),
+                     clock(f["ended_at"])])
+    return fit([("Job", "text"), ("Try", "num"), ("Status", "status"), ("RC", "num"), ("Reason", "text"),
+                ("Ended", "word")], rows, width, drop=("Ended", "Try"), title="Last failures")
 
 
-def cannot_run_table(report: dict[str, Any]) -> Table | None:
+def cannot_run_table(report: dict[str, Any], width: int = 80) -> Table | None:
     if not report["cannot_run"]:
         return None
-    table = grid(("Reason", "word"), ("Jobs", "num"), ("For example", "text"), title="Jobs that cannot run")
-    for reason, entry in report["cannot_run"].items():
-        count = f"{entry['count']:,}" + ("+" if entry["at_least"] else "")
-        table.add_row(reason, count, Text(", ".join(entry["examples"]) + (" …" if entry["count"] > len(entry["examples"]) else "")))
-    return table
+    rows = [[reason, f"{e['count']:,}" + ("+" if e["at_least"] else ""),
+             Text(", ".join(e["examples"]) + (" …" if e["count"] > len(e["examples"]) else ""))]
+            for reason, e in report["cannot_run"].items()]
+    return fit([("Reason", "word"), ("Jobs", "num"), ("For example", "text")], rows, width,
+               title="Jobs that cannot run")
 
 
 def reasons_line(report: dict[str, Any]) -> Text | None:
@@ -152,9 +168,9 @@ def header(report: dict[str, Any]) -> Text:
 
 def status_view(report: dict[str, Any], width: int = 80) -> RenderableType:
     """What `torc workflows status` prints."""
-    parts: list[RenderableType | None] = [header(report), counts_table(report), timing_line(report),
-                                          reasons_line(report), cannot_run_table(report),
-                                          allocations_table(report), runners_table(report, width),
+    parts: list[RenderableType | None] = [header(report), counts_table(report, width), timing_line(report),
+                                          reasons_line(report), cannot_run_table(report, width),
+                                          allocations_table(report, width), runners_table(report, width),
                                           failures_table(report, width)]
     return Group(*(p for p in parts if p is not None))
 
@@ -174,7 +190,7 @@ def watch_view(report: dict[str, Any], width: int = 80, interval: float | None =
     foot = Text(f"refreshed {clock(report['now'])}" + (f", every {interval:g} s; Ctrl-C to stop" if interval else ""),
                 style="dim")
     parts: list[RenderableType | None] = [header(report), bar, line, timing_line(report), reasons_line(report),
-                                          cannot_run_table(report), allocations_table(report),
+                                          cannot_run_table(report, width), allocations_table(report, width),
                                           runners_table(report, width), failures_table(report, width), foot]
     return Group(*(p for p in parts if p is not None))
 

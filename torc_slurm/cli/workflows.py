@@ -449,25 +449,17 @@ def _counts_table(title: str, counts: dict[str, int]):  # noqa: ANN202
 
 
 def _workflows_table(rows: list[dict[str, Any]], width: int = 80):  # noqa: ANN202
-    """Fits 80 columns: names and users fold, statuses and numbers never wrap; the creation time
-    and the user are left out below 100 columns (``-f json`` has them)."""
+    """Fits the console without cutting a word: names and users fold, statuses and numbers never
+    wrap; the creation time, then the user, are left out when it is narrow (``-f json`` has them)."""
     import datetime
 
     from rich.text import Text
 
-    from torc_slurm.cli.status_view import NARROW, grid
+    from torc_slurm.cli.status_view import fit
 
-    wide = width >= NARROW
-    columns = [("ID", "num"), ("Name", "text"), ("Status", "word"), ("Jobs", "num"), ("Done", "num"),
-               ("Failed", "num")]
-    columns += [("User", "text"), ("Created", "word")] if wide else []
-    table = grid(*columns, title=None if rows else "No workflows in this queue file")
-    table.columns[2].min_width = len("uninitialized")
-    for r in rows:
-        cells: list[Any] = [str(r["id"]), Text(r["name"]), r["status"], f"{r['jobs']:,}", f"{r['done']:,}",
-                            Text(f"{r['failed']:,}", style="red") if r["failed"] else "0"]
-        if wide:
-            cells += [Text(r["user"] or "-"),
-                      datetime.datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M")]
-        table.add_row(*cells)
-    return table
+    cells = [[str(r["id"]), Text(r["name"]), r["status"], f"{r['jobs']:,}", f"{r['done']:,}",
+              Text(f"{r['failed']:,}", style="red") if r["failed"] else "0", Text(r["user"] or "-"),
+              datetime.datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M")] for r in rows]
+    return fit([("ID", "num"), ("Name", "text"), ("Status", "status"), ("Jobs", "num"), ("Done", "num"),
+                ("Failed", "num"), ("User", "text"), ("Created", "word")], cells, width, drop=("Created", "User"),
+               title=None if rows else "No workflows in this queue file")

@@ -112,15 +112,92 @@ def _output_dirs(conn: sqlite3.Connection, job_id: int) -> list[Path]:
 
 # -- pieces (inside the caller's transaction) ---------------------------------------------------
 def _find_job(conn: sqlite3.Connection, workflow_id: int, job: str) -> sqlite3.Row:
-    """A job by exact name first; otherwise, if ``job`` is a number, by id."""
+    """A job by exact name first; otherwise, if ``job`` is a number, by id. An unknown one is an
+    error that lists the nearest names."""
     row = conn.execute("SELECT * FROM jobs WHERE workflow_id = ? AND name = ?", (workflow_id, job)).fetchone()
     if row is None and job.strip().isdigit():
         row = conn.execute("SELECT * FROM jobs WHERE workflow_id = ? AND id = ?",
                            (workflow_id, int(job))).fetchone()
     if row is None:
-        raise QueueError(f"workflow {workflow_id} has no job named (or numbered) {job!r}; "
-                         f"see `torc jobs list {workflow_id}`")
+        near = nearest_names(conn, workflow_id, job)
+        hint = f"; nearest: {', '.join(near)}" if near else ""
+        raise QueueError(f"workflow {workflow_id} has no job named (or numbered) {job!r}{hint} "
+                         f"(see `torc jobs list {workflow_id}`)")
     return row
+
+
+NEAR_CANDIDATES = 5000   # names difflib compares at most (by index: no pass over a million jobs)
+
+
+def nearest_names(conn: sqlite3.Connection, workflow_id: int, name: str, n: int = 5) -> list[str]:
+    """Job names close to ``name`` (difflib), among the names sharing its first letters and those
+    sorting just before and after it: index range reads on (workflow_id, name), bounded."""
+    import difflib
+
+    half = NEAR_CANDIDATES // 2
+    candidates: set[str] = set()
+    for prefix_len in (3, 1):
+        prefix = name[:prefix_len]
+        if prefix:
+            candidates.update(r[0] for r in conn.execute(
+                "SELECT name FROM jobs WHERE workflow_id = ? AND name >= ? AND name < ? ORDER BY name LIMIT ?",
+                (workflow_id, prefix, prefix + "\U0010ffff", half)))
+        if len(candidates) >= n:
+            break
+    candidates.update(r[0] for r in conn.execute(
+        "SELECT name FROM jobs WHERE workflow_id = ? AND name < ? ORDER BY name DESC LIMIT 50", (workflow_id, name)))
+    candidates.update(r[0] for r in conn.execute(
+        "SELECT name FROM jobs WHERE workflow_id = ? AND name > ? ORDER BY name LIMIT 50", (workflow_id, name)))
+    return difflib.get_close_matches(name, sorted(candidates), n=n, cutoff=0.5)
+
+
+def attempt_logs(db: Database, workflow_id: int, job: str, attempt: int | None = None) -> dict[str, Any]:
+    """Where one attempt's stdout and stderr are, and whether it is still going: ``job`` is a name
+    or an id, ``attempt`` None means the latest. One locked read. The files are where the runner
+    that ran the attempt writes them (``<its output dir>/job_stdio/wf<W>_job<J>_attempt<A>.out|.err``;
+    ``<working dir>/torc_output`` when no runner recorded one)."""
+    from torc_slurm.states import HELD
+
+    with db.transaction(write=False) as conn:
+        workflow = conn.execute("SELECT working_dir FROM workflows WHERE id = ?", (workflow_id,)).fetchone()
+        if workflow is None:
+            from torc_slurm.reports.status import no_workflow
+
+            raise no_workflow(conn, workflow_id, db.path)
+        row = _find_job(conn, workflow_id, job)
+        latest = row["attempt"]
+        if latest == 0:
+            raise QueueError(f"job {row['name']} (id {row['id']}) has not run yet: it is {row['status']} "
+                             f"(see `torc jobs explain {workflow_id} {row['name']}`)")
+        number = latest if attempt is None else attempt
+        if not 1 <= number <= latest:
+            raise QueueError(f"job {row['name']} has attempts 1 to {latest}, not {number}")
+        result = conn.execute("SELECT status, runner_id, return_code FROM results WHERE workflow_id = ? AND job_id = ?"
+                              " AND attempt = ? ORDER BY id DESC LIMIT 1", (workflow_id, row["id"], number)).fetchone()
+        live = result is None and number == latest and row["status"] in HELD
+        runner_id = result["runner_id"] if result is not None else (row["runner_id"] if live else None)
+        folder = None
+        if runner_id is not None:
+            text = conn.execute("SELECT resources FROM runners WHERE id = ?", (runner_id,)).fetchone()
+            folder = json.loads(text[0] or "{}").get("output_dir") if text else None
+    base = Path(folder) if folder else Path(workflow["working_dir"]) / STDIO_DIR.parent
+    stem = f"wf{workflow_id}_job{row['id']}_attempt{number}"
+    return {"workflow_id": workflow_id, "job_id": row["id"], "name": row["name"], "attempt": number,
+            "latest_attempt": latest, "job_status": row["status"], "live": live,
+            "result": None if result is None else result["status"],
+            "return_code": None if result is None else result["return_code"],
+            "stdout": str(base / STDIO_DIR.name / f"{stem}.out"), "stderr": str(base / STDIO_DIR.name / f"{stem}.err")}
+
+
+def attempt_ended(db: Database, workflow_id: int, job_id: int, attempt: int) -> bool:
+    """True once the attempt is over: a result row for it exists, or the job no longer holds it."""
+    from torc_slurm.states import HELD
+
+    with db.transaction(write=False) as conn:
+        row = conn.execute("SELECT status, attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        done = conn.execute("SELECT 1 FROM results WHERE workflow_id = ? AND job_id = ? AND attempt = ? LIMIT 1",
+                            (workflow_id, job_id, attempt)).fetchone()
+    return done is not None or row is None or row["attempt"] != attempt or row["status"] not in HELD
 
 
 def _dependencies(conn: sqlite3.Connection, set_id: int | None) -> dict[str, Any] | None:
