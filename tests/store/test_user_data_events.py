@@ -302,9 +302,10 @@ def test_since_accepts_relative_durations(text: str, seconds_ago: float) -> None
 
 
 def test_since_accepts_iso_times_and_refuses_the_rest() -> None:
-    assert ev.parse_since("2026-11-28T10:00:00Z") == datetime.datetime(2026, 11, 28, 10, tzinfo=datetime.UTC).timestamp()
+    utc = datetime.timezone.utc
+    assert ev.parse_since("2026-11-28T10:00:00Z") == datetime.datetime(2026, 11, 28, 10, tzinfo=utc).timestamp()
     assert ev.parse_since("2026-11-28T10:00+01:00") == \
-        datetime.datetime(2026, 11, 28, 9, tzinfo=datetime.UTC).timestamp()
+        datetime.datetime(2026, 11, 28, 9, tzinfo=utc).timestamp()
     assert ev.parse_since("2026-11-28") == datetime.datetime(2026, 11, 28).timestamp()  # local midnight
     for bad in ("yesterday", "10 parsecs", "", "PT", "-5m"):
         with pytest.raises(QueueError, match="invalid time"):
