@@ -363,3 +363,32 @@ def test_the_sweep_posts_one_event_per_runner_with_its_figures(db: Database, tmp
                           "jobs_failed": 0}, "runner 9"),
         ("runner_swept", {"runner_id": idle, "hostname": "idle", "reason": "silent", "jobs_returned": 0,
                           "jobs_failed": 0}, "runner 9")]
+
+
+def test_refreshing_from_slurm_posts_what_changed(db: Database, tmp_path: Path) -> None:
+    """Through `slurm.allocations`: squeue's answer moves allocations on (gone when Slurm forgot
+    them), scancel ends the rest; each change is one event."""
+    from torc_slurm.slurm.allocations import cancel_allocations, refresh_allocations
+    from torc_slurm.slurm.backend import JobInfo, SlurmState
+
+    class FakeSlurm:
+        def __init__(self) -> None:
+            self.states = {"201": SlurmState.RUNNING, "202": SlurmState.PENDING}
+            self.canceled: list[str] = []
+
+        def status(self, job_ids: list[str]) -> dict[str, JobInfo]:
+            return {j: JobInfo(j, self.states[j], 60, None) for j in job_ids if j in self.states}
+
+        def cancel(self, job_ids: list[str]) -> None:
+            self.canceled += job_ids
+
+    wf = make(db, tmp_path).workflow_id
+    record_allocations(db, wf, "cpu", 1, [("201", None), ("202", None), ("203", None)])
+    slurm = FakeSlurm()
+    refresh_allocations(db, slurm, wf)  # type: ignore[arg-type]
+    refresh_allocations(db, slurm, wf)  # type: ignore[arg-type]  (nothing new)
+    assert cancel_allocations(db, wf, slurm) == ["201", "202"]  # type: ignore[arg-type]
+    seen = [(kind, data["slurm_job_id"], data["state"])
+            for kind, data, _ in kinds(db, wf, "allocation_started", "allocation_ended")]
+    assert seen == [("allocation_started", "201", "RUNNING"), ("allocation_ended", "203", "gone"),
+                    ("allocation_ended", "201", "canceled"), ("allocation_ended", "202", "canceled")]
