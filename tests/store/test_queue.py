@@ -309,7 +309,10 @@ def traced(db: Database, action: Any) -> list[str]:
         action()
     finally:
         db._conn.set_trace_callback(None)
-    return [s for s in statements if TOUCHES.search(s)]
+    # A statement that fires triggers (status_counts) is traced once more per trigger program run:
+    # count the statements issued, not the trigger runs.
+    issued = [s for i, s in enumerate(statements) if i == 0 or s != statements[i - 1]]
+    return [s for s in issued if TOUCHES.search(s)]
 
 
 def unblocking_statements(tmp_path: Path, n: int) -> dict[str, list[str]]:
@@ -392,7 +395,7 @@ def test_sweep_returns_a_lost_runners_jobs_and_records_them(db: Database, tmp_pa
     assert runner_row(db, lost)["status"] == "lost" and runner_row(db, alive)["status"] == "active"
     assert queue.sweep([SweepRequest(lost, runner_row(db, lost)["lease_seq"], "again")], by="t") == 0  # once only
     events = [r[0] for r in db.read("SELECT kind FROM events WHERE workflow_id = ?", (queue.workflow_id,))]
-    assert "runner_lost" in events
+    assert events.count("runner_swept") == 1
     (again,) = queue.cycle(alive, choose=lambda ready: [jid["r"]]).claimed
     assert again.attempt == 2
 

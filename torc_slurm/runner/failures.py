@@ -142,7 +142,9 @@ class FailureHandling:
             job.id, job.attempt, verdict.status, job.lease_token, done.return_code, done.signal, done.started_at,
             done.ended_at, peak_rss, done.cpu_time_s,
             stats.avg_cpu_percent if stats else None, stats.peak_cpu_percent if stats else None,
-            stats.avg_memory_bytes if stats else None, sampled, verdict.message, verdict.reason)
+            stats.avg_memory_bytes if stats else None, sampled, verdict.message, verdict.reason,
+            avg_gpu_percent=stats.avg_gpu_percent if stats else None,
+            peak_gpu_memory_bytes=stats.peak_gpu_memory_bytes if stats else None)
 
     def _ran_until(self, job_id: int, ended_at: float) -> float:
         """A job the runner stopped overran its runtime only if it had by the stop request (the

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from torc_slurm.errors import QueueError
 from torc_slurm.runner.failures import FailureHandling, memory_kill_factor
+from torc_slurm.runner.gpu import detect_gpu_sampler
 from torc_slurm.runner.fencing import SlurmProbe
 from torc_slurm.runner.keeper import LeaseKeeper
 from torc_slurm.runner.monitor import ResourceMonitor, oom_kills
@@ -40,11 +41,12 @@ from torc_slurm.runner.packing import Candidate, Placement, fits_node, fits_time
 from torc_slurm.runner.policy import STOP_SIGNAL_WINDOW_S, killed_by_stop_signal, prefetch_size
 from torc_slurm.runner.process import RSS_UNIT, Finished, LaunchSpec, ProcessPool
 from torc_slurm.runner.resources import DetectedNode, pin_plan
+from torc_slurm.runner.usage import DEFAULT_EVERY_S, UsageBuckets
 from torc_slurm.runner.walltime import EndTime
 from torc_slurm.spec.models import WorkflowSpec
 from torc_slurm.states import UNFINISHED
 from torc_slurm.store.db import Database
-from torc_slurm.store.queue import ClaimedJob, Limits, Outcome, Queue, ReadyJob, Started
+from torc_slurm.store.queue import ClaimedJob, Limits, NodeUse, Outcome, Queue, ReadyJob, Started
 
 log = logging.getLogger(__name__)
 MAX_PREFETCH = 512  # adaptive claim-ahead never exceeds this many jobs
@@ -71,6 +73,7 @@ class RunnerConfig:
     guardian: bool = True                   # a guardian process kills the jobs if the runner dies
     termination_grace_s: float = 30.0
     monitor_interval_s: float = 5.0
+    node_sample_s: float = DEFAULT_EVERY_S  # one runner_samples row per this long (the monitor's passes averaged)
     gpu_variable: str = "CUDA_VISIBLE_DEVICES"
     slurm_job_id: str | None = None
     node_name: str = field(default_factory=lambda: os.environ.get("SLURMD_NODENAME") or socket.gethostname())
@@ -118,8 +121,11 @@ class Runner:
         self.config = config
         self.queue = Queue(db, config.workflow_id)
         self.pool = ProcessPool()
-        self.monitor = ResourceMonitor(config.monitor_interval_s or None,
-                                       on_over_limit=lambda _job: self.pool.wake())
+        gpus = node.capacity.gpu_ids
+        self.monitor = ResourceMonitor(config.monitor_interval_s or None, on_over_limit=lambda _job: self.pool.wake(),
+                                       gpu_sampler=detect_gpu_sampler() if gpus and config.monitor_interval_s else None,
+                                       node_gpu_ids=gpus)
+        self.usage = UsageBuckets(len(node.capacity.cpu_ids), config.node_sample_s)
         self.failures = FailureHandling(self)
         if config.heartbeat_interval_s is None:
             config.heartbeat_interval_s = min(10.0, config.heartbeat_timeout_s / 8)
@@ -144,6 +150,7 @@ class Runner:
         self._finished_at: deque[float] = deque(maxlen=8 * MAX_PREFETCH)  # recent outcome times
         self._failing_since: float | None = None  # monotonic time of the first failed cycle in a row
         self._retry_at = 0.0                      # monotonic: no cycle before this (backoff)
+        self._unsent_samples: list[NodeUse] = []  # node use whose cycle failed: sent with the next
 
     # -- public ------------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -165,7 +172,7 @@ class Runner:
                                                     "memory_bytes": capacity.memory_bytes,
                                                     "end_time": cfg.end_time.current(time.time()),
                                                     "output_dir": str(cfg.output_dir)},
-                **self.leases.identity())
+                gpu_sampler=self.monitor.gpu_sampler_name, **self.leases.identity())
         except BaseException:
             self.leases.close()
             raise
@@ -287,15 +294,18 @@ class Runner:
                     if job_id not in self._lease_lost)
         held.update((job_id, job.lease_token) for job_id, job in self._backlog.items())
         started, outcomes, verdicts = self._take_started(), self._take_outcomes(), self.leases.take_verdicts()
+        samples = self._take_samples(now)
         may_claim = self.leases.may_start(mono) or not self.running  # a fresh lease comes with this cycle
         try:
             result = self.queue.cycle(
                 self.runner_id, started=started, outcomes=outcomes, release=release, held=held,
                 choose=self._chooser(now) if may_claim else None, limits=self._limits(left),
                 scheduler=cfg.scheduler, strict_scheduler=cfg.strict_scheduler, window=self._window(),
-                sweep=verdicts.sweep, fence=verdicts.fence, want_peers=observe, want_counts=idle or progress_due)
+                sweep=verdicts.sweep, fence=verdicts.fence, want_peers=observe, want_counts=idle or progress_due,
+                samples=samples)
         except (QueueError, sqlite3.Error) as exc:
             self._started[:0], self._outcomes[:0] = started, outcomes
+            self._unsent_samples[:0] = samples
             self.leases.restore_verdicts(verdicts)
             if isinstance(exc, QueueError) and not exc.retryable:
                 log.error("runner %d: %s; stopping", self.runner_id, exc)
@@ -524,7 +534,7 @@ class Runner:
         self._started.append(Started(job.id, job.lease_token, launched))
         entry = self.running[job.id] = _Running(job, placement, stdout, stderr, oom_kills=oom_kills())
         self.failures.started(entry, time.monotonic())
-        self.monitor.track(job.id, launched, self.failures.memory_limit(job.memory_bytes))
+        self.monitor.track(job.id, launched, self.failures.memory_limit(job.memory_bytes), gpu_ids=placement.gpu_ids)
 
     def _environment(self, job: ClaimedJob, placement: Placement) -> dict[str, str]:
         cfg = self.config
@@ -638,6 +648,7 @@ class Runner:
         """The last cycle: report what is left and hand back the rest; retried with backoff while
         the lease lasts (after that, the others will sweep this runner)."""
         outcomes = self._take_outcomes()
+        samples = self._take_samples(time.time(), flush=True)
         self._started = []  # an outcome applies to a pending or running job alike
         if self.stop_reason == "workflow deleted":
             return
@@ -645,7 +656,7 @@ class Runner:
         delay = 0.1
         while True:
             try:
-                self.queue.finish_runner(self.runner_id, outcomes=outcomes, report=self._report(),
+                self.queue.finish_runner(self.runner_id, outcomes=outcomes, report=self._report(), samples=samples,
                                          time_left_s=self.config.end_time.seconds_left(time.time(),
                                                                                        self.config.buffer_s))
                 return
@@ -695,6 +706,12 @@ class Runner:
     def _take_started(self) -> list[Started]:
         started, self._started = self._started, []
         return started
+
+    def _take_samples(self, now: float, *, flush: bool = False) -> list[NodeUse]:
+        """Node use to write with this cycle: the finished time buckets (all of them at the end)."""
+        self.usage.add(self.monitor.drain_node_samples())
+        samples, self._unsent_samples = self._unsent_samples + self.usage.take(now, flush=flush), []
+        return samples
 
     def _take_outcomes(self) -> list[Outcome]:
         outcomes, self._outcomes = self._outcomes, []

@@ -102,6 +102,17 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class NodeUse:
+    """The runner's node over one stretch of time (a row of ``runner_samples``)."""
+
+    at: float
+    cpu_percent: float               # of the runner's CPUs, 0-100
+    memory_bytes: int                # RSS of all its jobs' process trees
+    gpu_percent: float | None = None  # None: no GPU sampler
+    gpu_memory_bytes: int | None = None
+
+
+@dataclass(frozen=True)
 class Limits:
     """The most one job may ask for on this runner (node capacity, time left)."""
 
@@ -159,13 +170,15 @@ class Queue:
             return runner_id
 
     def finish_runner(self, runner_id: int, *, outcomes: Sequence[Outcome] = (),
-                      report: Mapping[str, object] | None = None, time_left_s: float | None = None) -> None:
+                      report: Mapping[str, object] | None = None, time_left_s: float | None = None,
+                      samples: Sequence[NodeUse] = ()) -> None:
         """The runner's last cycle: record outcomes, hand back anything it still holds, sign off.
         ``report`` (its counts and exit reason) goes into the ``runner_ended`` event, with the
         ready jobs it leaves behind and how many of those need more than ``time_left_s``."""
         now = time.time()
         with self.db.transaction() as conn:
             changed = self._record(conn, runner_id, outcomes)
+            self._add_samples(conn, runner_id, samples)
             changed += leases.hand_back(conn, runner_id)
             conn.execute("UPDATE runners SET status = 'finished', ended_at = ?, heartbeat_at = ? WHERE id = ?",
                          (now, now, runner_id))
@@ -205,7 +218,7 @@ class Queue:
               choose: Chooser | None = None, limits: Limits = Limits(),
               scheduler: str | None = None, strict_scheduler: bool = False, window: int = 256,
               sweep: Sequence[SweepRequest] = (), fence: Sequence[tuple[int, str]] = (),
-              want_peers: bool = False, want_counts: bool = False) -> CycleResult:
+              want_peers: bool = False, want_counts: bool = False, samples: Sequence[NodeUse] = ()) -> CycleResult:
         """One lock acquisition. ``started``: attempts spawned since the last cycle. ``outcomes``:
         attempts reaped. ``release``: claimed jobs the runner will not start after all (back to
         ready, attempt undone). ``held``: job id -> lease token of every job the runner still holds
@@ -228,6 +241,7 @@ class Queue:
                 " AND status = 'pending'",
                 [(s.pid, s.job_id, runner_id, s.lease_token) for s in started if s.job_id not in settled])
             changed = self._record(conn, runner_id, outcomes)
+            self._add_samples(conn, runner_id, samples)
             if release:
                 changed += leases.hand_back(conn, runner_id, release)
             if held is not None:
@@ -268,6 +282,13 @@ class Queue:
         return taken
 
     # -- internals (all inside the caller's transaction) -------------------------------------
+    def _add_samples(self, conn: sqlite3.Connection, runner_id: int, samples: Sequence[NodeUse]) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO runner_samples (workflow_id, runner_id, at, cpu_percent, memory_bytes, gpu_percent,"
+            " gpu_memory_bytes) VALUES (?,?,?,?,?,?,?)",
+            [(self.workflow_id, runner_id, s.at, s.cpu_percent, s.memory_bytes, s.gpu_percent, s.gpu_memory_bytes)
+             for s in samples])
+
     def _reconcile(self, conn: sqlite3.Connection, runner_id: int,
                    held: Mapping[int, int]) -> tuple[list[int], list[int]]:
         """(jobs the runner holds that the queue no longer gives it, jobs the queue gives it that
