@@ -237,6 +237,17 @@ class UserDataSpec(StrictModel):
     parameter_mode: ParameterMode = "product"
 
 
+class GroupSpec(StrictModel):
+    """Jobs that start together (a gang, on one node or several): every member's resources are
+    claimed at once. A group waits for everything any member waits for. When the ``lead`` member
+    exits, ``group_end: lead`` ends the group (the others are terminated, which is no failure);
+    ``group_end: all`` waits for every member. Default: ``lead`` when a lead is named, else ``all``."""
+
+    name: str
+    lead: str | None = None
+    group_end: Literal["lead", "all"] | None = None
+
+
 class JobSpec(StrictModel):
     name: str
     command: Annotated[str, _argument("the command")]
@@ -258,6 +269,11 @@ class JobSpec(StrictModel):
     enforce_runtime: bool | None = None      # None: the workflow's enforce_runtime
     runtime_grace: Grace | None = None       # None: the workflow's runtime_grace
     env: dict[str, Annotated[str, _argument("the value")]] = {}
+    group: str | None = None                 # a `groups` entry: start together with its other members
+    # A multi-node job (num_nodes > 1) is started through srun across its nodes (or the site's
+    # launcher); 'none': run once on the first node, with TORC_NODELIST, to start its own ranks.
+    launcher: Literal["srun", "none"] | None = None
+    image: str | None = None                 # a container image (run natively unless the site names a runtime)
     parameters: dict[str, ParameterValue] = {}
     parameter_mode: ParameterMode = "product"
 
@@ -317,6 +333,7 @@ class WorkflowSpec(StrictModel):
     metadata: dict[str, Any] = {}
     parameters: dict[str, ParameterValue] = {}
     jobs: list[JobSpec] = Field(min_length=1)
+    groups: list[GroupSpec] = []
     files: list[FileSpec] = []
     user_data: list[UserDataSpec] = []
     resource_requirements: list[ResourceRequirements] = []
