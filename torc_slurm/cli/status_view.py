@@ -155,8 +155,9 @@ def cannot_run_table(report: dict[str, Any], width: int = 80) -> Table | None:
 def reasons_line(report: dict[str, Any]) -> Text | None:
     if not report["failure_reasons"]:
         return None
-    return Text("Failed or canceled: " + ", ".join(f"{why}: {n:,}" for why, n in report["failure_reasons"].items()),
-                style="red")
+    sampled = " (reasons of a sample; `torc reports summary` has them all)" if report["failure_reasons_sampled"] else ""
+    return Text("Failed or canceled: " + ", ".join(f"{why}: {n:,}" for why, n in report["failure_reasons"].items())
+                + sampled, style="red")
 
 
 def header(report: dict[str, Any]) -> Text:
@@ -181,7 +182,7 @@ def watch_view(report: dict[str, Any], width: int = 80, interval: float | None =
 
     total = report["total"] or 1
     c = report["counts"]
-    bar = ProgressBar(total=total, completed=report["done"], width=max(10, min(width, 80) - 2))
+    bar = ProgressBar(total=total, completed=report["done"], width=max(10, min(width, 80) - 1))
     line = Text()
     for status in ("completed", "failed", "canceled", "running", "pending", "ready", "blocked"):
         if c[status] or status in ("running", "pending", "completed"):
@@ -189,7 +190,9 @@ def watch_view(report: dict[str, Any], width: int = 80, interval: float | None =
             line.append(f"{c[status]:,}  ")
     foot = Text(f"refreshed {clock(report['now'])}" + (f", every {interval:g} s; Ctrl-C to stop" if interval else ""),
                 style="dim")
-    parts: list[RenderableType | None] = [header(report), bar, line, timing_line(report), reasons_line(report),
+    bar_row = Table.grid()   # a ProgressBar ends without a newline: give it a row of its own
+    bar_row.add_row(bar)
+    parts: list[RenderableType | None] = [header(report), bar_row, line, timing_line(report), reasons_line(report),
                                           cannot_run_table(report, width), allocations_table(report, width),
                                           runners_table(report, width), failures_table(report, width), foot]
     return Group(*(p for p in parts if p is not None))

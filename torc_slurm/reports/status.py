@@ -36,7 +36,8 @@ LAST_FAILURES = 5
 EXAMPLES = 3
 ETA_SAMPLE = 200          # completed attempts whose exec times the ETA averages
 MAX_SHAPES = 2000         # distinct resource shapes examined (far above any real workflow)
-COUNT_CAP = 10_000        # per shape, jobs counted exactly up to this; beyond it "at least"
+COUNT_CAP = 10_000        # jobs canceled by a failed upstream counted exactly up to this; beyond it "at least"
+EXAMINE = 2000            # rows a "cannot run" count or the failure reasons read at most per index range
 RUN_STARTS = ("initialized", "reset", "reinit", "updated")   # events that start a new run
 ALLOCATION_FINAL = ("gone", "canceled", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL",
                     "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED")
@@ -112,6 +113,7 @@ class StatusReport(_Model):
     runners: list[Runner]
     last_failures: list[Failure]
     failure_reasons: dict[str, int]
+    failure_reasons_sampled: bool
     cannot_run: dict[str, Blocked]
 
 
@@ -128,6 +130,9 @@ def no_workflow(conn: sqlite3.Connection, workflow_id: int, path: object) -> Que
 def workflow_status(db: Database, workflow_id: int, *, now: float | None = None,
                     failures: int = LAST_FAILURES, examples: int = EXAMPLES) -> dict[str, Any]:
     """The status report of ``workflow_id`` (a dict shaped like ``StatusReport``)."""
+    import torc_slurm.spec.units  # noqa: F401  (imported before the lock is taken, not while holding it)
+    import torc_slurm.store.workflows  # noqa: F401
+
     with db.transaction(write=False) as conn:
         raw = read_raw(conn, workflow_id, failures=failures, examples=examples, path=db.path)
     return build_report(raw, time.time() if now is None else now)
@@ -143,6 +148,7 @@ class Raw:
     runners: list[dict[str, Any]]
     failures: list[dict[str, Any]]
     failure_reasons: dict[str, int]
+    failure_reasons_sampled: bool
     exec_times: list[float]
     run_start: float | None
     last_end: float | None
@@ -169,6 +175,7 @@ def read_raw(conn: sqlite3.Connection, workflow_id: int, *, failures: int = LAST
         " (SELECT COUNT(*) FROM jobs j WHERE j.runner_id = r.id AND j.status IN ('pending', 'running')) AS held"
         " FROM runners r WHERE r.workflow_id = ? AND r.status IN ('active', 'fencing') ORDER BY r.id",
         (workflow_id,))]
+    reasons_sampled = False
     failed = []
     for status in ("failed", "terminated", "canceled"):  # each through results_by_status, newest first
         failed += conn.execute(
@@ -179,12 +186,16 @@ def read_raw(conn: sqlite3.Connection, workflow_id: int, *, failures: int = LAST
     failed = [dict(r) for r in sorted(failed, key=lambda r: r["id"], reverse=True)[:failures]]
     for f in failed:
         f.pop("id")
-    reasons = {}
-    if any(counts[s] for s in FAILED):
-        reasons = {r[0]: r[1] for r in conn.execute(
-            f"SELECT CASE WHEN reason LIKE 'upstream%' THEN 'upstream failed' ELSE COALESCE(reason, status) END"
-            f" AS why, COUNT(*) FROM jobs WHERE workflow_id = ? AND status IN {sql_list(FAILED)}"
-            f" GROUP BY why ORDER BY 2 DESC, 1", (workflow_id,))}
+    reasons: dict[str, int] = {}
+    for status in FAILED:   # why they ended: at most EXAMINE jobs of each status are read
+        if counts[status] > EXAMINE:
+            reasons_sampled = True
+        for why, n in conn.execute(
+                "SELECT CASE WHEN reason LIKE 'upstream%' THEN 'upstream failed' ELSE COALESCE(reason, status) END,"
+                " COUNT(*) FROM (SELECT reason, status FROM jobs WHERE workflow_id = ? AND status = ? LIMIT ?)"
+                " GROUP BY 1", (workflow_id, status, EXAMINE)) if counts[status] else ():
+            reasons[why] = reasons.get(why, 0) + n
+    reasons = dict(sorted(reasons.items(), key=lambda item: (-item[1], item[0])))
     exec_times = [r[0] for r in conn.execute(
         "SELECT exec_s FROM results WHERE workflow_id = ? AND status = 'completed' ORDER BY id DESC LIMIT ?",
         (workflow_id, ETA_SAMPLE)) if r[0] is not None]
@@ -195,10 +206,14 @@ def read_raw(conn: sqlite3.Connection, workflow_id: int, *, failures: int = LAST
         first = conn.execute("SELECT MIN(started_at) FROM runners WHERE workflow_id = ? AND started_at >= ?",
                              (workflow_id, run_start)).fetchone()[0]
         run_start = first if first is not None else run_start
-    last = conn.execute("SELECT ended_at FROM results WHERE workflow_id = ? ORDER BY id DESC LIMIT 1",
-                        (workflow_id,)).fetchone()
+    last = None
+    if not any(counts[s] for s in UNFINISHED):   # finished: when the last attempt ended (newest per outcome)
+        ends = [tuple(r) for status in ("completed", "failed", "terminated", "canceled", "lost") for r in conn.execute(
+            "SELECT id, ended_at FROM results WHERE workflow_id = ? AND status = ? ORDER BY id DESC LIMIT 1",
+            (workflow_id, status))]
+        last = (max(ends)[1],) if ends else None
     cannot_run = _cannot_run(conn, workflow_id, workflow.pop("schedulers"), runners, counts, examples)
-    return Raw(workflow, counts, allocations, runners, failed, reasons, exec_times, run_start,
+    return Raw(workflow, counts, allocations, runners, failed, reasons, reasons_sampled, exec_times, run_start,
                last[0] if last else None, cannot_run)
 
 
@@ -218,22 +233,33 @@ class Shape:
 
 def shapes(conn: sqlite3.Connection, workflow_id: int, limit: int = MAX_SHAPES) -> list[Shape]:
     """The distinct resource shapes of the workflow's jobs: a loose scan of ``jobs_by_shape``, one
-    index seek per shape (never a pass over the jobs)."""
+    index seek per distinct value at each level (scheduler, nodes, GPUs, memory, runtime, CPUs),
+    never a pass over the jobs. (A row-value ``>`` seek would step over equal entries one by one.)"""
     found: list[Shape] = []
-    cols = ", ".join(_SHAPE)
-    marks = ", ".join("?" * len(_SHAPE))
-    scheduler_row = conn.execute("SELECT scheduler FROM jobs WHERE workflow_id = ? ORDER BY scheduler LIMIT 1",
-                                 (workflow_id,)).fetchone()
-    while scheduler_row is not None and len(found) < limit:
-        scheduler = scheduler_row[0]
-        row = conn.execute(f"SELECT {cols} FROM jobs WHERE workflow_id = ? AND scheduler IS ?"
-                           f" ORDER BY {cols} LIMIT 1", (workflow_id, scheduler)).fetchone()
-        while row is not None and len(found) < limit:
-            found.append(Shape(scheduler, *row))
-            row = conn.execute(f"SELECT {cols} FROM jobs WHERE workflow_id = ? AND scheduler IS ?"
-                               f" AND ({cols}) > ({marks}) ORDER BY {cols} LIMIT 1",
-                               (workflow_id, scheduler, *row)).fetchone()
-        scheduler_row = conn.execute(
+
+    def walk(level: int, prefix: list[Any]) -> None:
+        column = _SHAPE[level]
+        where = "workflow_id = ? AND scheduler IS ?" + "".join(f" AND {c} = ?" for c in _SHAPE[:level])
+        value = None
+        while len(found) < limit:
+            row = conn.execute(f"SELECT {column} FROM jobs WHERE {where}"
+                               + (f" AND {column} > ?" if value is not None else "")
+                               + f" ORDER BY {column} LIMIT 1",
+                               (workflow_id, *prefix, *(() if value is None else (value,)))).fetchone()
+            if row is None:
+                return
+            value = row[0]
+            if level + 1 == len(_SHAPE):
+                found.append(Shape(*prefix, value))
+            else:
+                walk(level + 1, [*prefix, value])
+
+    row = conn.execute("SELECT scheduler FROM jobs WHERE workflow_id = ? ORDER BY scheduler LIMIT 1",
+                       (workflow_id,)).fetchone()
+    while row is not None and len(found) < limit:
+        scheduler = row[0]
+        walk(0, [scheduler])
+        row = conn.execute(
             "SELECT scheduler FROM jobs WHERE workflow_id = ? AND scheduler > ? ORDER BY scheduler LIMIT 1"
             if scheduler is not None else
             "SELECT scheduler FROM jobs WHERE workflow_id = ? AND scheduler IS NOT NULL ORDER BY scheduler LIMIT 1",
@@ -308,10 +334,10 @@ def _cannot_run(conn: sqlite3.Connection, workflow_id: int, schedulers_json: str
             misfits = [s for s in all_shapes
                        if not any(o.fits(s) for o in ([by_name[s.scheduler]] if s.scheduler in by_name else []
                                                       if s.scheduler else offers))]
-            found["no scheduler fits"] = _count_shapes(conn, workflow_id, misfits, WAITING, examples)
+            found["no scheduler fits"] = _count_shapes(conn, workflow_id, misfits, WAITING, counts, examples)
         if live and counts["ready"]:
             misfits = [s for s in all_shapes if not any(o.fits(s) for o in live)]
-            found["no runner fits"] = _count_shapes(conn, workflow_id, misfits, ("ready",), examples)
+            found["no runner fits"] = _count_shapes(conn, workflow_id, misfits, ("ready",), counts, examples)
     if counts["canceled"]:
         n = conn.execute("SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE workflow_id = ? AND status = 'canceled'"
                          " AND reason LIKE 'upstream%' LIMIT ?)", (workflow_id, COUNT_CAP + 1)).fetchone()[0]
@@ -323,20 +349,39 @@ def _cannot_run(conn: sqlite3.Connection, workflow_id: int, schedulers_json: str
 
 
 def _count_shapes(conn: sqlite3.Connection, workflow_id: int, misfits: list[Shape], statuses: tuple[str, ...],
-                  examples: int) -> dict[str, Any]:
-    total, names, at_least = 0, [], False
-    where = (f"workflow_id = ? AND scheduler IS ? AND {' AND '.join(c + ' = ?' for c in _SHAPE)}"
-             f" AND status IN {sql_list(statuses)}")
+                  counts: dict[str, int], examples: int) -> dict[str, Any]:
+    """How many jobs in ``statuses`` have one of the ``misfits`` shapes, reading at most ``EXAMINE``
+    rows per index range: first the jobs of each misfit shape (``jobs_by_shape``); when a shape has
+    more, also the next jobs of each status in claim order (``jobs_by_status``: those a runner would
+    take next). Exact when no range was cut short; otherwise the larger count, flagged ``at_least``."""
+    if not misfits:
+        return {"count": 0, "at_least": False, "examples": []}
+    names: list[str] = []
+    by_shape, shape_cut = 0, False
+    where = f"workflow_id = ? AND scheduler IS ? AND {' AND '.join(c + ' = ?' for c in _SHAPE)}"
     for shape in misfits:
         params = (workflow_id, shape.scheduler, *(getattr(shape, c) for c in _SHAPE))
-        n = conn.execute(f"SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE {where} LIMIT ?)",
-                         (*params, COUNT_CAP + 1)).fetchone()[0]
-        at_least |= n > COUNT_CAP
-        total += min(n, COUNT_CAP)
-        if n and len(names) < examples:
-            names += [r[0] for r in conn.execute(f"SELECT name FROM jobs WHERE {where} ORDER BY id LIMIT ?",
-                                                 (*params, examples - len(names)))]
-    return {"count": total, "at_least": at_least, "examples": names}
+        rows = conn.execute(f"SELECT name, status FROM jobs WHERE {where} LIMIT ?", (*params, EXAMINE)).fetchall()
+        shape_cut |= len(rows) >= EXAMINE
+        hits = [name for name, status in rows if status in statuses]
+        by_shape += len(hits)
+        names += hits[:max(0, examples - len(names))]
+    if not shape_cut:
+        return {"count": by_shape, "at_least": False, "examples": names}
+    wanted = set(misfits)
+    cols = ", ".join(_SHAPE)
+    by_status, status_names = 0, []
+    for status in statuses:
+        if not counts.get(status):
+            continue
+        for row in conn.execute(f"SELECT name, scheduler, {cols} FROM jobs WHERE workflow_id = ? AND status = ?"
+                                f" ORDER BY rank LIMIT ?", (workflow_id, status, EXAMINE)):
+            if Shape(*row[1:]) in wanted:
+                by_status += 1
+                if len(status_names) < examples:
+                    status_names.append(row[0])
+    return {"count": max(by_shape, by_status), "at_least": True,
+            "examples": status_names if by_status > by_shape else names}
 
 
 # -- arithmetic, outside the lock -----------------------------------------------------------------
@@ -393,7 +438,7 @@ def build_report(raw: Raw, now: float) -> dict[str, Any]:
         "started_at": start, "ended_at": end, "elapsed_s": elapsed, "mean_exec_s": mean,
         "parallelism": parallelism, "eta_s": estimate_eta(unfinished, raw.exec_times, parallelism),
         "finished": finished, "allocations": allocations, "runners": runners, "last_failures": raw.failures,
-        "failure_reasons": raw.failure_reasons,
+        "failure_reasons": raw.failure_reasons, "failure_reasons_sampled": raw.failure_reasons_sampled,
         "cannot_run": {k: {**v, "examples": list(v["examples"])} for k, v in raw.cannot_run.items()},
     }
 
