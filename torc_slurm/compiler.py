@@ -45,7 +45,7 @@ from torc_slurm.spec.regexes import NameIndex
 _MAX_MESSAGE = 2000
 
 
-_JOB_TEXT_FIELDS = ("name", "command", "invocation_script", "resource_requirements", "scheduler")
+_JOB_TEXT_FIELDS = ("name", "command", "invocation_script", "resource_requirements", "scheduler", "group")
 _JOB_LIST_FIELDS = ("depends_on", "depends_on_regexes", "input_files", "output_files",
                     "input_user_data", "output_user_data")
 
@@ -76,6 +76,20 @@ class CompiledJob:  # not frozen: a frozen __init__ costs ~7 us per job, most of
     failure_handler: str | None = None
     enforce_runtime: bool = False
     runtime_grace: float = 1.5
+    group: int | None = None        # index into CompiledWorkflow.groups
+    launcher: str | None = None     # multi-node jobs: 'srun' (default) or 'none'
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class CompiledGroup:
+    """Jobs that start together. ``lead``: the member whose exit ends the group (``group_end``
+    'lead'); ``members`` in spec order, which is also their rank within the group."""
+
+    name: str
+    lead: int | None        # job index
+    group_end: str          # 'lead' | 'all'
+    members: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,7 @@ class CompiledWorkflow:
     files: list[CompiledFile]
     user_data: list[CompiledUserData]
     external_inputs: dict[int, list[int]] = field(default_factory=dict)  # file -> consumer jobs
+    groups: list[CompiledGroup] = field(default_factory=list)
 
     @property
     def schedulers(self) -> list[SlurmScheduler]:
@@ -185,6 +200,7 @@ class _Compiler:
         data_producer = _producers(jobs, data_out, [d["name"] for d, _ in data], "output_user_data")
 
         prerequisites = self._prerequisites(jobs, names, inputs, data_in, file_producer, data_producer)
+        groups = self._groups(jobs, names, prerequisites)
         set_ids: dict[frozenset[int], int] = {}
         depsets: list[tuple[int, ...]] = []
         job_sets: list[int | None] = []
@@ -211,6 +227,13 @@ class _Compiler:
         flags = [self._flags(e) for e in self.spec.jobs]
         compiled = [_job(job, flags[job.entry], resolved[i], ranks[i], job_sets[i], inputs[i], outputs[i],
                          data_in[i], data_out[i]) for i, job in enumerate(jobs)]
+        for number, group in enumerate(groups):
+            for member in group.members:
+                compiled[member].group = number
+        for job, item in zip(compiled, jobs):
+            entry = self.spec.jobs[item.entry]
+            if entry.launcher is not None or entry.image is not None:
+                job.launcher, job.image = entry.launcher, entry.image
         external: dict[int, list[int]] = {}
         for index, job_inputs in enumerate(inputs):
             for f in job_inputs:
@@ -224,6 +247,7 @@ class _Compiler:
             user_data=[CompiledUserData(d["name"], entry.data, entry.is_ephemeral, data_producer.get(i))
                        for i, (d, entry) in enumerate(data)],
             external_inputs=external,
+            groups=groups,
         )
 
     # -- expansion -------------------------------------------------------------------------
@@ -440,6 +464,57 @@ class _Compiler:
             result.append(union)
         return result
 
+    def _groups(self, jobs: list[_Expanded], names: Mapping[str, int],
+                prerequisites: list[frozenset[int]]) -> list[CompiledGroup]:
+        """Gather the members of each group (a job's ``group`` may name a ``groups`` entry, or a
+        group of its own with no lead), check leads and that no member waits for another, and make
+        every member wait for everything any member waits for (the group starts as one). Updates
+        ``prerequisites`` in place."""
+        declared = {}
+        for group in self.spec.groups:
+            _check_name("group", group.name, None)
+            if group.name in declared:
+                raise SpecError(f"group {short_repr(group.name)} is defined twice", field=f"groups[{group.name}].name")
+            declared[group.name] = group
+        members: dict[str, list[int]] = {}
+        for index, job in enumerate(jobs):
+            name = job.text.get("group")
+            if name:
+                try:
+                    validate_name("group", name)
+                except ValueError as exc:
+                    raise SpecError(str(exc), job=job.name, field="group") from None
+                members.setdefault(name, []).append(index)
+        result = []
+        for name, group in declared.items():
+            if name not in members:
+                raise SpecError(f"group {short_repr(name)} has no member jobs (give jobs `group: {name}`)",
+                                field=f"groups[{name}]")
+            if group.lead is not None and (group.lead not in names or names[group.lead] not in members[name]):
+                raise SpecError(f"the lead {short_repr(group.lead)} of group {short_repr(name)} is not one of its "
+                                "jobs", field=f"groups[{name}].lead")
+        for name, indices in members.items():
+            group = declared.get(name)
+            lead = names[group.lead] if group is not None and group.lead is not None else None
+            end = (group.group_end if group is not None and group.group_end else None) or \
+                ("lead" if lead is not None else "all")
+            if end == "lead" and lead is None:
+                raise SpecError(f"group {short_repr(name)} ends with its lead (group_end: lead) but names no lead",
+                                field=f"groups[{name}].group_end")
+            inside = set(indices)
+            for index in indices:
+                waits = prerequisites[index] & inside
+                if waits:
+                    other = jobs[min(waits)].name
+                    raise SpecError(f"job {short_repr(jobs[index].name)} waits for {short_repr(other)} of its own "
+                                    f"group {short_repr(name)}, but a group's jobs start together",
+                                    job=jobs[index].name, field="depends_on")
+            union = frozenset().union(*(prerequisites[i] for i in indices))
+            for index in indices:
+                prerequisites[index] = union
+            result.append(CompiledGroup(name, lead, end, tuple(indices)))
+        return result
+
     def _flags(self, entry: JobSpec) -> tuple[int, bool, bool, int, str | None, bool, float]:
         """The per-entry settings every job of the entry shares, with the workflow's defaults."""
         spec = self.spec
@@ -477,7 +552,7 @@ assert tuple(f.name for f in fields(CompiledJob)) == (
     "name", "command", "invocation_script", "env", "num_cpus", "num_gpus", "num_nodes", "memory_bytes",
     "runtime_s", "resource_requirements", "scheduler", "priority", "cancel_on_blocking_job_failure",
     "supports_termination", "depset", "input_files", "output_files", "input_user_data", "output_user_data",
-    "rank", "max_attempts", "failure_handler", "enforce_runtime", "runtime_grace"), \
+    "rank", "max_attempts", "failure_handler", "enforce_runtime", "runtime_grace", "group", "launcher", "image"), \
     "CompiledJob's fields changed: update _job()"
 
 

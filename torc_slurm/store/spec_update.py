@@ -34,7 +34,7 @@ from torc_slurm.store.db import Database
 from torc_slurm.store.events import add_event
 from torc_slurm.store.leases import next_ids
 from torc_slurm.store.restarts import Change, deltas, next_status
-from torc_slurm.store.workflows import refresh_status_counts
+from torc_slurm.store.workflows import add_groups, refresh_status_counts
 
 _PARTS = ("command", "env", "resources", "files", "input user data")
 
@@ -252,6 +252,7 @@ def _rebuild(conn, workflow_id: int, workflow, compiled: CompiledWorkflow, resul
                          (job.command, job.invocation_script, json.dumps(job.env) if job.env else None, job.num_cpus,
                           job.num_gpus, job.num_nodes, job.memory_bytes, job.runtime_s, job.resource_requirements,
                           job_hash(job, compiled.files, compiled.user_data), job_ids[i]))
+    add_groups(conn, workflow_id, compiled, job_ids)
     rerun_ids = [job_ids[i] for i in rerun if compiled.jobs[i].name in current]
     conn.execute("UPDATE jobs SET runner_id = NULL, pid = NULL, lease_token = NULL, return_code = NULL,"
                  " interrupted = 0, retries = 0, reason = NULL WHERE id IN (SELECT value FROM json_each(?))",

@@ -8,6 +8,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from torc_slurm.compiler import CompiledWorkflow, job_hash
@@ -74,6 +75,7 @@ def add_workflow(db: Database, compiled: CompiledWorkflow, *, working_dir: str |
               None if j.depset is None else set_base + j.depset, j.max_attempts, j.failure_handler,
               int(j.enforce_runtime), j.runtime_grace, job_hash(j, compiled.files, compiled.user_data))
              for i, j in enumerate(compiled.jobs)))
+        add_groups(conn, workflow_id, compiled, range(job_base, job_base + len(compiled.jobs)))
         file_base = next_ids(conn, "files", len(compiled.files))
         conn.executemany(
             "INSERT INTO files (id, workflow_id, name, path, producer_job_id) VALUES (?,?,?,?,?)",
@@ -98,6 +100,29 @@ def add_workflow(db: Database, compiled: CompiledWorkflow, *, working_dir: str |
                          (workflow_id, len(compiled.jobs)))
         add_event(conn, workflow_id, "created", f"created from {source or 'a spec'} with {len(compiled.jobs)} jobs")
     return workflow_id
+
+
+def add_groups(conn: sqlite3.Connection, workflow_id: int, compiled: CompiledWorkflow,
+               job_ids: Sequence[int]) -> None:
+    """The workflow's groups (replacing any), each member's group and rank within it, and
+    multi-node launchers and images (rare fields, set after the bulk insert). ``job_ids[i]`` is the
+    id of ``compiled.jobs[i]``."""
+    if conn.execute("SELECT 1 FROM job_groups WHERE workflow_id = ? LIMIT 1", (workflow_id,)).fetchone():
+        conn.execute("UPDATE jobs SET group_id = NULL, group_rank = NULL WHERE group_id IN"
+                     " (SELECT id FROM job_groups WHERE workflow_id = ?)", (workflow_id,))
+        conn.execute("DELETE FROM job_groups WHERE workflow_id = ?", (workflow_id,))
+    if compiled.groups:
+        group_base = next_ids(conn, "job_groups", len(compiled.groups))
+        conn.executemany(
+            "INSERT INTO job_groups (id, workflow_id, name, lead_job_id, group_end, size) VALUES (?,?,?,?,?,?)",
+            ((group_base + i, workflow_id, g.name, None if g.lead is None else job_ids[g.lead], g.group_end,
+              len(g.members)) for i, g in enumerate(compiled.groups)))
+        conn.executemany("UPDATE jobs SET group_id = ?, group_rank = ? WHERE id = ?",
+                         ((group_base + i, rank, job_ids[member]) for i, g in enumerate(compiled.groups)
+                          for rank, member in enumerate(g.members)))
+    conn.executemany("UPDATE jobs SET launcher = ?, image = ? WHERE id = ?",
+                     ((j.launcher, j.image, job_ids[i]) for i, j in enumerate(compiled.jobs)
+                      if j.launcher is not None or j.image is not None))
 
 
 def get_workflow(db: Database, workflow_id: int) -> WorkflowRow:
@@ -243,7 +268,7 @@ def delete_workflow(db: Database, workflow_id: int) -> None:
                      " (SELECT id FROM dependency_sets WHERE workflow_id = ?)", (workflow_id,))
         conn.execute("DELETE FROM job_io WHERE job_id IN (SELECT id FROM jobs WHERE workflow_id = ?)", (workflow_id,))
         for table in ("results", "runner_samples", "runners", "allocations", "events", "jobs", "files",
-                      "user_data", "dependency_sets"):
+                      "user_data", "dependency_sets", "job_groups"):
             conn.execute(f"DELETE FROM {table} WHERE workflow_id = ?", (workflow_id,))
         conn.execute("DELETE FROM workflows WHERE id = ?", (workflow_id,))
 
