@@ -21,7 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from torc_slurm.errors import SpecError
-from torc_slurm.spec import safe_yaml
+from torc_slurm.spec import osmo, safe_yaml
 from torc_slurm.spec.limits import (MAX_INTEGER_DIGITS, MAX_NESTING, MAX_SPEC_BYTES, MAX_VALUES, short_repr,
                                     short_text)
 from torc_slurm.spec.models import SourceLines, WorkflowSpec
@@ -112,6 +112,8 @@ def parse_spec(text: str, source: str = "<spec>") -> WorkflowSpec:
                         file=source)
     if "\\" in text:  # escapes are the only way to NUL characters or lone surrogates inside strings
         _check_strings(data, source, lines)
+    if osmo.is_osmo(data):
+        return _parse_osmo(data, source, lines)
     try:
         spec = WorkflowSpec.model_validate(data)
     except ValidationError as exc:
@@ -238,6 +240,80 @@ def _describe_character(character: str) -> str:
 def _kind(value: Any) -> str:
     return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
         type(value), type(value).__name__)
+
+
+# -- OSMO workflows (spec.osmo) -------------------------------------------------------------------
+
+# Native fields of a translated job -> the OSMO field they come from (for errors found by the models).
+_OSMO_FIELDS = {"command": "command", "env": "environment", "image": "image", "depends_on": "inputs",
+                "group": "name", "resource_requirements": "resources"}
+
+
+def _parse_osmo(data: dict[str, Any], source: str, lines: Callable[[], Any]) -> WorkflowSpec:
+    """An OSMO document (``spec.osmo.is_osmo``): translated into a torc spec, then validated as one.
+    Errors name the file, the task, the OSMO field and its line (inside a multi-line script, the
+    line of the substitution)."""
+    try:
+        native = osmo.translate(data)
+    except osmo.OsmoError as exc:
+        raise exc.with_context(file=source, line=_osmo_line(lines(), exc.loc, exc.line_offset)) from None
+    except (ValueError, TypeError, RecursionError, ArithmeticError) as exc:  # a translation bug, not a traceback
+        raise SpecError(f"cannot read the OSMO workflow: {exc}", file=source) from None
+    tasks = osmo.task_locations(data)
+    try:
+        spec = WorkflowSpec.model_validate(native)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        if len(message) > _MAX_MESSAGE:
+            message = message[: _MAX_MESSAGE - 20] + " … (message cut)"
+        where: tuple[Any, ...] = ()
+        task = field = None
+        if len(loc) >= 2 and loc[0] == "jobs" and isinstance(loc[1], int) and loc[1] < len(tasks):
+            where, task = tasks[loc[1]], native["jobs"][loc[1]]["name"]
+            field = _OSMO_FIELDS.get(str(loc[2]), str(loc[2])) if len(loc) > 2 else None
+            if field == "command" and "args" in _get(data, where):
+                field = "command/args"
+        elif loc[:1] == ("resource_requirements",):
+            where, field = ("workflow", "resources"), "workflow.resources"
+        else:
+            field = ".".join(map(str, loc)) or None
+        raise osmo.OsmoError(message, file=source, task=task, field=field,
+                             line=_osmo_line(lines(), where, None) if where else None) from None
+    except (ValueError, TypeError, RecursionError, ArithmeticError) as exc:  # a validator's own bug
+        raise SpecError(f"cannot validate the spec: {exc}", file=source) from None
+    spec._lines = SourceLines(lambda: tuple(_osmo_line(lines(), loc, None) for loc in tasks))
+    return spec
+
+
+def _get(data: Any, loc: tuple[Any, ...]) -> Any:
+    for part in loc:
+        data = data[part]
+    return data
+
+
+def _osmo_line(root: Any, loc: tuple[Any, ...], offset: int | None) -> int | None:
+    """The line of the value at ``loc``; ``offset`` lines further into a literal block (``|``)."""
+    node, line, key_line = root, None, None
+    for part in loc:
+        if node is None:
+            break
+        line, key_line = node.start_mark.line + 1, None
+        if isinstance(node, yaml.MappingNode):
+            pair = next(((key, value) for key, value in node.value if key.value == str(part)), None)
+            if pair is None:
+                return line
+            key_line, node = pair[0].start_mark.line + 1, pair[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            node = None
+    if node is None:
+        return line
+    if offset is not None and isinstance(node, yaml.ScalarNode) and node.style == "|":
+        return node.start_mark.line + 2 + offset  # the text starts on the line after the '|'
+    return key_line or node.start_mark.line + 1  # a field: the line of its key
 
 
 # -- error locations -----------------------------------------------------------------------------
