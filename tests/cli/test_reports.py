@@ -5,6 +5,7 @@ queue's own rows, JSON validated against the models, 80-column tables, empty wor
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import struct
@@ -12,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from runner.helpers import jobs, query, torc
 
 from . import create, invoke, write_spec
@@ -262,9 +262,8 @@ def test_apply_with_include_failed_resizes_failed_jobs_and_never_held_ones(work:
         flaky = after["flaky"]["id"]
         claimed = queue.cycle(runner, choose=lambda ready: [j.job_id for j in ready if j.job_id == flaky]).claimed
     assert [c.id for c in claimed] == [flaky] and jobs(db, wf)["flaky"]["status"] == "pending"
-    with Database(db, create=False) as handle:  # make the claimed job's request differ, to see it kept
-        with handle.transaction() as conn:
-            conn.execute("UPDATE jobs SET runtime_s = 5 WHERE id = ?", (flaky,))
+    with Database(db, create=False) as handle, handle.transaction() as conn:  # a request of its own, to see it kept
+        conn.execute("UPDATE jobs SET runtime_s = 5 WHERE id = ?", (flaky,))
     again = as_json(db, "reports", "resources", wf, "--apply", "--include-failed", "-r", "tight")
     tight = next(r for r in again["report"]["requirements"] if r["name"] == "tight")
     assert tight["mixed"] == ["runtime_s"] and tight["suggested"] == {"runtime_s": 60}
@@ -363,3 +362,112 @@ def png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     return struct.unpack(">II", data[16:24])
+
+
+# -- plot ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def diamond(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, list[str]]:
+    """examples/diamond, run by a real `torc run` from a copy of its folder."""
+    import shutil
+
+    from . import EXAMPLES
+
+    folder = tmp_path_factory.mktemp("diamond") / "diamond"
+    shutil.copytree(EXAMPLES / "diamond", folder)
+    db = folder / "torc.db"
+    done = torc(db, "run", "diamond.yaml", cwd=folder)
+    assert done.returncode == 0, done.stdout + done.stderr
+    names = [r["name"] for r in query(db, "SELECT name FROM jobs WHERE workflow_id = 1 ORDER BY id")]
+    return db, 1, names
+
+
+def test_plot_html_and_png_of_a_run(diamond: tuple[Path, int, list[str]], tmp_path: Path) -> None:
+    db, wf, names = diamond
+    html, png = tmp_path / "run.html", tmp_path / "out" / "run.png"
+    for output in (html, png):
+        result = invoke(db, "reports", "plot", wf, "--output", output)
+        assert result.exit_code == 0, result.output
+        assert f"Wrote {output} (4 attempts on 1 runner(s);" in result.stderr
+    text = html.read_text()
+    assert len(names) == 4 and all(f'"{name}"' in text for name in names), names
+    assert "plotly" in text and "<script src=\"http" not in text  # plotly.js inlined: works offline
+    assert "completed" in text
+    width, height = png_size(png)
+    assert (width, height) >= (800, 400) and 10_000 < png.stat().st_size < 500_000
+
+
+def test_plot_marks_failures_and_says_where_node_use_comes_from(mixed: tuple[Path, int], tmp_path: Path) -> None:
+    from torc_slurm.reports.plot import plot_data
+    from torc_slurm.store.db import Database
+
+    db, wf = mixed
+    with Database(db, create=False) as handle:
+        data = plot_data(handle, wf)
+    kinds = {a.job: a.kind for a in data.attempts}
+    assert kinds == {"quick_one": "completed", "quick_two": "completed", "longer_one": "completed",
+                     "exits_three": "failed", "killed_nine": "failed"}
+    (runner,) = data.runners
+    assert runner.lanes == 2  # two CPUs: never more than two attempts at once
+    lanes = {(a.lane, a.job) for a in data.attempts}
+    for lane in (0, 1):  # attempts in one lane never overlap
+        spans = sorted((a.start, a.end) for a in data.attempts if a.lane == lane)
+        assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans)), lanes
+    # A two-second run makes at most one node sample (30 s buckets): usage derived, and said so.
+    assert not data.measured and any("held (requested)" in n for n in data.notes), data.notes
+    assert max(max(s.y) for s in data.cpu) == 100.0  # both CPUs held at some point
+    html = tmp_path / "mixed.html"
+    assert invoke(db, "reports", "plot", wf, "-o", html).exit_code == 0
+    assert "failed" in html.read_text() and "exits_three" in html.read_text()
+
+
+def test_plot_from_node_samples(work: Path) -> None:
+    """A run long enough for several node samples: the panels show them, not the derived curve."""
+    from runner.helpers import create_workflow, run_runner
+
+    from torc_slurm.reports.plot import plot_data
+    from torc_slurm.store.db import Database
+
+    spec = write_spec(work, """
+        name: sampled
+        jobs:
+          - {name: burner, command: "python3 -c 'import time; t = time.time() + 1.5\\nwhile time.time() < t: pass'"}
+          - {name: sleeper, command: "sleep 1.5"}
+        """)
+    db = work / "torc.db"
+    wf = create_workflow(db, spec)
+    run_runner(db, wf, monitor_interval_s=0.05, node_sample_s=0.25)
+    with Database(db, create=False) as handle:
+        data = plot_data(handle, wf)
+    assert data.measured, data.notes
+    (cpu,) = data.cpu
+    assert len(cpu.x) >= 3 and max(cpu.y) > 10  # the burner kept a core busy
+    assert data.gpu == [] and data.notes == ["no GPUs"]
+    png = work / "sampled.png"
+    assert invoke(db, "reports", "plot", wf, "-o", png).exit_code == 0
+    png_size(png)
+
+
+def test_plot_of_an_empty_workflow(work: Path) -> None:
+    db = work / "torc.db"
+    wf = create(db, write_spec(work, MIXED))
+    for name in ("empty.html", "empty.png"):
+        result = invoke(db, "reports", "plot", wf, "-o", work / name)
+        assert result.exit_code == 0, result.output
+        assert "0 attempts on 0 runner(s)" in result.stderr
+    assert "no attempts recorded yet" in (work / "empty.html").read_text()
+    png_size(work / "empty.png")
+
+
+def test_plot_without_the_extra_says_how_to_install_it(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    db = work / "torc.db"
+    wf = create(db, write_spec(work, MIXED))
+    monkeypatch.setitem(sys.modules, "plotly", None)  # import plotly fails, as without the extra
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    for name in ("x.html", "x.png"):
+        result = invoke(db, "reports", "plot", wf, "-o", work / name)
+        assert result.exit_code == 1 and "pip install 'torc-slurm[plot]'" in result.stderr, result.output
+        assert "Traceback" not in result.output and not (work / name).exists()
+    result = invoke(db, "reports", "plot", wf, "-o", work / "x.svg")
+    assert result.exit_code == 2 and ".html or .png" in result.stderr
