@@ -99,7 +99,7 @@ def test_status_of_a_running_workflow_keeps_pending_and_running_apart(work: Path
         # The table says the same, pending apart from running (a subprocess: what a user sees).
         shown = torc(db, "workflows", "status", 1, cwd=work, env=clean_env(COLUMNS="80"))
         assert shown.returncode == 1, shown.stderr
-        rows = dict(re.findall(r"^(\w+) +([\d,]+)$", shown.stdout, re.M))
+        rows = dict(re.findall(r"^(\w+) +([\d,]+) *$", shown.stdout, re.M))
         assert rows["running"] == "1" and "pending" not in rows and rows["failed"] == "1"
         assert "ETA" in shown.stdout and "Last failures" in shown.stdout and "Runners" in shown.stdout
     finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -136,7 +136,8 @@ def failures_table(report: dict[str, Any], width: int = 80) -> Table | None:
         rc = "-" if f["return_code"] is None else str(f["return_code"])
         if f["signal"]:
             rc += f"/sig{f['signal']}"
-        rows.append([Text(f["job"]), str(f["attempt"]), status_word(f["status"]), rc, Text(f["reason"] or "-"),
+        rows.append([Text(f["job"]), str(f["attempt"]), status_word(f["status"]), rc,
+                     Text(f["reason"] or f["message"] or "-"),
                      clock(f["ended_at"])])
     return fit([("Job", "text"), ("Try", "num"), ("Status", "status"), ("RC", "num"), ("Reason", "text"),
                 ("Ended", "word")], rows, width, drop=("Ended", "Try"), title="Last failures")
@@ -173,7 +174,7 @@ def status_view(report: dict[str, Any], width: int = 80) -> RenderableType:
                                           reasons_line(report), cannot_run_table(report, width),
                                           allocations_table(report, width), runners_table(report, width),
                                           failures_table(report, width)]
-    return Group(*(p for p in parts if p is not None))
+    return stack(parts)
 
 
 def watch_view(report: dict[str, Any], width: int = 80, interval: float | None = None) -> RenderableType:
@@ -184,18 +185,29 @@ def watch_view(report: dict[str, Any], width: int = 80, interval: float | None =
     c = report["counts"]
     bar = ProgressBar(total=total, completed=report["done"], width=max(10, min(width, 80) - 1))
     line = Text()
-    for status in ("completed", "failed", "canceled", "running", "pending", "ready", "blocked"):
+    for status in ("completed", "failed", "canceled", "terminated", "running", "pending", "ready", "blocked",
+                   "uninitialized", "disabled"):
         if c[status] or status in ("running", "pending", "completed"):
             line.append(f"{status} ", style=STYLES.get(status, ""))
             line.append(f"{c[status]:,}  ")
     foot = Text(f"refreshed {clock(report['now'])}" + (f", every {interval:g} s; Ctrl-C to stop" if interval else ""),
                 style="dim")
-    bar_row = Table.grid()   # a ProgressBar ends without a newline: give it a row of its own
-    bar_row.add_row(bar)
-    parts: list[RenderableType | None] = [header(report), bar_row, line, timing_line(report), reasons_line(report),
+    parts: list[RenderableType | None] = [header(report), bar, line, timing_line(report), reasons_line(report),
                                           cannot_run_table(report, width), allocations_table(report, width),
                                           runners_table(report, width), failures_table(report, width), foot]
-    return Group(*(p for p in parts if p is not None))
+    return stack(parts)
+
+
+def stack(parts: list[RenderableType | None]) -> Table:
+    """The parts one under the other, in a one-column grid: lines of text wrap at the console's
+    width (the app's console prints with soft wrap, which would leave long lines whole), and a
+    ProgressBar, which ends without a newline, gets a row of its own."""
+    outer = Table.grid()
+    outer.add_column(overflow="fold")
+    for part in parts:
+        if part is not None:
+            outer.add_row(part)
+    return outer
 
 
 def _num(value: int | None) -> str:

@@ -82,6 +82,7 @@ class Failure(_Model):
     return_code: int | None
     signal: int | None
     ended_at: float | None
+    message: str | None
 
 
 class Blocked(_Model):
@@ -180,7 +181,7 @@ def read_raw(conn: sqlite3.Connection, workflow_id: int, *, failures: int = LAST
     for status in ("failed", "terminated", "canceled"):  # each through results_by_status, newest first
         failed += conn.execute(
             "SELECT r.id, r.job_id, j.name AS job, r.attempt, r.status, r.reason, r.return_code, r.signal,"
-            " r.ended_at FROM results r JOIN jobs j ON j.id = r.job_id"
+            " r.ended_at, r.message FROM results r JOIN jobs j ON j.id = r.job_id"
             " WHERE r.workflow_id = ? AND r.status = ? ORDER BY r.id DESC LIMIT ?",
             (workflow_id, status, failures)).fetchall()
     failed = [dict(r) for r in sorted(failed, key=lambda r: r["id"], reverse=True)[:failures]]
