@@ -146,6 +146,15 @@ def test_summary_and_resources_as_a_real_process(mixed: tuple[Path, int]) -> Non
     fits_80(table.stdout)
 
 
+def test_results_table_fits_80_columns(mixed: tuple[Path, int]) -> None:
+    db, wf = mixed
+    result = invoke(db, "reports", "results", wf)
+    assert result.exit_code == 1  # failed attempts shown
+    fits_80(result.stdout)
+    for words in ("completed", "failed", "exit code 3", "sig 9", "exits_three", "killed_nine", "longer_one"):
+        assert words in result.stdout, result.stdout
+
+
 def test_empty_workflow_gives_empty_reports(work: Path) -> None:
     from torc_slurm.reports.resources import ResourceReport
     from torc_slurm.reports.summary import Summary

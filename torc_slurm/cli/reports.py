@@ -144,7 +144,8 @@ def _results_table(rows):
     table.add_column("peak mem", no_wrap=True, justify="right")
     table.add_column("why", overflow="fold")
     for r in rows:
-        why = " ".join(filter(None, [r.get("reason"), r["message"]]))
+        reason, message = r.get("reason"), r["message"]
+        why = message if reason and message and reason in message else "; ".join(filter(None, [reason, message]))
         table.add_row(r["job"], str(r["attempt"]), r["status"], _code(r), r["node"] or "-", human_seconds(r["exec_s"]),
                       human_bytes(r["peak_memory_bytes"] or r["peak_rss_bytes"]), why or "")
     return table
