@@ -69,6 +69,7 @@ are refused as unknown. Nothing is dropped silently.
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 from collections.abc import Mapping
@@ -602,6 +603,8 @@ class _Translator:
             if unit in {"K", "M", "G", "T", "P", "k"}:
                 why = (f"'{unit}' is ambiguous (Kubernetes reads it as a power of 1000, OSMO as a power of "
                        f"1024): write '{unit.upper()}i'")
+            elif unit == "m":
+                why = "'m' means thousandths (Kubernetes' milli), not mebibytes: write 'Mi'"
             elif unit.upper() in {"KB", "MB", "GB", "TB", "PB"}:
                 why = f"decimal units are not accepted by OSMO: write '{unit[0].upper()}i' (binary)"
             else:
@@ -611,7 +614,7 @@ class _Translator:
             exact = Decimal(match[1]) * 1024 ** _BINARY[unit]
         except InvalidOperation:  # pragma: no cover - the pattern admits only plain decimals
             raise self.fail(f"memory {short_repr(value)} is not a number", loc) from None
-        size = int(-(-exact // 1))  # whole bytes, rounded up
+        size = math.ceil(exact)  # whole bytes, rounded up
         if size <= 0:
             raise self.fail(f"memory {short_repr(value)} must be more than 0", loc)
         if size > MAX_MEMORY_BYTES:
