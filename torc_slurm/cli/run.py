@@ -51,6 +51,7 @@ def run(app, spec_or_id: str, num_cpus, num_gpus, memory_gb, max_parallel_jobs, 
         node = detect_node(num_cpus=num_cpus, num_gpus=num_gpus, memory_gb=memory_gb)
     except ValueError as exc:
         app.abort(str(exc), 2)
+    _warn_multi_node(app, db, workflow_id)
     with _Progress(app.console, workflow_id) as progress:
         runner = make_runner(db, workflow_id, node, output_dir=output_dir, max_parallel_jobs=max_parallel_jobs,
                              wait_for_new_jobs_s=None, monitor_interval_s=monitor_interval,
@@ -58,6 +59,16 @@ def run(app, spec_or_id: str, num_cpus, num_gpus, memory_gb, max_parallel_jobs, 
                              on_progress=progress.update)
         summary = runner.run()
     _report(app, db, workflow_id, summary, runner.stop_reason)
+
+
+def _warn_multi_node(app, db, workflow_id: int) -> None:
+    """Jobs needing more than one node never run here: say so before anything runs."""
+    rows = db.read("SELECT name, num_nodes FROM jobs WHERE workflow_id = ? AND num_nodes > 1"
+                   " AND status NOT IN ('completed', 'canceled', 'disabled') ORDER BY rank LIMIT 4", (workflow_id,))
+    if rows:
+        named = ", ".join(f"{r['name']} ({r['num_nodes']} nodes)" for r in rows[:3]) + (" …" if len(rows) > 3 else "")
+        app.err_console.print(f"[yellow]Warning:[/] `torc run` has one node, so jobs needing more never run here: "
+                              f"{named}. Run the workflow on Slurm (`torc submit`).")
 
 
 def _workflow_id(app, db, spec_or_id: str, *, new: bool, force: bool) -> int:

@@ -158,7 +158,9 @@ class FailureHandling:
     def after_failure(self, entry: _Running, outcome: Outcome) -> Outcome | None:
         """The outcome to report for a failed attempt, or None while its recovery script runs."""
         job = entry.job
-        if outcome.status != "failed" or not job.failure_handler or self.runner.stop_reason is not None:
+        # A group's members start together: retrying one member alone could never start it again.
+        if outcome.status != "failed" or not job.failure_handler or self.runner.stop_reason is not None \
+                or job.group is not None:
             return outcome
         rules = self.handlers.get(job.failure_handler)
         if rules is None:

@@ -28,12 +28,13 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from torc_slurm.errors import QueueError
 from torc_slurm.runner.failures import FailureHandling, memory_kill_factor
 from torc_slurm.runner.gpu import detect_gpu_sampler
+from torc_slurm.runner.groups import compose, expand, split
 from torc_slurm.runner.fencing import SlurmProbe
 from torc_slurm.runner.keeper import LeaseKeeper
 from torc_slurm.runner.monitor import ResourceMonitor, oom_kills
@@ -151,6 +152,8 @@ class Runner:
         self._failing_since: float | None = None  # monotonic time of the first failed cycle in a row
         self._retry_at = 0.0                      # monotonic: no cycle before this (backoff)
         self._unsent_samples: list[NodeUse] = []  # node use whose cycle failed: sent with the next
+        # Group members a lead's exit is ending: job id -> (lead name, lead outcome, KILL deadline).
+        self._ended_by_lead: dict[int, tuple[str, str, float]] = {}
 
     # -- public ------------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -282,6 +285,7 @@ class Runner:
             dropped = set(release)
             kept = [job_id for job_id in self._backlog if job_id not in dropped]
             release += kept[-surplus:]
+        release = self._with_group_siblings(release)
         for job_id in release:
             del self._backlog[job_id]
         mono = time.monotonic()
@@ -392,8 +396,10 @@ class Runner:
         capacity = self.node.capacity
 
         def choose(ready: list[ReadyJob]) -> list[int]:
-            candidates = [Candidate(r.job_id, r.num_cpus, r.num_gpus, r.memory_bytes, r.runtime_s) for r in ready
-                          if r.job_id not in self._backlog and r.job_id not in self.running]
+            candidates, members = compose(
+                [Candidate(r.job_id, r.num_cpus, r.num_gpus, r.memory_bytes, r.runtime_s) for r in ready
+                 if r.job_id not in self._backlog and r.job_id not in self.running],
+                {r.job_id: r.group_id for r in ready if r.group_id is not None})
             chosen = [p.job_id for p in self._pack(candidates, now, end)][:room]
             taken = set(chosen)
             for c in candidates:  # claim ahead: the next ones that fit the node and the time left
@@ -402,7 +408,7 @@ class Runner:
                 if c.job_id not in taken and (cfg.max_parallel_jobs is not None or fits_node(capacity, c)) \
                         and fits_time(c, now=now, end_time=end, buffer_s=cfg.buffer_s):
                     chosen.append(c.job_id)
-            return chosen
+            return expand(chosen, members)
 
         return choose
 
@@ -412,10 +418,13 @@ class Runner:
                 or not self.leases.may_start(time.monotonic()):
             return
         cfg = self.config
-        candidates = [Candidate(j.id, j.num_cpus, j.num_gpus, j.memory_bytes, j.runtime_s)
-                      for j in self._backlog.values()]
+        candidates, members = compose(
+            [Candidate(j.id, j.num_cpus, j.num_gpus, j.memory_bytes, j.runtime_s) for j in self._backlog.values()],
+            {j.id: j.group.id for j in self._backlog.values() if j.group is not None})
         for placement in self._pack(candidates, now, cfg.end_time.current(now)):
-            self._start(self._backlog.pop(placement.job_id), placement)
+            parts = members.get(placement.job_id)
+            for part in split(placement, parts) if parts else [placement]:  # a group starts whole
+                self._start(self._backlog.pop(part.job_id), part)
 
     def _pack(self, candidates: Sequence[Candidate], now: float, end: float | None) -> list[Placement]:
         """``pack`` into the free resources; exactly its answer, but cheap with a long candidate
@@ -437,6 +446,41 @@ class Runner:
                 return placed
         return run(candidates)
 
+    def _with_group_siblings(self, job_ids: list[int]) -> list[int]:
+        """Backlog jobs to hand back, with the rest of their groups (a group goes back whole)."""
+        groups = {self._backlog[j].group.id for j in job_ids if self._backlog[j].group is not None}
+        if not groups:
+            return job_ids
+        chosen = set(job_ids)
+        return job_ids + [j for j, job in self._backlog.items()
+                          if job.group is not None and job.group.id in groups and j not in chosen]
+
+    def _end_group(self, lead: _Running, outcome: Outcome) -> None:
+        """The lead of a ``group_end: lead`` group exited: TERM the other members still running,
+        KILL them after the grace period (`_check_group_ends`); their outcome will be the lead's,
+        with the reason ``terminated_by_lead``."""
+        group = lead.job.group
+        if group is None or group.group_end != "lead" or group.lead_job_id != lead.job.id \
+                or self.stop_reason is not None or outcome.status not in ("completed", "failed"):
+            return
+        siblings = [j for j, r in self.running.items() if r.job.group is not None and r.job.group.id == group.id]
+        if not siblings:
+            return
+        log.info("group %s: lead %s exited (%s); ending %d other member(s)", group.name, lead.job.name,
+                 outcome.status, len(siblings))
+        deadline = time.monotonic() + self.config.termination_grace_s
+        for job_id in siblings:
+            self._ended_by_lead[job_id] = (lead.job.name, outcome.status, deadline)
+        self.pool.signal(siblings, signal.SIGTERM)
+
+    def _check_group_ends(self, mono: float) -> float | None:
+        """KILL members still running past their grace period; seconds to the next such deadline."""
+        overdue = [j for j, (_, _, due) in self._ended_by_lead.items() if due <= mono and j in self.running]
+        if overdue:
+            self.pool.signal(overdue, signal.SIGKILL)
+        waiting = [due for j, (_, _, due) in self._ended_by_lead.items() if due > mono and j in self.running]
+        return min(waiting) - mono if waiting else None
+
     def _can_start_later(self, job: ClaimedJob, now: float) -> bool:
         """A backlog job still fits the time left (else it goes back to the queue)."""
         candidate = Candidate(job.id, job.num_cpus, job.num_gpus, job.memory_bytes, job.runtime_s)
@@ -454,9 +498,10 @@ class Runner:
 
     def _limits(self, left: float | None) -> Limits:
         if self.config.max_parallel_jobs is not None:
-            return Limits(runtime_s=left)
+            return Limits(runtime_s=left, nodes=1)
         cap = self.node.capacity
-        return Limits(cpus=len(cap.cpu_ids), gpus=len(cap.gpu_ids), memory_bytes=cap.memory_bytes, runtime_s=left)
+        return Limits(cpus=len(cap.cpu_ids), gpus=len(cap.gpu_ids), memory_bytes=cap.memory_bytes, runtime_s=left,
+                      nodes=1)
 
     def _window(self) -> int:
         return max(64, 2 * self._prefetch(time.time()))
@@ -490,6 +535,9 @@ class Runner:
         due = self.failures.next_due(mono)  # a runtime limit or a recovery script's timeout
         if due is not None:
             timeout = min(timeout, due)
+        group_due = self._check_group_ends(mono)
+        if group_due is not None:
+            timeout = min(timeout, group_due)
         return max(timeout, 0.0)
 
     def _wait_for_change(self, wait: float, ceiling: float) -> float:
@@ -548,6 +596,11 @@ class Runner:
             "TORC_DB": str(self.db.path),  # `torc user-data put NAME …` from inside the job needs no --db
             **self.leases.job_environment(),
         })
+        if job.group is not None:
+            group = job.group
+            env.update(TORC_GROUP=group.name, TORC_GROUP_RANK=str(group.rank), TORC_GROUP_SIZE=str(group.size),
+                       TORC_GROUP_HOSTS=",".join([cfg.node_name] * group.size))  # one runner holds the group
+            env.update((f"TORC_GROUP_HOST_{rank}", cfg.node_name) for rank in range(group.size))
         if cfg.max_parallel_jobs is None:
             env["TORC_CPU_IDS"] = ",".join(map(str, placement.cpu_ids))
             if self.node.capacity.gpu_ids or job.num_gpus:
@@ -578,6 +631,13 @@ class Runner:
                 continue
             stats = self.monitor.untrack(done.job_id)
             outcome = self.failures.after_failure(entry, self.failures.outcome(entry.job, done, stats, entry))
+            ended = self._ended_by_lead.pop(done.job_id, None)
+            if outcome is not None and ended is not None and outcome.status in ("completed", "failed"):
+                lead_name, lead_status, _ = ended
+                outcome = replace(outcome, status=lead_status, reason="terminated_by_lead",  # type: ignore[arg-type]
+                                  message=f"ended by its group's lead {lead_name} ({lead_status})")
+            if outcome is not None and entry.job.group is not None:
+                self._end_group(entry, outcome)
             if outcome is not None:
                 self._add_outcome(outcome)
                 self._lease_lost.discard(done.job_id)
@@ -692,16 +752,31 @@ class Runner:
         return {h.name: list(h.rules) for h in spec.failure_handlers}
 
     def _unrunnable(self) -> list[str]:
-        """Names of ready jobs that could never fit this node (for a clear report)."""
+        """Ready jobs that could never run on this runner, each with why (for a clear report): more
+        than the node has, more than one node, or a group whose members together exceed the node."""
         cap = self.node.capacity
-        if self.config.max_parallel_jobs is not None:
-            return []
-        rows = self.db.read("SELECT id, name, num_cpus, num_gpus, memory_bytes, runtime_s FROM jobs"
+        rows = self.db.read("SELECT id, name, num_cpus, num_gpus, memory_bytes, runtime_s, num_nodes, group_id FROM jobs"
                             " WHERE workflow_id = ? AND status = 'ready' ORDER BY rank LIMIT 1000",
                             (self.config.workflow_id,))
-        return [f"{r['name']} (needs {r['num_cpus']} CPUs, {r['num_gpus']} GPUs, {r['memory_bytes'] / 2**30:.1f} GiB)"
-                for r in rows if not fits_node(cap, Candidate(r["id"], r["num_cpus"], r["num_gpus"],
-                                                                r["memory_bytes"], r["runtime_s"]))]
+        found = [f"{r['name']} (needs {r['num_nodes']} nodes; this runner has one)" for r in rows if r["num_nodes"] > 1]
+        if self.config.max_parallel_jobs is not None:
+            return found
+        groups: dict[int, list] = {}
+        for r in rows:
+            if r["num_nodes"] > 1:
+                continue
+            if r["group_id"] is not None:
+                groups.setdefault(r["group_id"], []).append(r)
+            elif not fits_node(cap, Candidate(r["id"], r["num_cpus"], r["num_gpus"], r["memory_bytes"], r["runtime_s"])):
+                found.append(f"{r['name']} (needs {r['num_cpus']} CPUs, {r['num_gpus']} GPUs, "
+                             f"{r['memory_bytes'] / 2**30:.1f} GiB)")
+        for members in groups.values():
+            cpus, gpus = sum(m["num_cpus"] for m in members), sum(m["num_gpus"] for m in members)
+            memory = sum(m["memory_bytes"] for m in members)
+            if not fits_node(cap, Candidate(0, cpus, gpus, memory, 0)):
+                found.append(f"{', '.join(m['name'] for m in members)} (a group that starts together: needs "
+                             f"{cpus} CPUs, {gpus} GPUs, {memory / 2**30:.1f} GiB at once)")
+        return found
 
     def _take_started(self) -> list[Started]:
         started, self._started = self._started, []

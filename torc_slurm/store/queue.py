@@ -47,6 +47,19 @@ class ReadyJob:
     num_gpus: int
     memory_bytes: int
     runtime_s: int
+    group_id: int | None = None   # a group's members come together, in group rank order
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """A claimed job's group: its members start together (all claimed in one cycle)."""
+
+    id: int
+    name: str
+    rank: int            # 0-based, spec order
+    size: int
+    lead_job_id: int | None
+    group_end: str       # 'lead' | 'all'
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,7 @@ class ClaimedJob:
     retries: int = 0                 # failure-handler retries used so far
     enforce_runtime: bool = False
     runtime_grace: float = 1.5
+    group: GroupInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +134,7 @@ class Limits:
     gpus: int | None = None
     memory_bytes: int | None = None
     runtime_s: float | None = None
+    nodes: int | None = None        # the most nodes one job may span here (None: any)
 
 
 @dataclass
@@ -301,11 +316,12 @@ class Queue:
 
     def _ready_window(self, conn: sqlite3.Connection, limits: Limits, scheduler: str | None,
                       strict: bool, window: int) -> list[ReadyJob]:
-        sql = ["SELECT id, num_cpus, num_gpus, memory_bytes, runtime_s FROM jobs"
+        sql = ["SELECT id, num_cpus, num_gpus, memory_bytes, runtime_s, group_id FROM jobs"
                " WHERE workflow_id = ? AND status = 'ready'"]
         params: list[object] = [self.workflow_id]
         for column, bound in (("num_cpus", limits.cpus), ("num_gpus", limits.gpus),
-                              ("memory_bytes", limits.memory_bytes), ("runtime_s", limits.runtime_s)):
+                              ("memory_bytes", limits.memory_bytes), ("runtime_s", limits.runtime_s),
+                              ("num_nodes", limits.nodes)):
             if bound is not None:
                 sql.append(f"AND {column} <= ?")
                 params.append(bound)
@@ -317,12 +333,42 @@ class Queue:
             params.append(scheduler)
         sql.append("ORDER BY rank LIMIT ?")
         params.append(window)
-        return [ReadyJob(*row) for row in conn.execute(" ".join(sql), params)]
+        ready = [ReadyJob(*row) for row in conn.execute(" ".join(sql), params)]
+        if any(job.group_id is not None for job in ready):
+            ready = self._whole_groups(conn, ready, limits)
+        return ready
+
+    def _whole_groups(self, conn: sqlite3.Connection, ready: list[ReadyJob], limits: Limits) -> list[ReadyJob]:
+        """The window with each group's members together, at its first member's place, and only the
+        groups whose every member is ready (and fits the limits): a group is claimed whole or not at
+        all. Members beyond the window are read through the group index."""
+        group_ids = list(dict.fromkeys(job.group_id for job in ready if job.group_id is not None))
+        marks = ",".join("?" * len(group_ids))
+        sizes = dict(conn.execute(f"SELECT id, size FROM job_groups WHERE id IN ({marks})", group_ids).fetchall())
+        members: dict[int, list[ReadyJob]] = {}
+        for row in conn.execute(f"SELECT id, num_cpus, num_gpus, memory_bytes, runtime_s, group_id FROM jobs"
+                                f" WHERE group_id IN ({marks}) AND status = 'ready' ORDER BY group_id, group_rank",
+                                group_ids):
+            members.setdefault(row[5], []).append(ReadyJob(*row))
+        fits = {job.job_id for job in ready}
+        whole = {g for g, jobs in members.items() if len(jobs) == sizes.get(g) and all(
+            j.job_id in fits or _within(j, limits) for j in jobs)}
+        result: list[ReadyJob] = []
+        for job in ready:
+            if job.group_id is None:
+                result.append(job)
+            elif job.group_id in whole:
+                result.extend(members[job.group_id])
+                whole.discard(job.group_id)
+        return result
 
     def _claim(self, conn: sqlite3.Connection, runner_id: int, job_ids: Sequence[int]) -> list[ClaimedJob]:
         """Mark ``job_ids`` pending for the runner under one new lease token (a job is claimed at
         most once per cycle, so the token names each attempt uniquely)."""
         job_ids = list(dict.fromkeys(job_ids))  # a chooser that names a job twice claims it once
+        if not job_ids:
+            return []
+        job_ids = _whole_groups_only(conn, job_ids)
         if not job_ids:
             return []
         token = leases.next_ids(conn, "lease_token")
@@ -338,9 +384,10 @@ class Queue:
                 f" WHERE io.kind = 'output_file' AND io.job_id IN ({marks})", tuple(job_ids)):
             outputs.setdefault(job_id, []).append(path)
         rows = conn.execute(
-            f"SELECT id, name, command, invocation_script, env, attempt, num_cpus, num_gpus, memory_bytes,"
-            f" runtime_s, supports_termination, failure_handler, retries, enforce_runtime, runtime_grace"
-            f" FROM jobs WHERE id IN ({marks}) AND runner_id = ?"
+            f"SELECT j.id, j.name, command, invocation_script, env, attempt, num_cpus, num_gpus, memory_bytes,"
+            f" runtime_s, supports_termination, failure_handler, retries, enforce_runtime, runtime_grace,"
+            f" group_id, group_rank, g.name AS group_name, g.size AS group_size, g.lead_job_id, g.group_end"
+            f" FROM jobs j LEFT JOIN job_groups g ON g.id = j.group_id WHERE j.id IN ({marks}) AND runner_id = ?"
             f" AND lease_token = ? AND status = 'pending'", (*job_ids, runner_id, token)).fetchall()
         by_id = {row["id"]: row for row in rows}
         return [ClaimedJob(
@@ -350,7 +397,10 @@ class Queue:
             supports_termination=bool(row["supports_termination"]),
             output_files=tuple(outputs.get(row["id"], ())), lease_token=token,
             failure_handler=row["failure_handler"], retries=row["retries"],
-            enforce_runtime=bool(row["enforce_runtime"]), runtime_grace=row["runtime_grace"])
+            enforce_runtime=bool(row["enforce_runtime"]), runtime_grace=row["runtime_grace"],
+            group=None if row["group_id"] is None else GroupInfo(
+                row["group_id"], row["group_name"], row["group_rank"], row["group_size"], row["lead_job_id"],
+                row["group_end"]))
             for row in (by_id[i] for i in job_ids if i in by_id)]
 
     def _record(self, conn: sqlite3.Connection, runner_id: int, outcomes: Sequence[Outcome]) -> int:
@@ -451,6 +501,29 @@ def _check_output_user_data(conn: sqlite3.Connection, out: Outcome) -> Outcome:
         return out
     return replace(out, status="failed", reason="missing output user data",
                    message=f"exited 0 without writing its output user data: {', '.join(missing)}")
+
+
+def _within(job: ReadyJob, limits: Limits) -> bool:
+    return all(bound is None or value <= bound for value, bound in (
+        (job.num_cpus, limits.cpus), (job.num_gpus, limits.gpus), (job.memory_bytes, limits.memory_bytes),
+        (job.runtime_s, limits.runtime_s)))
+
+
+def _whole_groups_only(conn: sqlite3.Connection, job_ids: list[int]) -> list[int]:
+    """``job_ids`` without the members of groups that are not chosen whole and ready: a group is
+    claimed in one cycle or not at all."""
+    marks = ",".join("?" * len(job_ids))
+    grouped = conn.execute(f"SELECT id, group_id FROM jobs WHERE id IN ({marks}) AND group_id IS NOT NULL",
+                           job_ids).fetchall()
+    if not grouped:
+        return job_ids
+    chosen = set(job_ids)
+    drop: set[int] = set()
+    for group_id in {g for _, g in grouped}:
+        members = conn.execute("SELECT id, status FROM jobs WHERE group_id = ?", (group_id,)).fetchall()
+        if any(job_id not in chosen or status != JobStatus.READY for job_id, status in members):
+            drop.update(job_id for job_id, _ in members)
+    return [job_id for job_id in job_ids if job_id not in drop]
 
 
 def _minutes(seconds: float) -> str:
