@@ -131,23 +131,21 @@ def plan_order(capacity: NodeCapacity, candidates: Sequence[Candidate]) -> list[
     """The order the packer takes candidates in: within each run of consecutive candidates of the
     same known priority, the wide ones (:func:`is_wide`) first, then the others, each group in
     the given order. A candidate with priority None is a run of its own. O(len(candidates))."""
+    if all(c.priority is None for c in candidates):
+        return list(candidates)
     order: list[Candidate] = []
-    run: list[Candidate] = []
-
-    def flush() -> None:
-        narrow = [c for c in run if not is_wide(capacity, c)]
-        if len(narrow) < len(run):
-            order.extend(c for c in run if is_wide(capacity, c))
-            order.extend(narrow)
-        else:
-            order.extend(run)
-        run.clear()
-
+    wide: list[Candidate] = []
+    narrow: list[Candidate] = []
+    priority: int | None = None
     for cand in candidates:
-        if run and (cand.priority is None or cand.priority != run[0].priority):
-            flush()
-        run.append(cand)
-    flush()
+        if cand.priority is None or cand.priority != priority:
+            order += wide
+            order += narrow
+            wide, narrow = [], []
+            priority = cand.priority
+        (wide if is_wide(capacity, cand) else narrow).append(cand)
+    order += wide
+    order += narrow
     return order
 
 
@@ -190,46 +188,50 @@ def pack(
     free_cpus = sorted(cpu for cpu in capacity.cpu_ids if cpu not in used_cpus)
     free_gpus = [gpu for gpu in capacity.gpu_ids if gpu not in used_gpus]
     free_memory = capacity.memory_bytes - sum(p.memory_bytes for p in running)
+    total_cpus, total_gpus, total_memory = len(capacity.cpu_ids), len(capacity.gpu_ids), capacity.memory_bytes
+    limit = None if end_time is None else end_time - buffer_s  # as fits_time computes it
     busy = list(running)  # everything holding resources: running, then placed by this call
     placed: dict[int, Placement] = {}
     shadow: float | None = None  # the reservation's shadow time, once there is one
     extra = _Amount(0, 0, 0)
 
+    # Plain int comparisons in this loop: it sees every candidate of a window of hundreds, every cycle.
     for cand in plan_order(capacity, candidates):
-        if not fits_node(capacity, cand):
-            continue  # never runs here: the caller reports it
-        if not fits_time(cand, now=now, end_time=end_time, buffer_s=buffer_s):
-            continue
-        needs = _needs(cand)
-        free = _Amount(len(free_cpus), len(free_gpus), free_memory)
-        wait = waits.get(cand.job_id)
-        fits_now = needs.within(free) and wait is None
+        cpus, gpus, memory = cand.num_cpus, cand.num_gpus, cand.memory_bytes
+        if cpus > total_cpus or gpus > total_gpus or memory > total_memory:
+            continue  # never runs here (not fits_node): the caller reports it
+        if limit is not None and now + cand.runtime_s > limit:
+            continue  # not fits_time
+        wait = waits.get(cand.job_id) if waits else None
+        fits_free = cpus <= len(free_cpus) and gpus <= len(free_gpus) and memory <= free_memory
         if shadow is None:
-            if not fits_now:
-                when = now if needs.within(free) else _shadow(busy, free, needs, now)[0]
+            if not fits_free or wait is not None:
+                needs = _Amount(cpus, gpus, memory)
+                free = _Amount(len(free_cpus), len(free_gpus), free_memory)
+                when = now if fits_free else _shadow(busy, free, needs, now)[0]
                 if wait is not None:
                     when = max(when, wait)
                 if fits_time(cand, now=when, end_time=end_time, buffer_s=buffer_s):
                     shadow, extra = when, _free_at(busy, free, when, now).minus(needs)
                 continue
         else:
-            if not fits_now:
+            if not fits_free or wait is not None:
                 continue
             if now + cand.runtime_s > shadow:  # still running at the shadow time
-                if not needs.within(extra):
+                if cpus > extra.cpus or gpus > extra.gpus or memory > extra.memory:
                     continue
-                extra = extra.minus(needs)
+                extra = _Amount(extra.cpus - cpus, extra.gpus - gpus, extra.memory - memory)
 
-        cpu_ids = _lowest_cpus(free_cpus, cand.num_cpus)
-        gpu_ids = tuple(free_gpus[: cand.num_gpus])
+        cpu_ids = _lowest_cpus(free_cpus, cpus)
+        gpu_ids = tuple(free_gpus[:gpus])
         taken = set(cpu_ids)
         free_cpus = [cpu for cpu in free_cpus if cpu not in taken]
-        free_gpus = free_gpus[cand.num_gpus :]
-        free_memory -= cand.memory_bytes
-        placement = Placement(cand.job_id, cpu_ids, gpu_ids, cand.memory_bytes, now + cand.runtime_s)
+        free_gpus = free_gpus[gpus:]
+        free_memory -= memory
+        placement = Placement(cand.job_id, cpu_ids, gpu_ids, memory, now + cand.runtime_s)
         placed[cand.job_id] = placement
         busy.append(placement)
-    return [placed[c.job_id] for c in candidates if c.job_id in placed]
+    return [placed[c.job_id] for c in candidates if c.job_id in placed] if placed else []
 
 
 def _free_at(busy: Sequence[Placement], free: _Amount, when: float, now: float) -> _Amount:
