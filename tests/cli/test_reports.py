@@ -155,6 +155,60 @@ def test_results_table_fits_80_columns(mixed: tuple[Path, int]) -> None:
         assert words in result.stdout, result.stdout
 
 
+GPU_SPEC = """
+name: gpus
+resource_requirements:
+  - {name: one_gpu, num_cpus: 1, num_gpus: 1, memory: 64m, runtime: PT1M}
+jobs:
+  - {name: gpu_job, command: "sleep 1.2", resource_requirements: one_gpu}
+"""
+
+
+def test_gpu_use_from_a_fake_nvidia_smi_and_without_one(work: Path) -> None:
+    """A real `torc run` with 2 declared GPUs: with an `nvidia-smi` on PATH (a script printing fixed
+    figures: device 0 at 40 %, device 1 at 80 %), the job's GPU and the node's GPUs are sampled and
+    the reports show them; without it they say "not sampled" instead of 0 %."""
+    from runner.helpers import clean_env
+
+    from torc_slurm.reports.resources import GPU_NOT_SAMPLED, ResourceReport
+    from torc_slurm.reports.summary import Summary
+
+    spec = write_spec(work, GPU_SPEC)
+    bin_dir = work / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nprintf '0, 40, 1024\\n1, 80, 2048\\n'\n")
+    smi.chmod(0o755)
+    for sampled, db, env in ((True, work / "smi.db", clean_env(PATH=f"{bin_dir}:/usr/bin:/bin")),
+                             (False, work / "none.db", clean_env(PATH="/usr/bin:/bin"))):
+        done = torc(db, "run", spec, "--num-cpus", 1, "--num-gpus", 2, "--monitor-interval", 0.1, cwd=work, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        (runner,) = query(db, "SELECT gpu_sampler, held_gpu_s FROM runners")
+        (result,) = query(db, "SELECT avg_gpu_percent, peak_gpu_memory_bytes, exec_s FROM results")
+        summary = Summary.model_validate(json.loads(torc(db, "reports", "summary", 1, "-f", "json", cwd=work).stdout))
+        report = ResourceReport.model_validate(json.loads(torc(db, "reports", "resources", 1, "-f", "json",
+                                                                cwd=work).stdout))
+        (row,) = report.requirements
+        gpu = summary.allocation.gpu
+        assert gpu.allocated_hours > 0 and gpu.held_hours == pytest.approx(runner["held_gpu_s"] / 3600)
+        assert runner["held_gpu_s"] == pytest.approx(result["exec_s"], rel=0.1)  # one GPU for the job's life
+        if sampled:
+            assert runner["gpu_sampler"] == "nvidia-smi"
+            assert result["avg_gpu_percent"] in (40.0, 80.0)  # the one device it was given
+            assert result["peak_gpu_memory_bytes"] in (2**30, 2 * 2**30)
+            assert summary.allocation.gpu_sampled and summary.allocation.gpu_samplers == ["nvidia-smi"]
+            assert gpu.used_hours == pytest.approx(0.6 * 2 * summary.wall.seconds / 3600, rel=0.05)  # node mean 60 %
+            assert row.gpu_sampled and row.avg_gpu_percent == result["avg_gpu_percent"] and row.gpu_note is None
+        else:
+            assert runner["gpu_sampler"] is None and result["avg_gpu_percent"] is None
+            assert not summary.allocation.gpu_sampled and gpu.used_hours is None
+            assert not row.gpu_sampled and row.gpu_note == GPU_NOT_SAMPLED
+            for command in ("summary", "resources"):
+                shown = torc(db, "reports", command, 1, cwd=work)
+                fits_80(shown.stdout)
+                assert "not sampled" in shown.stdout, shown.stdout
+
+
 def test_empty_workflow_gives_empty_reports(work: Path) -> None:
     from torc_slurm.reports.resources import ResourceReport
     from torc_slurm.reports.summary import Summary
