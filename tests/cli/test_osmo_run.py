@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from runner.helpers import jobs, results
 
 from . import EXAMPLES, invoke

@@ -79,7 +79,7 @@ from typing import Any
 from torc_slurm.errors import SpecError
 from torc_slurm.spec.limits import MAX_COUNT, MAX_MEMORY_BYTES, short_repr, short_text
 
-__all__ = ["OsmoError", "is_osmo", "translate", "task_locations", "output_folder", "host_variable"]
+__all__ = ["OsmoError", "host_variable", "is_osmo", "output_folder", "task_locations", "translate"]
 
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _MAX_NAME = 128
@@ -159,7 +159,7 @@ class OsmoError(SpecError):
         prefix = ", ".join(where)
         return f"{prefix}: {self.message}" if prefix else self.message
 
-    def with_context(self, **context: object) -> "OsmoError":
+    def with_context(self, **context: object) -> OsmoError:
         merged: dict[str, Any] = {"file": self.file, "task": self.job, "field": self.field, "line": self.line}
         if "job" in context:
             context["task"] = context.pop("job")
@@ -203,7 +203,7 @@ def task_locations(data: Mapping[str, Any]) -> list[Loc]:
 # -- the translation -------------------------------------------------------------------------------
 
 class _Task:
-    __slots__ = ("name", "loc", "data", "group", "rank", "inputs")
+    __slots__ = ("data", "group", "inputs", "loc", "name", "rank")
 
     def __init__(self, name: str, loc: Loc, data: Mapping[str, Any], group: int | None, rank: int) -> None:
         self.name, self.loc, self.data, self.group, self.rank = name, loc, data, group, rank
