@@ -6,6 +6,8 @@ a group starts only after every group it depends on has ended, and bad files get
 from __future__ import annotations
 
 import json
+import os
+import socket
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,37 @@ def test_complex_example_combines_both_transforms_in_group_order(work: Path) -> 
     # process -> aggregate: combine starts only once both transforms (the whole group) ended.
     assert when["combine"][0] >= max(when["transform-a"][1], when["transform-b"][1])
     assert when["transform-a"][1] > when["transform-b"][1]  # the lead was the last to end
+
+
+HOSTS = """
+workflow:
+  name: hosts
+  groups:
+  - name: pair
+    tasks:
+    - name: server
+      lead: true
+      command: ["bash", "-c"]
+      args:
+      - |
+        echo {{host:client}} > {{output}}/peer
+        # the lead ends the group: wait (bounded) until the client has written its line
+        for i in $(seq 600); do [ -s "$TORC_OUTPUT_DIR/tasks/client/peer" ] && exit 0; sleep 0.1; done
+        exit 1
+    - name: client
+      command: ["bash", "-c", "echo {{host:server}} > {{output}}/peer"]
+"""
+
+
+def test_host_of_a_sibling_is_the_node_it_runs_on(work: Path) -> None:
+    """{{host:TASK}} reads TORC_GROUP_HOST_<rank>, which the runner sets for group members."""
+    (work / "hosts.yaml").write_text(HOSTS, encoding="utf-8")
+    db = work / "torc.db"
+    result = invoke(db, "run", "hosts.yaml", "--num-cpus", 2, "--monitor-interval", 0)
+    assert result.exit_code == 0, result.output
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    tasks = work / "torc_output" / "tasks"
+    assert (tasks / "server" / "peer").read_text() == (tasks / "client" / "peer").read_text() == f"{node}\n"
 
 
 def test_workflows_create_accepts_an_osmo_file(work: Path) -> None:
