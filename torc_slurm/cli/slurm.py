@@ -106,7 +106,8 @@ def run_jobs(app, db_path: Path, workflow_id: int, output_dir: Path, scheduler, 
     options: dict[str, object] = dict(
         scheduler=scheduler, strict_scheduler=strict_scheduler, max_parallel_jobs=max_parallel_jobs,
         end_time=_end_time(end_time, slurm_job), monitor_interval_s=monitor_interval, gpu_variable=gpu_variable,
-        slurm_job_id=slurm_job, slurm_probe=default_probe())
+        slurm_job_id=slurm_job, slurm_probe=default_probe(),
+        allocation_nodes=int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or 1))
     if wait_for_new_jobs is not None:
         options["wait_for_new_jobs_s"] = wait_for_new_jobs
     runner = make_runner(db, workflow_id, node, output_dir=output_dir, **options)

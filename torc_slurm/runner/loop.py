@@ -47,6 +47,8 @@ from torc_slurm.runner.walltime import EndTime
 from torc_slurm.spec.models import WorkflowSpec
 from torc_slurm.states import UNFINISHED
 from torc_slurm.store.db import Database
+from torc_slurm.runner.multinode import launch, node_gpu_map
+from torc_slurm.store.gangs import Free, Member, Share
 from torc_slurm.store.queue import ClaimedJob, Limits, NodeUse, Outcome, Queue, ReadyJob, Started
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ class RunnerConfig:
     node_sample_s: float = DEFAULT_EVERY_S  # one runner_samples row per this long (the monitor's passes averaged)
     gpu_variable: str = "CUDA_VISIBLE_DEVICES"
     slurm_job_id: str | None = None
+    allocation_nodes: int = 1               # nodes of its allocation: multi-node jobs span up to this many
     node_name: str = field(default_factory=lambda: os.environ.get("SLURMD_NODENAME") or socket.gethostname())
     dry_execute: bool = False               # mark claimed jobs completed without spawning (benchmarks)
     prefetch: int | None = None             # jobs claimed ahead (default: adaptive, see Runner._prefetch)
@@ -152,6 +155,10 @@ class Runner:
         self._failing_since: float | None = None  # monotonic time of the first failed cycle in a row
         self._retry_at = 0.0                      # monotonic: no cycle before this (backoff)
         self._unsent_samples: list[NodeUse] = []  # node use whose cycle failed: sent with the next
+        # Shares of other runners' multi-node jobs this one set aside (job id -> what it holds), and
+        # the member nodes of its own multi-node jobs (job id -> members), both from the last cycle.
+        self._shares: dict[int, Placement] = {}
+        self._gangs: dict[int, list[Member]] = {}
         # Group members a lead's exit is ending: job id -> (lead name, lead outcome, KILL deadline).
         self._ended_by_lead: dict[int, tuple[str, str, float]] = {}
 
@@ -306,7 +313,7 @@ class Runner:
                 choose=self._chooser(now) if may_claim else None, limits=self._limits(left),
                 scheduler=cfg.scheduler, strict_scheduler=cfg.strict_scheduler, window=self._window(),
                 sweep=verdicts.sweep, fence=verdicts.fence, want_peers=observe, want_counts=idle or progress_due,
-                samples=samples)
+                samples=samples, **self._gang_options(now))
         except (QueueError, sqlite3.Error) as exc:
             self._started[:0], self._outcomes[:0] = started, outcomes
             self._unsent_samples[:0] = samples
@@ -340,6 +347,10 @@ class Runner:
             self._lose(result.revoked, "the queue took them back (this runner was presumed dead, or they were canceled)")
         if result.peers is not None:
             self.leases.observed(result.renewed_at, result.peers)
+        if cfg.allocation_nodes > 1:
+            live = {s.job_id for s in result.shares if s.gpu_ids is not None}
+            self._shares = {j: p for j, p in self._shares.items() if j in live}
+            self._gangs = result.gangs
         if result.counts is not None and cfg.on_progress is not None:
             cfg.on_progress(result.counts)
             self._last_progress = now
@@ -419,7 +430,8 @@ class Runner:
             return
         cfg = self.config
         candidates, members = compose(
-            [Candidate(j.id, j.num_cpus, j.num_gpus, j.memory_bytes, j.runtime_s) for j in self._backlog.values()],
+            [Candidate(j.id, j.num_cpus, j.num_gpus, j.memory_bytes, j.runtime_s) for j in self._backlog.values()
+             if j.num_nodes <= 1 or self._gang_ready(j)],
             {j.id: j.group.id for j in self._backlog.values() if j.group is not None})
         for placement in self._pack(candidates, now, cfg.end_time.current(now)):
             parts = members.get(placement.job_id)
@@ -445,6 +457,44 @@ class Runner:
             if sum(len(p.cpu_ids) for p in placed) >= free and all(c.num_cpus >= 1 for c in candidates[cut:]):
                 return placed
         return run(candidates)
+
+    # -- multi-node jobs (gangs) ----------------------------------------------------------------
+    def _gang_options(self, now: float) -> dict[str, object]:
+        """What a cycle needs for multi-node jobs: the resources other runners' jobs may book here
+        (free now, less what the claimed-ahead jobs will take), and the answer to new bookings."""
+        if self.config.allocation_nodes <= 1 or self.config.max_parallel_jobs is not None \
+                or self.stop_reason is not None:
+            return {}
+        cap = self.node.capacity
+        held = self._busy()
+        cpus = len(cap.cpu_ids) - sum(len(p.cpu_ids) for p in held) - sum(j.num_cpus for j in self._backlog.values())
+        gpus = len(cap.gpu_ids) - sum(len(p.gpu_ids) for p in held) - sum(j.num_gpus for j in self._backlog.values())
+        memory = cap.memory_bytes - sum(p.memory_bytes for p in held) - sum(j.memory_bytes
+                                                                          for j in self._backlog.values())
+        return {"free": Free(max(0, cpus), max(0, gpus), max(0, memory)), "accept": self._accept_shares(now)}
+
+    def _accept_shares(self, now: float) -> Callable[[list[Share]], dict[int, list[str] | None]]:
+        """Set aside each booked share that fits the free resources now (specific CPUs and GPUs),
+        else refuse it (its job goes back to ready)."""
+        def accept(new: list[Share]) -> dict[int, list[str] | None]:
+            answers: dict[int, list[str] | None] = {}
+            end = self.config.end_time.current(now)
+            for share in new:
+                placed = pack(self.node.capacity, self._busy(),
+                              [Candidate(share.job_id, share.cpus, share.gpus, share.memory_bytes, 0)],
+                              now=now, end_time=end, buffer_s=0.0)
+                if placed:
+                    self._shares[share.job_id] = placed[0]
+                    answers[share.job_id] = list(placed[0].gpu_ids)
+                else:
+                    answers[share.job_id] = None
+            return answers
+        return accept
+
+    def _gang_ready(self, job: ClaimedJob) -> bool:
+        """A multi-node job starts once every other node acknowledged its share."""
+        members = self._gangs.get(job.id, [])
+        return len(members) == job.num_nodes - 1 and all(m.acked for m in members)
 
     def _with_group_siblings(self, job_ids: list[int]) -> list[int]:
         """Backlog jobs to hand back, with the rest of their groups (a group goes back whole)."""
@@ -489,7 +539,7 @@ class Runner:
     def _busy(self) -> list[Placement]:
         """Placements in use: running jobs, and failed jobs whose recovery script runs."""
         return [r.placement for r in self.running.values()] + \
-            [r.entry.placement for r in self.failures.recovering.values()]
+            [r.entry.placement for r in self.failures.recovering.values()] + list(self._shares.values())
 
     def _has_room(self) -> bool:
         if self.config.max_parallel_jobs is not None:
@@ -501,7 +551,7 @@ class Runner:
             return Limits(runtime_s=left, nodes=1)
         cap = self.node.capacity
         return Limits(cpus=len(cap.cpu_ids), gpus=len(cap.gpu_ids), memory_bytes=cap.memory_bytes, runtime_s=left,
-                      nodes=1)
+                      nodes=max(1, self.config.allocation_nodes))
 
     def _window(self) -> int:
         return max(64, 2 * self._prefetch(time.time()))
@@ -567,6 +617,19 @@ class Runner:
         stem = f"wf{cfg.workflow_id}_job{job.id}_attempt{job.attempt}"
         stdout, stderr = stdio / f"{stem}.out", stdio / f"{stem}.err"
         command = f"{job.invocation_script} {job.command}" if job.invocation_script else job.command
+        gang_env: dict[str, str] = {}
+        if job.num_nodes > 1:
+            members = self._gangs.get(job.id, [])
+            nodes = [cfg.node_name, *(m.node for m in members)]
+            gpus = node_gpu_map(nodes, [placement.gpu_ids, *(m.gpu_ids for m in members)])
+            hostfile = stdio / f"{stem}.hosts"
+            start = launch(job.launcher, command, nodes=nodes, cpus_per_node=job.num_cpus, gpus=gpus,
+                           gpu_variable=cfg.gpu_variable, hostfile=hostfile)
+            stdio.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(hostfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(start.hostfile)
+            command, gang_env = start.command, start.env
         affinity = pin_plan(self.node.host_cpus, placement.cpu_ids,
                             num_slots=len(self.node.capacity.cpu_ids)) if placement.cpu_ids else None
         if placement.cpu_ids and affinity is None and not self._pin_warned:
@@ -574,7 +637,8 @@ class Runner:
                      len(self.node.capacity.cpu_ids), len(self.node.host_cpus))
             self._pin_warned = True
         launched = self.pool.start(LaunchSpec(job.id, job.attempt, command, cfg.working_dir,
-                                              self._environment(job, placement), stdout, stderr, affinity))
+                                              {**self._environment(job, placement), **gang_env}, stdout, stderr,
+                                              affinity))
         if isinstance(launched, Finished):
             self._started.append(Started(job.id, job.lease_token))
             self._add_outcome(self.failures.outcome(job, launched, None))

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torc_slurm.states import HELD, JobStatus, sql_list
+from torc_slurm.store import gangs
 from torc_slurm.store.events import add_event
 
 RUNNER_COLUMNS = ("r.id, r.hostname, r.host_key, r.pid, r.pid_started, r.token, r.slurm_job_id, r.slurm_step_id,"
@@ -98,6 +99,11 @@ def sweep(conn: sqlite3.Connection, workflow_id: int, requests: Sequence[SweepRe
             ended = interrupt(conn, workflow_id, request.runner_id, job_id, attempt, token, "lost", message)
             finished += ended
             gave_up += len(ended)
+        for job_id, attempt, token, launcher in gangs.jobs_with_member(conn, request.runner_id):
+            # a multi-node job with a share on the dead runner: its attempt is over (its launcher,
+            # told so at its next cycle, kills what is left of it)
+            finished += interrupt(conn, workflow_id, launcher, job_id, attempt, token, "lost",
+                                  f"a node of this multi-node job was lost: {message}")
         # jobs_returned: back to ready; jobs_failed: out of attempts (both were taken from the runner)
         add_event(conn, workflow_id, "runner_swept", f"{message}; {len(held)} of its jobs taken back",
                   data={"runner_id": request.runner_id, "hostname": host, "reason": request.reason,

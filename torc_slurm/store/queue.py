@@ -27,7 +27,9 @@ from torc_slurm.errors import QueueError
 from torc_slurm.states import HELD, JobStatus, sql_list
 from torc_slurm.store import leases
 from torc_slurm.store.db import Database
+from torc_slurm.store import gangs
 from torc_slurm.store.events import add_event
+from torc_slurm.store.gangs import Free, Member, Share
 from torc_slurm.store.leases import PeerLease, SweepRequest
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,8 @@ class ClaimedJob:
     enforce_runtime: bool = False
     runtime_grace: float = 1.5
     group: GroupInfo | None = None
+    num_nodes: int = 1
+    launcher: str | None = None       # multi-node: 'srun' (None) or 'none'
 
 
 @dataclass(frozen=True)
@@ -145,9 +149,13 @@ class CycleResult:
     peers: list[PeerLease] | None = None              # the other live runners, when asked for
     renewed_at: float = 0.0                           # time.monotonic() inside the lock: lease renewed
     runner_gone: bool = False                         # the runner (its workflow) was deleted: stop
+    shares: list[Share] = field(default_factory=list)  # other runners' multi-node jobs this one holds a share of
+    gangs: dict[int, list[Member]] = field(default_factory=dict)  # its own pending multi-node jobs' members
 
 
 Chooser = Callable[[list[ReadyJob]], Sequence[int]]
+# Given the shares other runners booked on this one, the GPU ids it sets aside for each (None: refused).
+ShareAcceptor = Callable[[list[Share]], Mapping[int, Sequence[str] | None]]
 
 
 class Queue:
@@ -233,13 +241,16 @@ class Queue:
               choose: Chooser | None = None, limits: Limits = Limits(),
               scheduler: str | None = None, strict_scheduler: bool = False, window: int = 256,
               sweep: Sequence[SweepRequest] = (), fence: Sequence[tuple[int, str]] = (),
-              want_peers: bool = False, want_counts: bool = False, samples: Sequence[NodeUse] = ()) -> CycleResult:
+              want_peers: bool = False, want_counts: bool = False, samples: Sequence[NodeUse] = (),
+              free: Free | None = None, accept: ShareAcceptor | None = None) -> CycleResult:
         """One lock acquisition. ``started``: attempts spawned since the last cycle. ``outcomes``:
         attempts reaped. ``release``: claimed jobs the runner will not start after all (back to
         ready, attempt undone). ``held``: job id -> lease token of every job the runner still holds
         (running or claimed ahead); what the queue no longer gives it comes back in ``revoked``, and
         what the queue gives it that it does not know of is handed back. ``sweep``/``fence``: the
-        runner's verdicts on its peers (`runner.fencing`)."""
+        runner's verdicts on its peers (`runner.fencing`). ``free``: what the runner could give
+        other runners' multi-node jobs (before this cycle's claims), published for them; with
+        ``accept`` it answers the shares they booked on it (see `store.gangs`)."""
         result = CycleResult()
         now = time.time()
         with self.db.transaction() as conn:
@@ -270,10 +281,21 @@ class Queue:
                 leases.mark_fencing(conn, peer_id, note)
             if want_peers:
                 result.peers = leases.peers(conn, self.workflow_id, runner_id)
+            if free is not None or accept is not None:
+                free, refused = self._answer_shares(conn, runner_id, free, accept, result)
+                changed += refused
             if choose is not None:
                 ready = self._ready_window(conn, limits, scheduler, strict_scheduler, window)
                 chosen = list(choose(ready)) if ready else []
                 result.claimed = self._claim(conn, runner_id, chosen)
+                if any(job.num_nodes > 1 for job in result.claimed):
+                    result.claimed = self._book_gangs(conn, runner_id, result.claimed)
+            if free is not None:
+                for job in result.claimed:
+                    free = free.minus(job.num_cpus, job.num_gpus, job.memory_bytes)
+                gangs.publish(conn, runner_id, free)
+            if free is not None or accept is not None:  # a runner in a multi-node allocation
+                result.gangs = gangs.members(conn, [*(held or {}), *(j.id for j in result.claimed if j.num_nodes > 1)])
             if want_counts:
                 result.counts = _counts(conn, self.workflow_id)
         if changed:
@@ -297,6 +319,41 @@ class Queue:
         return taken
 
     # -- internals (all inside the caller's transaction) -------------------------------------
+    def _answer_shares(self, conn: sqlite3.Connection, runner_id: int, free: Free | None,
+                       accept: ShareAcceptor | None, result: CycleResult) -> tuple[Free | None, int]:
+        """Drop this runner's stale shares, answer the new ones (acknowledge or refuse), and
+        return what it can still give (``free`` less what it just acknowledged) and how many jobs
+        went back to ready."""
+        gangs.clean(conn, runner_id)
+        held = gangs.shares(conn, runner_id)
+        new = [s for s in held if s.gpu_ids is None]
+        answers = accept(new) if new and accept is not None else {}
+        refused = 0
+        for share in new:
+            if share.job_id not in answers:
+                continue  # not answered yet (no acceptor this cycle): stays booked
+            gpu_ids = answers[share.job_id]
+            if gpu_ids is None:
+                refused += gangs.refuse(conn, share)
+                continue
+            gangs.acknowledge(conn, runner_id, share, gpu_ids)
+            if free is not None:
+                free = free.minus(share.cpus, share.gpus, share.memory_bytes)
+        result.shares = gangs.shares(conn, runner_id)
+        return free, refused
+
+    def _book_gangs(self, conn: sqlite3.Connection, runner_id: int, claimed: list[ClaimedJob]) -> list[ClaimedJob]:
+        """Book the other nodes of each claimed multi-node job; a job whose nodes cannot all be
+        booked now goes back to ready (its claim never started)."""
+        kept = []
+        for job in claimed:
+            if job.num_nodes <= 1 or gangs.book(conn, self.workflow_id, runner_id, job.id, job.lease_token,
+                                                job.num_nodes, job.num_cpus, job.num_gpus, job.memory_bytes):
+                kept.append(job)
+            else:
+                leases.hand_back(conn, runner_id, [job.id])
+        return kept
+
     def _add_samples(self, conn: sqlite3.Connection, runner_id: int, samples: Sequence[NodeUse]) -> None:
         conn.executemany(
             "INSERT OR REPLACE INTO runner_samples (workflow_id, runner_id, at, cpu_percent, memory_bytes, gpu_percent,"
@@ -386,7 +443,7 @@ class Queue:
         rows = conn.execute(
             f"SELECT j.id, j.name, command, invocation_script, env, attempt, num_cpus, num_gpus, memory_bytes,"
             f" runtime_s, supports_termination, failure_handler, retries, enforce_runtime, runtime_grace,"
-            f" group_id, group_rank, g.name AS group_name, g.size AS group_size, g.lead_job_id, g.group_end"
+            f" num_nodes, launcher, group_id, group_rank, g.name AS group_name, g.size AS group_size, g.lead_job_id, g.group_end"
             f" FROM jobs j LEFT JOIN job_groups g ON g.id = j.group_id WHERE j.id IN ({marks}) AND runner_id = ?"
             f" AND lease_token = ? AND status = 'pending'", (*job_ids, runner_id, token)).fetchall()
         by_id = {row["id"]: row for row in rows}
@@ -398,6 +455,7 @@ class Queue:
             output_files=tuple(outputs.get(row["id"], ())), lease_token=token,
             failure_handler=row["failure_handler"], retries=row["retries"],
             enforce_runtime=bool(row["enforce_runtime"]), runtime_grace=row["runtime_grace"],
+            num_nodes=row["num_nodes"], launcher=row["launcher"],
             group=None if row["group_id"] is None else GroupInfo(
                 row["group_id"], row["group_name"], row["group_rank"], row["group_size"], row["lead_job_id"],
                 row["group_end"]))

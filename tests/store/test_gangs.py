@@ -1,0 +1,108 @@
+"""Multi-node jobs in the queue: the launching runner books the other nodes in its claim's own
+transaction, members acknowledge (or refuse) at their next cycle, two gangs cannot each hold half
+of their nodes, and a member's death ends the job's attempt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.store.test_queue import db, ids, job, job_row, make_queue, take_all  # noqa: F401
+from torc_slurm.store.db import Database
+from torc_slurm.store.gangs import Free
+from torc_slurm.store.leases import SweepRequest
+from torc_slurm.store.queue import Limits, Queue
+
+GIB = 2**30
+NODE = Free(8, 2, 16 * GIB)
+
+
+def gang_queue(db: Database, tmp_path: Path, *names: str) -> Queue:  # noqa: F811
+    return make_queue(db, tmp_path, [job(n, resource_requirements="two_nodes") for n in names],
+                      resource_requirements=[{"name": "two_nodes", "num_nodes": 2, "num_cpus": 8, "num_gpus": 1,
+                                              "memory": "4g", "runtime": "PT10M"}])
+
+
+def runners(queue: Queue, count: int = 2, allocation: str = "77") -> list[int]:
+    return [queue.register_runner(hostname=f"n{i + 1}", pid=100 + i, slurm_job_id=allocation) for i in range(count)]
+
+
+def accept_all(gpu: str = "1"):  # noqa: ANN201
+    return lambda shares: {s.job_id: [gpu] for s in shares}
+
+
+def test_a_gang_is_booked_acknowledged_and_then_startable(db: Database, tmp_path: Path) -> None:  # noqa: F811
+    queue = gang_queue(db, tmp_path, "mpi")
+    launcher, member = runners(queue)
+    queue.cycle(member, free=NODE, accept=accept_all())          # publishes what it can give
+    claimed = queue.cycle(launcher, free=NODE, accept=accept_all(), choose=take_all,
+                          limits=Limits(nodes=2)).claimed
+    assert [(j.name, j.num_nodes) for j in claimed] == [("mpi", 2)]
+    first = queue.cycle(launcher, free=NODE, accept=accept_all(), held={claimed[0].id: claimed[0].lease_token})
+    [pending] = first.gangs[claimed[0].id]
+    assert (pending.runner_id, pending.node, pending.acked) == (member, "n2", False)
+    answered = queue.cycle(member, free=NODE, accept=accept_all("1"))
+    assert [(s.job_id, s.gpu_ids) for s in answered.shares] == [(claimed[0].id, ("1",))]
+    ready = queue.cycle(launcher, free=NODE, accept=accept_all(), held={claimed[0].id: claimed[0].lease_token})
+    [acked] = ready.gangs[claimed[0].id]
+    assert acked.acked and acked.gpu_ids == ("1",)
+
+
+def test_too_few_free_nodes_books_nothing(db: Database, tmp_path: Path) -> None:  # noqa: F811
+    queue = gang_queue(db, tmp_path, "mpi")
+    launcher, member = runners(queue)
+    queue.cycle(member, free=Free(4, 2, 16 * GIB), accept=accept_all())  # too few CPUs for a share of 8
+    claimed = queue.cycle(launcher, free=NODE, accept=accept_all(), choose=take_all, limits=Limits(nodes=2)).claimed
+    assert claimed == []
+    row = job_row(db, ids(db)["mpi"])
+    assert (row["status"], row["attempt"]) == ("ready", 0)
+    assert db.read("SELECT COUNT(*) FROM gang_shares")[0][0] == 0
+
+
+def test_a_refused_share_hands_the_job_back(db: Database, tmp_path: Path) -> None:  # noqa: F811
+    queue = gang_queue(db, tmp_path, "mpi")
+    launcher, member = runners(queue)
+    queue.cycle(member, free=NODE, accept=accept_all())
+    [claimed] = queue.cycle(launcher, free=NODE, accept=accept_all(), choose=take_all, limits=Limits(nodes=2)).claimed
+    queue.cycle(member, free=NODE, accept=lambda shares: {s.job_id: None for s in shares})
+    row = job_row(db, claimed.id)
+    assert (row["status"], row["attempt"], row["runner_id"]) == ("ready", 0, None)
+    assert queue.cycle(launcher, held={claimed.id: claimed.lease_token}).revoked == [claimed.id]
+
+
+def test_two_gangs_on_two_nodes_never_hold_half_each(db: Database, tmp_path: Path) -> None:  # noqa: F811
+    """Both runners try to claim a 2-node job at once (their cycles interleave): the second finds
+    the first's node booked and claims nothing, so one gang runs whole, then the other."""
+    queue = gang_queue(db, tmp_path, "a", "b")
+    r1, r2 = runners(queue)
+    queue.cycle(r1, free=NODE, accept=accept_all())
+    queue.cycle(r2, free=NODE, accept=accept_all())
+    first = queue.cycle(r1, free=NODE, accept=accept_all(), choose=take_all, limits=Limits(nodes=2)).claimed
+    # r2 answers the share on it first (it is now full) and can book nothing on r1, full too
+    second = queue.cycle(r2, free=NODE, accept=accept_all(), choose=take_all, limits=Limits(nodes=2))
+    assert len(first) == 1 and second.claimed == []
+    assert [s.job_id for s in second.shares] == [first[0].id]
+    other = "b" if first[0].name == "a" else "a"
+    assert job_row(db, ids(db)[other])["status"] == "ready"
+
+
+def test_a_dead_member_ends_the_jobs_attempt(db: Database, tmp_path: Path) -> None:  # noqa: F811
+    queue = gang_queue(db, tmp_path, "mpi")
+    launcher, member = runners(queue)
+    queue.cycle(member, free=NODE, accept=accept_all())
+    [claimed] = queue.cycle(launcher, free=NODE, accept=accept_all(), choose=take_all, limits=Limits(nodes=2)).claimed
+    queue.cycle(member, free=NODE, accept=accept_all())
+    seq = db.read("SELECT lease_seq FROM runners WHERE id = ?", (member,))[0][0]
+    queue.sweep([SweepRequest(member, seq, "its node died")], by="test")
+    row = job_row(db, claimed.id)
+    assert (row["status"], row["interrupted"]) == ("ready", 1)
+    lost = db.read("SELECT status, message FROM results WHERE job_id = ?", (claimed.id,))
+    assert [r["status"] for r in lost] == ["lost"] and "a node of this multi-node job was lost" in lost[0]["message"]
+    assert queue.cycle(launcher, held={claimed.id: claimed.lease_token}).revoked == [claimed.id]
+
+
+def test_runners_of_another_allocation_are_never_booked(db: Database, tmp_path: Path) -> None:  # noqa: F811
+    queue = gang_queue(db, tmp_path, "mpi")
+    [launcher] = runners(queue, 1, allocation="77")
+    [stranger] = runners(queue, 1, allocation="78")
+    queue.cycle(stranger, free=NODE, accept=accept_all())
+    assert queue.cycle(launcher, free=NODE, accept=accept_all(), choose=take_all, limits=Limits(nodes=2)).claimed == []
