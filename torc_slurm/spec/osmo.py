@@ -218,7 +218,7 @@ def translate(data: Mapping[str, Any]) -> dict[str, Any]:
 class _Translator:
     def __init__(self, data: Mapping[str, Any]) -> None:
         self.data = data
-        self.group_names: dict[str, str] = {}   # by position in workflow.groups
+        self.group_names: dict[int, str] = {}   # by position in workflow.groups
         self.tasks: list[_Task] = []
         self.by_name: dict[str, _Task] = {}
         self.names: dict[str, str] = {}         # task and group names, normalized as OSMO compares them
