@@ -25,11 +25,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
 from torc_slurm.errors import QueueError
 from torc_slurm.states import ALL as JOB_STATUSES
 from torc_slurm.states import DONE, FAILED, UNFINISHED, sql_list
+from torc_slurm.store.counts import read_status_counts
 from torc_slurm.store.db import Database
 
 LAST_FAILURES = 5
@@ -45,77 +44,96 @@ WAITING = ("uninitialized", "blocked", "ready")   # jobs that have not been clai
 
 
 # -- the model of the output ---------------------------------------------------------------------
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+MODELS = ("Allocation", "Runner", "Failure", "Blocked", "StatusReport")
 
 
-class Allocation(_Model):
-    slurm_job_id: str
-    scheduler: str
-    num_nodes: int
-    state: str
-    submitted_at: float
-    runners: int
-    time_left_s: float | None
+def __getattr__(name: str) -> Any:
+    """The pydantic models of the report (``StatusReport`` and its parts), built on first use:
+    `torc workflows status` itself does not pay for them; tests validate its JSON with them."""
+    if name not in MODELS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    models = _build_models()
+    globals().update(models)
+    return models[name]
 
 
-class Runner(_Model):
-    id: int
-    hostname: str
-    slurm_job_id: str | None
-    status: str
-    cpus: int | None
-    gpus: int | None
-    memory_bytes: int | None
-    running: int
-    started_at: float
-    heartbeat_age_s: float
-    time_left_s: float | None
+def _build_models() -> dict[str, Any]:
+    from pydantic import BaseModel, ConfigDict
+
+    class _Model(BaseModel):
+        model_config = ConfigDict(extra="forbid")
 
 
-class Failure(_Model):
-    job_id: int
-    job: str
-    attempt: int
-    status: str
-    reason: str | None
-    return_code: int | None
-    signal: int | None
-    ended_at: float | None
-    message: str | None
+    class Allocation(_Model):
+        slurm_job_id: str
+        scheduler: str
+        num_nodes: int
+        state: str
+        submitted_at: float
+        runners: int
+        time_left_s: float | None
 
 
-class Blocked(_Model):
-    count: int
-    at_least: bool
-    examples: list[str]
+    class Runner(_Model):
+        id: int
+        hostname: str
+        slurm_job_id: str | None
+        status: str
+        cpus: int | None
+        gpus: int | None
+        memory_bytes: int | None
+        running: int
+        started_at: float
+        heartbeat_age_s: float
+        time_left_s: float | None
 
 
-class StatusReport(_Model):
-    workflow_id: int
-    name: str
-    status: str
-    run_id: int
-    now: float
-    counts: dict[str, int]
-    total: int
-    done: int
-    failed: int
-    pending: int
-    running: int
-    started_at: float | None
-    ended_at: float | None
-    elapsed_s: float | None
-    mean_exec_s: float | None
-    parallelism: int
-    eta_s: float | None
-    finished: bool
-    allocations: list[Allocation]
-    runners: list[Runner]
-    last_failures: list[Failure]
-    failure_reasons: dict[str, int]
-    failure_reasons_sampled: bool
-    cannot_run: dict[str, Blocked]
+    class Failure(_Model):
+        job_id: int
+        job: str
+        attempt: int
+        status: str
+        reason: str | None
+        return_code: int | None
+        signal: int | None
+        ended_at: float | None
+        message: str | None
+
+
+    class Blocked(_Model):
+        count: int
+        at_least: bool
+        examples: list[str]
+
+
+    class StatusReport(_Model):
+        workflow_id: int
+        name: str
+        status: str
+        run_id: int
+        now: float
+        counts: dict[str, int]
+        total: int
+        done: int
+        failed: int
+        pending: int
+        running: int
+        started_at: float | None
+        ended_at: float | None
+        elapsed_s: float | None
+        mean_exec_s: float | None
+        parallelism: int
+        eta_s: float | None
+        finished: bool
+        allocations: list[Allocation]
+        runners: list[Runner]
+        last_failures: list[Failure]
+        failure_reasons: dict[str, int]
+        failure_reasons_sampled: bool
+        cannot_run: dict[str, Blocked]
+
+    return {"Allocation": Allocation, "Runner": Runner, "Failure": Failure, "Blocked": Blocked,
+            "StatusReport": StatusReport}
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -132,7 +150,6 @@ def workflow_status(db: Database, workflow_id: int, *, now: float | None = None,
                     failures: int = LAST_FAILURES, examples: int = EXAMPLES) -> dict[str, Any]:
     """The status report of ``workflow_id`` (a dict shaped like ``StatusReport``)."""
     import torc_slurm.spec.units  # noqa: F401  (imported before the lock is taken, not while holding it)
-    import torc_slurm.store.workflows  # noqa: F401
 
     with db.transaction(write=False) as conn:
         raw = read_raw(conn, workflow_id, failures=failures, examples=examples, path=db.path)
@@ -159,8 +176,6 @@ class Raw:
 def read_raw(conn: sqlite3.Connection, workflow_id: int, *, failures: int = LAST_FAILURES,
              examples: int = EXAMPLES, path: object = "the queue") -> Raw:
     """Every query of the report, inside the caller's (read) transaction."""
-    from torc_slurm.store.workflows import read_status_counts
-
     row = conn.execute("SELECT id, name, status, run_id, created_at,"
                        " json_extract(spec_json, '$.slurm_schedulers') AS schedulers"
                        " FROM workflows WHERE id = ?", (workflow_id,)).fetchone()

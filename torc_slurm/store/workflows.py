@@ -18,6 +18,7 @@ from torc_slurm.states import ALL as JOB_STATUSES
 from torc_slurm.states import HELD, UNFINISHED, sql_list
 from torc_slurm.store.db import Database
 from torc_slurm.store.events import add_event
+from torc_slurm.store.counts import read_status_counts, refresh_status_counts  # noqa: F401 (re-exported)
 from torc_slurm.store.leases import next_ids
 
 __all__ = ["JOB_STATUSES", "UNFINISHED", "add_event", "add_workflow", "WorkflowRow"]
@@ -209,22 +210,6 @@ def status_counts(db: Database, workflow_id: int) -> dict[str, int]:
         if conn.execute("SELECT 1 FROM workflows WHERE id = ?", (workflow_id,)).fetchone() is None:
             raise QueueError(f"no workflow {workflow_id} in {db.path}")
         return read_status_counts(conn, workflow_id)
-
-
-def read_status_counts(conn: sqlite3.Connection, workflow_id: int) -> dict[str, int]:
-    """``status_counts`` inside the caller's transaction: status -> jobs, every status listed."""
-    counts = {status: 0 for status in JOB_STATUSES}
-    counts.update({row[0]: row[1] for row in conn.execute(
-        "SELECT status, n FROM status_counts WHERE workflow_id = ? AND n != 0", (workflow_id,))})
-    return counts
-
-
-def refresh_status_counts(conn: sqlite3.Connection, workflow_id: int) -> None:
-    """Recount the workflow's jobs by status into ``status_counts`` (inside the caller's write
-    transaction). For bulk inserts and deletes of jobs, which the status trigger does not see."""
-    conn.execute("DELETE FROM status_counts WHERE workflow_id = ?", (workflow_id,))
-    conn.execute("INSERT INTO status_counts (workflow_id, status, n) SELECT workflow_id, status, COUNT(*)"
-                 " FROM jobs WHERE workflow_id = ? GROUP BY status", (workflow_id,))
 
 
 def list_jobs(db: Database, workflow_id: int, status: str | None = None, *, limit: int | None = None,
