@@ -450,7 +450,7 @@ def test_plot_html_and_png_of_a_run(diamond: tuple[Path, int, list[str]], tmp_pa
     for output in (html, png):
         result = invoke(db, "reports", "plot", wf, "--output", output)
         assert result.exit_code == 0, result.output
-        assert f"Wrote {output} (4 attempts on 1 runner(s);" in result.stderr
+        assert f"Wrote {output} (4 attempt(s) on 1 runner(s);" in result.stderr
     text = html.read_text()
     assert len(names) == 4 and all(f'"{name}"' in text for name in names), names
     assert "plotly" in text and "<script src=\"http" not in text  # plotly.js inlined: works offline
@@ -516,7 +516,7 @@ def test_plot_of_an_empty_workflow(work: Path) -> None:
     for name in ("empty.html", "empty.png"):
         result = invoke(db, "reports", "plot", wf, "-o", work / name)
         assert result.exit_code == 0, result.output
-        assert "0 attempts on 0 runner(s)" in result.stderr
+        assert "0 attempt(s) on 0 runner(s)" in result.stderr
     assert "no attempts recorded yet" in (work / "empty.html").read_text()
     png_size(work / "empty.png")
 

@@ -104,7 +104,7 @@ def plot(app: App, workflow_id: int, output: Path) -> None:
     if kind not in (".html", ".png"):
         app.abort(f"{output}: the output must end in .html or .png", code=2)
     done = write_plot(app.db, workflow_id, output)
-    app.note(f"Wrote {output} ({done.attempts} attempts on {done.runners} runner(s); {done.usage_note})")
+    app.note(f"Wrote {output} ({done.attempts} attempt(s) on {done.runners} runner(s); {done.usage_note})")
 
 
 # -- views (80 columns) ----------------------------------------------------------------------------
@@ -197,7 +197,7 @@ def summary_view(data: dict[str, Any]):
     use.add_column("resource-hours", no_wrap=True)
     use.add_column("allocated", no_wrap=True, justify="right")
     use.add_column("held by jobs", overflow="fold", justify="right")
-    use.add_column("used by jobs", overflow="fold", justify="right")
+    use.add_column("used", overflow="fold", justify="right")
     cpu, gpu = alloc["cpu"], alloc["gpu"]
     use.add_row("CPU", hours(cpu["allocated_hours"]), _share(cpu["held_hours"], cpu["held_percent"]),
                 _share(cpu["used_hours"], cpu["used_percent"]))
@@ -213,6 +213,9 @@ def summary_view(data: dict[str, Any]):
     for j in data["longest"]:
         longest.add_row(j["job"], str(j["attempt"]), j["status"], human_seconds(j["exec_s"]), j["node"] or "-")
     parts: list[Any] = [head, facts, use]
+    if alloc["gpu_sampled"]:
+        parts.append(_para("CPU used: the jobs' CPU time. GPU used: the sampled utilisation of the runners' GPUs, "
+                           "whoever used them."))
     if data["longest"]:
         parts.append(longest)
     return Group(*parts)
