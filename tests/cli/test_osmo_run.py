@@ -1,6 +1,7 @@
 """OSMO workflow files through the command line: both seed examples run to completion with `torc run`
 (the complex one with its `sleep 120` cut to 2 s), data flows through {{output}} and {{input:N}},
-a group starts only after every group it depends on has ended, and bad files get one clean error
+a group starts only after every group it depends on has ended, a lead's exit ends its group, and
+bad files get one clean error
 (no traceback) naming the file, line, task and field."""
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ from runner.helpers import jobs, results
 from . import EXAMPLES, invoke
 
 OSMO = EXAMPLES / "osmo"
-# A non-lead member ends either by itself or, once the runner enforces group_end: lead, terminated
-# by its lead: both end it without failing the workflow.
-ENDED = {"completed", "terminated_by_lead"}
 
 
 @pytest.fixture()
@@ -61,9 +59,14 @@ def test_simple_example_runs_and_train_models_waits_for_all_of_prepare_data(work
     db, wf = run_example(work, "combination_workflow_simple.yaml")
     rows = jobs(db, wf)
     assert set(rows) == {"generate-dataset", "validate-data", "train-model-a", "train-model-b"}
-    for lead in ("generate-dataset", "train-model-a"):
-        assert rows[lead]["status"] == "completed", lead
-    assert {rows["validate-data"]["status"], rows["train-model-b"]["status"]} <= ENDED
+    assert {name: row["status"] for name, row in rows.items()} == dict.fromkeys(rows, "completed")
+    # OSMO's group semantics: a lead's exit ends its group. validate-data (sleep 3) is still running
+    # when generate-dataset, its lead, exits at once: it is ended, with the lead's outcome.
+    attempts = {row["name"]: row for row in results(db, wf)}
+    assert (attempts["validate-data"]["reason"], attempts["validate-data"]["return_code"]) == ("terminated_by_lead", None)
+    assert "generate-dataset" in attempts["validate-data"]["message"]
+    assert attempts["generate-dataset"]["return_code"] == attempts["train-model-a"]["return_code"] == 0
+    assert attempts["train-model-b"]["return_code"] == 0 or attempts["train-model-b"]["reason"] == "terminated_by_lead"
     when = spans(db, wf)
     # The training tasks name only generate-dataset, yet the group waits for validate-data too.
     prepared = max(when["generate-dataset"][1], when["validate-data"][1])
@@ -76,8 +79,7 @@ def test_simple_example_runs_and_train_models_waits_for_all_of_prepare_data(work
     assert stdout_of(work, rows["train-model-a"]).splitlines() == ["Training Model A...", *lines, "✓ Model A complete!"]
     # train-model-b may be ended by its lead (train-model-a) before it prints, as in OSMO; when it
     # exited by itself, it read the same dataset.
-    codes = {row["name"]: row["return_code"] for row in results(db, wf)}
-    if codes["train-model-b"] == 0:
+    if attempts["train-model-b"]["return_code"] == 0:
         assert stdout_of(work, rows["train-model-b"]).splitlines()[1] == f"10 {dataset}"
     assert (work / "torc_output" / "tasks").stat().st_mode & 0o777 == 0o700
 
@@ -85,9 +87,10 @@ def test_simple_example_runs_and_train_models_waits_for_all_of_prepare_data(work
 def test_complex_example_combines_both_transforms_in_group_order(work: Path) -> None:
     db, wf = run_example(work, "combination_workflow_complex.yaml", replace=("sleep 120", "sleep 2"))
     rows = jobs(db, wf)
-    # transform-a (the lead) outlives transform-b, so even with lead termination every task completes.
+    # transform-a (the lead) outlives transform-b, so every task exits by itself.
     assert {name: row["status"] for name, row in rows.items()} == {
         "download": "completed", "transform-a": "completed", "transform-b": "completed", "combine": "completed"}
+    assert {row["name"]: row["return_code"] for row in results(db, wf)} == dict.fromkeys(rows, 0)
     combined = work / "torc_output" / "tasks" / "combine" / "final" / "combined.txt"
     expected = ("=== UPPERCASE VERSION ===\nAPPLE\nBANANA\nCHERRY\n\n"
                 "=== NUMBERED VERSION ===\n     1\tapple\n     2\tbanana\n     3\tcherry\n")
