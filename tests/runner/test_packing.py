@@ -1,5 +1,6 @@
-"""Tests for torc_slurm.runner.packing: table-driven cases, EASY-backfill starvation checks,
-queue-depth mode, input validation, and hypothesis properties against an independent oracle."""
+"""Tests for torc_slurm.runner.packing: table-driven cases (EASY backfill, the plan order that puts
+wide jobs first within a priority, gangs' not_before), starvation checks, queue-depth mode, input
+validation, and hypothesis properties against an independent oracle."""
 
 from __future__ import annotations
 
@@ -10,7 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torc_slurm.runner.packing import Candidate, NodeCapacity, Placement, fits_node, fits_time, pack
+from torc_slurm.runner.packing import (
+    Candidate,
+    NodeCapacity,
+    Placement,
+    fits_node,
+    fits_time,
+    is_wide,
+    pack,
+    plan_order,
+    shadow_time,
+)
 
 GB = 1024**3
 
@@ -23,8 +34,9 @@ def cap(cpus: int | Sequence[int] = 4, gpus: Sequence[str] = (), mem: int = 16 *
     return NodeCapacity(cpu_ids, tuple(gpus), mem)
 
 
-def job(job_id: int, cpus: int = 1, gpus: int = 0, mem: int = GB, runtime: int = 100) -> Candidate:
-    return Candidate(job_id, cpus, gpus, mem, runtime)
+def job(job_id: int, cpus: int = 1, gpus: int = 0, mem: int = GB, runtime: int = 100, prio: int | None = None,
+        nodes: int = 1) -> Candidate:
+    return Candidate(job_id, cpus, gpus, mem, runtime, prio, nodes)
 
 
 def run(
@@ -51,9 +63,11 @@ def validate(
     end_time: float | None,
     buffer_s: float = 0.0,
     queue_depth: int | None = None,
+    not_before: dict[int, float] | None = None,
 ) -> None:
     """No id given twice, all ids within capacity, sums within capacity, time rule respected,
-    each placement matches its candidate, placements come in candidate order."""
+    each placement matches its candidate, placements come in candidate order, no placement
+    before its not_before time."""
     everyone = [*running, *placed]
     cpus = [c for p in everyone for c in p.cpu_ids]
     gpus = [g for p in everyone for g in p.gpu_ids]
@@ -72,6 +86,7 @@ def validate(
     assert not {p.job_id for p in placed} & {p.job_id for p in running}
     for p in placed:
         c = by_id[p.job_id]
+        assert (not_before or {}).get(p.job_id, now) <= now, "started before its not_before time"
         assert p.expected_end == now + c.runtime_s
         assert end_time is None or now + c.runtime_s <= end_time - buffer_s, "time rule"
         if queue_depth is None:
@@ -81,14 +96,15 @@ def validate(
             assert (p.cpu_ids, p.gpu_ids, p.memory_bytes) == ((), (), 0)
 
 
-def checked_pack(capacity, running, candidates, *, now=0.0, end_time=None, buffer_s=0.0, max_parallel_jobs=None):
+def checked_pack(capacity, running, candidates, *, now=0.0, end_time=None, buffer_s=0.0, max_parallel_jobs=None,
+                 not_before=None):
     placed = pack(
         capacity, running, candidates, now=now, end_time=end_time, buffer_s=buffer_s,
-        max_parallel_jobs=max_parallel_jobs,
+        max_parallel_jobs=max_parallel_jobs, not_before=not_before,
     )
     validate(
         capacity, running, placed, candidates=candidates, now=now, end_time=end_time,
-        buffer_s=buffer_s, queue_depth=max_parallel_jobs,
+        buffer_s=buffer_s, queue_depth=max_parallel_jobs, not_before=not_before,
     )
     return placed
 
@@ -213,6 +229,118 @@ def test_simulation_big_job_starts_when_the_first_jobs_drain():
     assert starts[100] == 25  # the last of the original jobs ends at t=25
     assert all(start >= 75 for jid, start in starts.items() if jid >= 200)  # nothing fit around it
     assert len(starts) == 61
+
+
+# --- plan order: wide jobs first within a priority -------------------------------------------
+
+PLAN_CASES = [
+    # Empty 16-CPU node, equal priority: the wide job goes first and fills the node.
+    pytest.param(cap(16), [], [job(1, prio=0), job(2, cpus=16, prio=0)], {},
+                 [(2, tuple(range(16)), ())], id="wide-first-within-priority"),
+    # Unknown priorities: the given order, as before (the narrow job starts, the wide one reserves).
+    pytest.param(cap(16), [], [job(1), job(2, cpus=16)], {}, [(1, (0,), ())], id="no-priorities-given-order"),
+    # A higher-priority narrow job stays ahead of a lower-priority wide one.
+    pytest.param(cap(16), [], [job(1, prio=1), job(2, cpus=16, prio=0)], {}, [(1, (0,), ())],
+                 id="priority-boundary-is-kept"),
+    # One unknown priority among known ones is a run of its own: job 2 stays ahead of job 3.
+    pytest.param(cap(16), [], [job(1, prio=0), job(2, prio=None), job(3, cpus=16, prio=0)], {},
+                 [(1, (0,), ()), (2, (1,), ())], id="unknown-priority-splits-the-run"),
+    # Busy node: the wide job reserves at t=100 (both running jobs end); narrow jobs ahead of it in
+    # the given order start only if they end by then.
+    pytest.param(cap(16), [run(8, cpus=(0, 1), end=50), run(9, cpus=(2, 3), end=100)],
+                 [job(1, runtime=150, prio=0), job(2, runtime=100, prio=0), job(3, cpus=16, runtime=10, prio=0)], {},
+                 [(2, (4,), ())], id="wide-reserves-before-narrow-ahead-of-it"),
+    # Placements come back in the given order, even when the plan order differs.
+    pytest.param(cap(16), [], [job(1, runtime=5, prio=0), job(2, cpus=9, runtime=5, prio=0), job(3, prio=0)], {},
+                 [(1, (9,), ()), (2, tuple(range(9)), ()), (3, (10,), ())], id="placements-in-given-order"),
+    # Wide by GPUs (3 of 4) or by memory (more than half): the same rule.
+    pytest.param(cap(16, gpus=("0", "1", "2", "3")), [run(9, cpus=(0,), gpus=("0", "1"), end=50)],
+                 [job(1, gpus=2, runtime=60, prio=0), job(2, gpus=3, runtime=10, prio=0)], {},
+                 [], id="gpu-wide-reserves-first"),
+    pytest.param(cap(16, mem=16 * GB), [run(9, cpus=(0,), mem=4 * GB, end=50)],
+                 [job(1, mem=4 * GB, runtime=60, prio=0), job(2, mem=9 * GB, runtime=10, prio=0),
+                  job(3, mem=2 * GB, runtime=60, prio=0)], {},
+                 [(2, (1,), ()), (3, (2,), ())], id="memory-wide-first"),
+    # A gang member (num_nodes 2) is wide whatever its per-node share.
+    pytest.param(cap(16), [], [job(1, cpus=8, prio=0), job(2, cpus=4, nodes=2, prio=0), job(3, cpus=8, prio=0)], {},
+                 [(1, (4, 5, 6, 7, 8, 9, 10, 11), ()), (2, (0, 1, 2, 3), ())], id="gang-is-wide"),
+    # not_before: job 1 fits now but may not start before t=40; it holds the reservation at 40, so
+    # job 2 (ends at 60, and the node has no extra at 40) waits and job 3 (ends at 30) starts.
+    pytest.param(cap(4), [], [job(1, cpus=4, runtime=10), job(2, runtime=60), job(3, runtime=30)],
+                 {"not_before": {1: 40.0}}, [(3, (0,), ())], id="not-before-holds-a-reservation"),
+    # Past not_before times are ignored.
+    pytest.param(cap(4), [], [job(1, cpus=4, runtime=10), job(2)], {"not_before": {1: 0.0}},
+                 [(1, (0, 1, 2, 3), ())], id="not-before-in-the-past"),
+    # A reservation that could not end in time is not made: the next blocked job may take it.
+    pytest.param(cap(4), [], [job(1, cpus=4, runtime=10), job(2, runtime=60)],
+                 {"not_before": {1: 95.0}, "end_time": 100.0}, [(2, (0,), ())], id="not-before-past-the-end"),
+]
+
+
+@pytest.mark.parametrize("capacity, running, candidates, kwargs, expected", PLAN_CASES)
+def test_plan_cases(capacity, running, candidates, kwargs, expected):
+    kwargs = {"now": 0.0, "end_time": None, **kwargs}
+    assert ids(checked_pack(capacity, running, candidates, **kwargs)) == expected
+
+
+def test_plan_order_runs():
+    c = cap(16)
+    given = [job(1, prio=2), job(2, cpus=16, prio=2), job(3, prio=1), job(4, cpus=12, prio=1), job(5, cpus=9, prio=1),
+             job(6), job(7, cpus=16), job(8, prio=1), job(9, cpus=16, prio=1)]
+    assert [x.job_id for x in plan_order(c, given)] == [2, 1, 4, 5, 3, 6, 7, 9, 8]
+    assert plan_order(c, []) == []
+    plain = [job(1), job(2, cpus=16)]
+    assert plan_order(c, plain) == plain
+
+
+def test_is_wide():
+    c = cap(16, gpus=("0", "1", "2", "3"), mem=64 * GB)
+    assert not is_wide(c, job(1, cpus=8, gpus=2, mem=32 * GB))
+    assert is_wide(c, job(1, cpus=9))
+    assert is_wide(c, job(1, gpus=3))
+    assert is_wide(c, job(1, mem=33 * GB))
+    assert is_wide(c, job(1, nodes=2))
+
+
+def test_shadow_time():
+    c = cap(4)
+    busy = [run(8, cpus=(0, 1), end=50), run(9, cpus=(2,), end=80)]
+    assert shadow_time(c, busy, job(1), now=10) == 10
+    assert shadow_time(c, busy, job(1, cpus=3), now=10) == 50
+    assert shadow_time(c, busy, job(1, cpus=4), now=10) == 80
+    assert shadow_time(c, busy, job(1, cpus=5), now=10) == math.inf
+    assert shadow_time(c, [run(8, cpus=(0, 1, 2, 3), end=5)], job(1, cpus=4), now=10) == 10  # overrun: ends now
+
+
+def test_wide_jobs_run_first_on_an_empty_node_and_narrow_ones_fill_after():
+    """The benchmark's failure, small: in the given order each wide job drains the node; planned
+    first, they run back to back at the start and the node never drains."""
+    capacity = cap(4)
+    narrow = [job(10 + k, runtime=31 - 3 * k, prio=0) for k in range(8)]  # longest first, as ranked
+    wide = [job(1, cpus=4, runtime=5, prio=0), job(2, cpus=4, runtime=5, prio=0)]
+    queue = [*narrow[:4], wide[0], *narrow[4:], wide[1]]
+    starts = simulate(capacity, [], queue)
+    assert starts[1] == 0 and starts[2] == 5
+    assert all(starts[j.job_id] >= 10 for j in narrow)
+    assert max(starts[j.job_id] + j.runtime_s for j in queue) == 51  # = total CPU-s / 4: no idle CPU
+    unplanned = simulate(capacity, [], [Candidate(j.job_id, j.num_cpus, j.num_gpus, j.memory_bytes, j.runtime_s)
+                                        for j in queue])
+    assert unplanned[1] == 31 and unplanned[2] == 55  # each waits for a drain
+    assert max(unplanned[j.job_id] + j.runtime_s for j in queue) == 60
+
+
+def test_lower_priority_wide_job_is_not_starved():
+    """A wide job below a stream of higher-priority narrow jobs: EASY still reserves for it once it
+    is the first blocked job, so it starts when the running jobs drain, not after the stream."""
+    capacity = cap(4)
+    running = [run(90 + i, cpus=(i,), end=10 * (i + 1)) for i in range(4)]
+    stream = [job(10 + k, runtime=30, prio=5) for k in range(2)]
+    wide = job(1, cpus=4, runtime=5, prio=0)
+    later = [job(20 + k, runtime=30, prio=0) for k in range(20)]
+    starts = simulate(capacity, running, [*stream, wide, *later])
+    assert starts[10] == 10 and starts[11] == 20  # higher priority first
+    assert starts[1] == 50  # when jobs 11 and 12 (started at 10 and 20) and the running ones are done
+    assert all(starts[j.job_id] >= 55 for j in later)
 
 
 # --- queue-depth mode ------------------------------------------------------------------------
@@ -359,28 +487,46 @@ def _oracle_shadow(total, busy, cand, now) -> float:
     return math.inf
 
 
-def check_against_oracle(capacity, running, candidates, placed, now, end_time, buffer_s) -> None:
-    """Replay the candidates: a job is placed iff greedy packing under the (single) EASY
-    reservation allows it; every job left out although it fits the free resources and the
-    time window is explained by that reservation; the reservation is kept at its shadow time."""
+def _oracle_wide(total, c) -> bool:
+    return c.num_nodes > 1 or any(2 * need > have for need, have in zip(_amount(c), total))
+
+
+def _oracle_plan(total, candidates) -> list:
+    """Consecutive candidates of one known priority form a run (None: a run of its own); each run
+    is stably sorted wide-first."""
+    runs: list[list] = []
+    for c in candidates:
+        if runs and c.priority is not None and runs[-1][0].priority == c.priority:
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    return [c for r in runs for c in sorted(r, key=lambda c: not _oracle_wide(total, c))]
+
+
+def check_against_oracle(capacity, running, candidates, placed, now, end_time, buffer_s, not_before=None):
+    """Replay the candidates in plan order: a job is placed iff greedy packing under the (single)
+    EASY reservation allows it; every job left out although it fits the free resources and the
+    time window is explained by that reservation; the reservation is kept at its shadow time
+    (for a job with a later not_before, at that time if it is later). -> (holder, shadow) or None."""
     total = (len(capacity.cpu_ids), len(capacity.gpu_ids), capacity.memory_bytes)
+    waits = {k: v for k, v in (not_before or {}).items() if v > now}
     by_id = {p.job_id: p for p in placed}
     busy = list(running)
     holder = None  # (candidate, shadow time)
-    for c in candidates:
+    for c in _oracle_plan(total, candidates):
         p = by_id.get(c.job_id)
         in_time = end_time is None or now + c.runtime_s <= end_time - buffer_s
         if not _within(_amount(c), total) or not in_time:
             assert p is None
             continue
-        fits_free = _within(_amount(c), _sub(total, _held_after(busy, -math.inf, now)))
+        fits_free = _within(_amount(c), _sub(total, _held_after(busy, -math.inf, now))) and c.job_id not in waits
         if not fits_free:
             assert p is None
         if holder is None:
             if fits_free:
                 assert p is not None, f"{c} fits and nothing is reserved, yet it was not placed"
             else:
-                shadow = _oracle_shadow(total, busy, c, now)
+                shadow = max(_oracle_shadow(total, busy, c, now), waits.get(c.job_id, now))
                 if end_time is None or shadow + c.runtime_s <= end_time - buffer_s:
                     holder = (c, shadow)
         elif fits_free:
@@ -393,6 +539,23 @@ def check_against_oracle(capacity, running, candidates, placed, now, end_time, b
     if holder is not None:  # the reserved job can still start at its shadow time
         reserved, shadow = holder
         assert _within(_amount(reserved), _sub(total, _held_after(busy, shadow, now)))
+    return holder
+
+
+@st.composite
+def planned(draw, base):
+    """A scenario whose candidates carry priorities (none, sorted best first as the queue hands
+    them, or in any order), sometimes a gang (num_nodes 2), and a not_before map."""
+    capacity, running, candidates, now, end_time, buffer_s = draw(base)
+    mode = draw(st.sampled_from(["none", "sorted", "sorted", "any"]))
+    prios = [draw(st.none() | st.integers(0, 2)) if mode == "any" else draw(st.integers(0, 2)) for _ in candidates]
+    if mode == "sorted":
+        prios.sort(reverse=True)
+    candidates = [Candidate(c.job_id, c.num_cpus, c.num_gpus, c.memory_bytes, c.runtime_s,
+                            None if mode == "none" else prio, draw(st.sampled_from([1, 1, 1, 2])))
+                  for c, prio in zip(candidates, prios)]
+    not_before = {c.job_id: now - 25 + draw(_TICKS) for c in candidates if draw(st.integers(0, 4)) == 0}
+    return capacity, running, candidates, now, end_time, buffer_s, not_before
 
 
 @settings(max_examples=600, deadline=None)
@@ -401,6 +564,73 @@ def test_property_invariants_and_oracle(scenario):
     capacity, running, candidates, now, end_time, buffer_s = scenario
     placed = checked_pack(capacity, running, candidates, now=now, end_time=end_time, buffer_s=buffer_s)
     check_against_oracle(capacity, running, candidates, placed, now, end_time, buffer_s)
+
+
+@settings(max_examples=600, deadline=None)
+@given(planned(scenarios() | blocked_scenarios()))
+def test_property_plan_order_invariants_and_oracle(scenario):
+    """With priorities, gangs and not_before: no over-subscription, the time rule, and EASY in plan
+    order against the oracle (its own plan order, written independently)."""
+    capacity, running, candidates, now, end_time, buffer_s, not_before = scenario
+    placed = checked_pack(capacity, running, candidates, now=now, end_time=end_time, buffer_s=buffer_s,
+                          not_before=not_before)
+    check_against_oracle(capacity, running, candidates, placed, now, end_time, buffer_s, not_before)
+
+
+@settings(max_examples=400, deadline=None)
+@given(planned(scenarios() | blocked_scenarios()))
+def test_property_lower_priorities_change_nothing_for_higher_ones(scenario):
+    """Candidates best first (priorities non-increasing): for every priority p, the placements of
+    the candidates of priority >= p are exactly what packing those candidates alone gives, with the
+    same CPU and GPU ids. So a lower-priority job neither takes a higher one's place nor moves the
+    reservation a higher one holds."""
+    capacity, running, candidates, now, end_time, buffer_s, not_before = scenario
+    candidates = sorted(candidates, key=lambda c: -(c.priority or 0))
+    candidates = [Candidate(c.job_id, c.num_cpus, c.num_gpus, c.memory_bytes, c.runtime_s, c.priority or 0,
+                            c.num_nodes) for c in candidates]
+    everything = pack(capacity, running, candidates, now=now, end_time=end_time, buffer_s=buffer_s,
+                      not_before=not_before)
+    for level in {c.priority for c in candidates}:
+        high = [c for c in candidates if c.priority >= level]
+        alone = pack(capacity, running, high, now=now, end_time=end_time, buffer_s=buffer_s, not_before=not_before)
+        ids_high = {c.job_id for c in high}
+        assert [p for p in everything if p.job_id in ids_high] == alone
+
+
+@settings(max_examples=150, deadline=None)
+@given(planned(blocked_scenarios()))
+def test_property_reserved_job_starts_by_its_shadow_time(scenario):
+    """Drive pack like the runner (jobs end exactly at expected_end; no end time): at every call
+    the oracle names the reservation holder and its shadow time, and that job starts by then. So no
+    job that fits the node is starved, wide or gang ones included; and every job starts."""
+    capacity, running, candidates, now, _end, _buffer, not_before = scenario
+    total = (len(capacity.cpu_ids), len(capacity.gpu_ids), capacity.memory_bytes)
+    queue = [c for c in candidates if _within(_amount(c), total)]
+    running, starts, promised = list(running), {}, {}
+    for _ in range(10 * len(queue) + 10):
+        if not queue:
+            break
+        placed = checked_pack(capacity, running, queue, now=now, end_time=None, not_before=not_before)
+        holder = check_against_oracle(capacity, running, queue, placed, now, None, 0.0, not_before)
+        if holder is not None:
+            promised[holder[0].job_id] = min(promised.get(holder[0].job_id, math.inf), holder[1])
+        for p in placed:
+            starts[p.job_id] = now
+        running += placed
+        queue = [c for c in queue if c.job_id not in starts]
+        if any(p.expected_end <= now for p in running):  # overrun (or zero-length) jobs end now
+            running = [p for p in running if p.expected_end > now]
+            continue
+        events = [p.expected_end for p in running]
+        events += [t for t in not_before.values() if t > now]
+        if not events:
+            assert not queue, f"{queue} can never start"
+            break
+        now = min(events)
+        running = [p for p in running if p.expected_end > now]
+    assert not queue
+    for job_id, shadow in promised.items():
+        assert starts[job_id] <= shadow
 
 
 @settings(max_examples=200, deadline=None)
