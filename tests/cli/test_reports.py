@@ -370,6 +370,9 @@ ASKED = {"name": "r", "jobs": 4, "not_run": 2, "num_cpus": 4, "num_gpus": 0, "me
     # Peak memory over the request (ended for oom): at least the request x 1.2.
     ({"attempts": 1, "peak_memory_bytes": 2**30 + 5, "memory_ratio": 1.01, "oom": 1},
      [("overuse", "memory", "peak 1 GiB over the 1 GiB asked, 1 ended for oom")], {"memory_bytes": 1280 * 2**20}),
+    # Killed for memory with a sampled peak far below (the kill came between samples): the request x 1.2.
+    ({"attempts": 3, "peak_memory_bytes": 10 * 2**20, "memory_ratio": 0.01, "oom": 2},
+     [("overuse", "memory", "2 ended for oom")], {"memory_bytes": 1280 * 2**20}),
     # Under a quarter of the memory: waste.
     ({"attempts": 2, "completed": 2, "peak_memory_bytes": 100 * 2**20, "memory_ratio": 0.1,
       "memory_ratio_completed": 0.1}, [("waste", "memory", "peak 100 MiB of 1 GiB asked (10%)")],

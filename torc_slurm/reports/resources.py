@@ -237,11 +237,12 @@ def _assess(asked: dict[str, Any], used: dict[str, Any]) -> dict[str, Any]:
     from torc_slurm.reports import human_bytes, human_seconds
 
     peak, oom = get("peak_memory_bytes"), row["oom"]
-    if (get("memory_ratio") or 0) > 1 or oom:
-        what = f"peak {human_bytes(peak)} over the {human_bytes(asked['memory_bytes'])} asked" if peak else ""
+    over = (get("memory_ratio") or 0) > 1
+    if over or oom:
+        what = f"peak {human_bytes(peak)} over the {human_bytes(asked['memory_bytes'])} asked" if over else ""
         flag("overuse", "memory", ", ".join(filter(None, [what, f"{oom} ended for oom" if oom else ""])))
-        if peak:
-            suggested["memory_bytes"] = max(round_memory(peak), round_memory(asked["memory_bytes"]) if oom else 0)
+        # Killed for memory: what it reached is a lower bound, so at least the request x 1.2.
+        suggested["memory_bytes"] = round_memory(max(peak or 0, asked["memory_bytes"]) if oom else peak)
     elif (get("memory_ratio_completed") is not None and get("memory_ratio_completed") < WASTE_BELOW
           and round_memory(peak) < asked["memory_bytes"]):
         flag("waste", "memory", f"peak {human_bytes(peak)} of {human_bytes(asked['memory_bytes'])} asked "
