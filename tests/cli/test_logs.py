@@ -70,6 +70,9 @@ def test_clear_errors(ran: Path) -> None:
     assert explain.exit_code == 1 and "nearest: later" in explain.output
     unknown = torc(db, "jobs", "logs", 4, "talker", cwd=ran)
     assert unknown.returncode == 1 and "no workflow 4" in unknown.stderr and "nearest: 1 (chatty)" in unknown.stderr
+    for args in (("jobs", "explain", 4, "talker"), ("jobs", "list", 4)):
+        other = invoke(db, *args)
+        assert other.exit_code == 1 and "no workflow 4" in other.output and "nearest: 1" in other.output
     # Files gone: say so, with the path.
     stdout = next((ran / "torc_output" / "job_stdio").glob("wf1_job2_attempt1.out"))
     stdout.unlink()

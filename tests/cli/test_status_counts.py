@@ -51,6 +51,7 @@ def counted(db_path: Path) -> dict[int, dict[str, int]]:
             assert n >= 0, (wf, status, n)
             table.setdefault(wf, {s: 0 for s in ALL})[status] = n
         workflows = {wf for (wf,) in conn.execute("SELECT id FROM workflows")}
+        assert conn.execute("SELECT COUNT(*) FROM status_counts_bulk").fetchone()[0] == 0  # no bulk left open
     finally:
         conn.close()
     table = {wf: c for wf, c in table.items() if any(c.values())}

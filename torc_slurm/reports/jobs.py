@@ -51,7 +51,9 @@ def explain_job(db: Database, workflow_id: int, job: str) -> dict[str, Any]:
         workflow = conn.execute("SELECT id, status, working_dir FROM workflows WHERE id = ?",
                                 (workflow_id,)).fetchone()
         if workflow is None:
-            raise QueueError(f"no workflow {workflow_id} in {db.path}")
+            from torc_slurm.reports.status import no_workflow
+
+            raise no_workflow(conn, workflow_id, db.path)
         row = _find_job(conn, workflow_id, job)
         report: dict[str, Any] = {
             "workflow_id": workflow_id,

@@ -18,7 +18,7 @@ from torc_slurm.states import ALL as JOB_STATUSES
 from torc_slurm.states import HELD, UNFINISHED, sql_list
 from torc_slurm.store.db import Database
 from torc_slurm.store.events import add_event
-from torc_slurm.store.counts import read_status_counts, refresh_status_counts  # noqa: F401 (re-exported)
+from torc_slurm.store.counts import bulk_status_change, read_status_counts, refresh_status_counts  # noqa: F401
 from torc_slurm.store.leases import next_ids
 
 __all__ = ["JOB_STATUSES", "UNFINISHED", "add_event", "add_workflow", "WorkflowRow"]
@@ -185,10 +185,11 @@ def initialize_workflow(db: Database, workflow_id: int, *, force: bool = False) 
         if busy:
             raise QueueError(f"workflow {workflow_id} has {busy} jobs pending or running; cancel them first")
         conn.execute("UPDATE dependency_sets SET remaining = size, failed = 0 WHERE workflow_id = ?", (workflow_id,))
-        conn.execute("UPDATE jobs SET status = CASE WHEN depset_id IS NULL THEN 'ready' ELSE 'blocked' END,"
-                     " runner_id = NULL, return_code = NULL, pid = NULL, lease_token = NULL, interrupted = 0,"
-                     " retries = 0, reason = NULL WHERE workflow_id = ? AND status != 'disabled'",
-                     (workflow_id,))
+        with bulk_status_change(conn, workflow_id):  # every job changes: one recount, not a trigger per row
+            conn.execute("UPDATE jobs SET status = CASE WHEN depset_id IS NULL THEN 'ready' ELSE 'blocked' END,"
+                         " runner_id = NULL, return_code = NULL, pid = NULL, lease_token = NULL, interrupted = 0,"
+                         " retries = 0, reason = NULL WHERE workflow_id = ? AND status != 'disabled'",
+                         (workflow_id,))
         conn.execute("UPDATE workflows SET status = 'initialized', run_id = run_id + 1 WHERE id = ?", (workflow_id,))
         record_input_stats(conn, stats)
         add_event(conn, workflow_id, "initialized", "jobs set to ready or blocked")
@@ -228,7 +229,10 @@ def list_jobs(db: Database, workflow_id: int, status: str | None = None, *, limi
         params += (limit, offset)
     with db.transaction(write=False) as conn:
         if conn.execute("SELECT 1 FROM workflows WHERE id = ?", (workflow_id,)).fetchone() is None:
-            raise QueueError(f"no workflow {workflow_id} in {db.path}")
+            ids = [str(r[0]) for r in conn.execute("SELECT id FROM workflows ORDER BY ABS(id - ?), id LIMIT 5",
+                                                   (workflow_id,))]
+            raise QueueError(f"no workflow {workflow_id} in {db.path}"
+                             + (f"; nearest: {', '.join(sorted(ids, key=int))}" if ids else ""))
         return [dict(row) for row in conn.execute(sql, params)]
 
 
@@ -262,8 +266,9 @@ def cancel_workflow(db: Database, workflow_id: int) -> int:
     """Cancel every unfinished job (running ones are stopped by their runners); returns how many."""
     get_workflow(db, workflow_id)
     with db.transaction() as conn:
-        count = conn.execute(f"UPDATE jobs SET status = 'canceled' WHERE workflow_id = ? AND status IN"
-                             f" {sql_list(UNFINISHED)}", (workflow_id,)).rowcount
+        with bulk_status_change(conn, workflow_id):
+            count = conn.execute(f"UPDATE jobs SET status = 'canceled' WHERE workflow_id = ? AND status IN"
+                                 f" {sql_list(UNFINISHED)}", (workflow_id,)).rowcount
         conn.execute("UPDATE workflows SET status = 'canceled' WHERE id = ?", (workflow_id,))
         add_event(conn, workflow_id, "canceled", f"{count} unfinished jobs canceled")
     db.notify()
