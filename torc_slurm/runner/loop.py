@@ -623,7 +623,8 @@ class Runner:
             nodes = [cfg.node_name, *(m.node for m in members)]
             gpus = node_gpu_map(nodes, [placement.gpu_ids, *(m.gpu_ids for m in members)])
             hostfile = stdio / f"{stem}.hosts"
-            start = launch(job.launcher, command, nodes=nodes, cpus_per_node=job.num_cpus, gpus=gpus,
+            start = launch(job.launcher, command, nodes=nodes, cpus_per_node=job.num_cpus,
+                           memory_bytes=job.memory_bytes, gpus=gpus,
                            gpu_variable=cfg.gpu_variable, hostfile=hostfile)
             stdio.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(hostfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -822,12 +823,15 @@ class Runner:
         rows = self.db.read("SELECT id, name, num_cpus, num_gpus, memory_bytes, runtime_s, num_nodes, group_id FROM jobs"
                             " WHERE workflow_id = ? AND status = 'ready' ORDER BY rank LIMIT 1000",
                             (self.config.workflow_id,))
-        found = [f"{r['name']} (needs {r['num_nodes']} nodes; this runner has one)" for r in rows if r["num_nodes"] > 1]
+        nodes = max(1, self.config.allocation_nodes)
+        found = [f"{r['name']} (needs {r['num_nodes']} nodes; " + ("this runner has one)" if nodes == 1 else
+                                                                    f"this allocation has {nodes})")
+                 for r in rows if r["num_nodes"] > nodes]
         if self.config.max_parallel_jobs is not None:
             return found
         groups: dict[int, list] = {}
         for r in rows:
-            if r["num_nodes"] > 1:
+            if r["num_nodes"] > nodes:
                 continue
             if r["group_id"] is not None:
                 groups.setdefault(r["group_id"], []).append(r)
