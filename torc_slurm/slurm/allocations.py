@@ -154,14 +154,24 @@ def cancel_allocations(db: Database, workflow_id: int, backend: SlurmBackend | N
 def allocations_needed(spec: WorkflowSpec, jobs: list[dict[str, Any]], site: SiteConfig,
                        max_allocations: int) -> dict[str, int]:
     """Simple sizing for ``torc submit``: per scheduler, enough allocations to hold the CPU-seconds
-    of the jobs bound to it (unbound jobs go to the first scheduler), at least one, at most
-    ``max_allocations``."""
+    of the jobs bound to it (a multi-node job counts its CPUs on every node; an unbound job goes to
+    the first scheduler with enough nodes for it), at least one, at most ``max_allocations``. A job
+    that no scheduler has the nodes for is an error that names it."""
     schedulers = spec.slurm_schedulers
     if not schedulers:
         raise SpecError("the spec defines no slurm_schedulers; `torc submit` needs at least one")
     work: dict[str, float] = {s.name: 0.0 for s in schedulers}
+    by_name = {s.name: s for s in schedulers}
     for job in jobs:
-        work[job["scheduler"] or schedulers[0].name] += job["num_cpus"] * job["runtime_s"]
+        nodes = job.get("num_nodes", 1)
+        fitting = [by_name[job["scheduler"]]] if job["scheduler"] else [s for s in schedulers if s.nodes >= nodes]
+        if not fitting or fitting[0].nodes < nodes:
+            largest = max(s.nodes for s in (fitting or schedulers))
+            raise SpecError(f"job {job['name']!r} needs {nodes} nodes, but "
+                            + (f"its scheduler {job['scheduler']!r} gives {largest}" if job["scheduler"] else
+                               f"no slurm_schedulers entry gives more than {largest}")
+                            + f"; set `nodes: {nodes}` (or more) on a scheduler", job=job["name"], field="num_nodes")
+        work[fitting[0].name] += job["num_cpus"] * nodes * job["runtime_s"]
     needed = {}
     for s in schedulers:
         if not work[s.name]:

@@ -218,7 +218,7 @@ def list_jobs(db: Database, workflow_id: int, status: str | None = None, *, limi
     """The workflow's jobs in id order (``status``: only those; ``limit``/``offset``: one page).
     With a status, the ``jobs_by_status`` index finds them: no scan of the other jobs."""
     sql = ("SELECT id, name, status, attempt, return_code, num_cpus, num_gpus, memory_bytes, runtime_s,"
-           " scheduler, priority, runner_id, command FROM jobs WHERE workflow_id = ?")
+           " scheduler, priority, runner_id, command, num_nodes FROM jobs WHERE workflow_id = ?")
     params: tuple = (workflow_id,)
     if status:
         sql += " AND status = ?"
