@@ -95,3 +95,22 @@ def test_multi_node_jobs_are_not_offered_to_a_one_node_runner(db: Database, tmp_
     runner = queue.register_runner(hostname="n1", pid=1)
     claimed = queue.cycle(runner, limits=Limits(nodes=1), choose=take_all).claimed
     assert [j.name for j in claimed] == ["one"]
+
+
+def test_a_reset_of_one_member_resets_its_whole_group(db: Database, tmp_path: Path) -> None:  # noqa: F811
+    from tests.store.test_queue import done, started
+    from torc_slurm.store.restarts import plan_reset
+
+    queue = group_queue(db, tmp_path)
+    runner = queue.register_runner(hostname="n1", pid=1)
+    claimed = queue.cycle(runner, choose=take_all).claimed
+    queue.cycle(runner, started=started(db, *[j.id for j in claimed]))
+    jid = ids(db)
+    queue.cycle(runner, outcomes=[done(db, jid["solo"]), done(db, jid["a"]), done(db, jid["b"]),
+                                  done(db, jid["c"], status="failed", code=2)])
+    restart = plan_reset(db, queue.workflow_id, failed_only=True)
+    assert {c.name: c.reason.split(" (")[0] for c in restart.changes} == {
+        "c": "failed last time", "a": "its group runs again whole", "b": "its group runs again whole"}
+    restart.apply(db)
+    assert {n: job_row(db, jid[n])["status"] for n in ("a", "b", "c", "solo")} == {
+        "a": "ready", "b": "ready", "c": "ready", "solo": "completed"}

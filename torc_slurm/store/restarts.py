@@ -309,10 +309,31 @@ def _workflow(db: Database, workflow_id: int) -> sqlite3.Row:
 
 def _finish(db: Database, workflow: sqlite3.Row, kind: str, seeds: dict[int, str], rows: Iterable[JobRow],
             **extra: object) -> Restart:
+    rows = _with_groups(db, seeds, list(rows))
     graph = read_closure(db, rows)
     changes = plan_changes(graph, seeds)
     busy = [c.name for c in changes if c.old in HELD]
     return Restart(workflow["id"], kind, changes, graph, busy=busy, run_id=workflow["run_id"], **extra)  # type: ignore[arg-type]
+
+
+def _with_groups(db: Database, seeds: dict[int, str], rows: list[JobRow]) -> list[JobRow]:
+    """A group runs again whole: add the other members of every seed's group to the seeds."""
+    ids = [job.id for job in rows]
+    if not ids:
+        return rows
+    have = set(ids)
+    siblings = db.read(f"SELECT {_JOB_COLUMNS}, group_id FROM jobs WHERE group_id IN (SELECT group_id FROM jobs"
+                       f" WHERE id IN {_IDS} AND group_id IS NOT NULL) ORDER BY id", (json.dumps(ids),))
+    by_group: dict[int, list[str]] = {}
+    for row in siblings:
+        if row[0] in have:
+            by_group.setdefault(row["group_id"], []).append(row[1])
+    for row in siblings:
+        if row[0] not in have and row[2] != JobStatus.DISABLED:
+            rows.append(_job_row(row))
+            have.add(row[0])
+            seeds[row[0]] = f"its group runs again whole (with {', '.join(by_group.get(row['group_id'], [])[:3])})"
+    return rows
 
 
 def plan_reset(db: Database, workflow_id: int, *, failed_only: bool = False,
