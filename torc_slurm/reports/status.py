@@ -35,8 +35,8 @@ LAST_FAILURES = 5
 EXAMPLES = 3
 ETA_SAMPLE = 200          # completed attempts whose exec times the ETA averages
 MAX_SHAPES = 2000         # distinct resource shapes examined (far above any real workflow)
-COUNT_CAP = 10_000        # jobs canceled by a failed upstream counted exactly up to this; beyond it "at least"
-EXAMINE = 2000            # rows a "cannot run" count or the failure reasons read at most per index range
+COUNT_CAP = 2000          # jobs canceled by a failed upstream counted exactly up to this; beyond it "at least"
+EXAMINE = 1000            # rows a "cannot run" count or the failure reasons read at most per index range
 RUN_STARTS = ("initialized", "reset", "reinit", "updated")   # events that start a new run
 ALLOCATION_FINAL = ("gone", "canceled", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL",
                     "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED")
