@@ -17,6 +17,8 @@ jobs ending exactly at their declared runtime, for seeds 1-7 (``--seeds``):
     only when both nodes place its per-node share at the same moment. When it fits on one node
     only, both treat it as blocked until it can fit on the other (``pack(not_before=...)``), so
     EASY backfill keeps its reservation on both nodes;
+  * ``late wide``: the mix with each 16-CPU job waiting for a random narrow job (so wide jobs
+    become ready mid-run), packer alone, seeds 1-30 (``--late-seeds``);
   * the chooser's time per call (a copy of ``Runner._chooser`` with ``Runner._pack``'s prefix
     cut) on a 512-job window, on an empty, a half-full and a full node.
 
@@ -171,21 +173,43 @@ def candidates(jobs: list[dict], *, priorities: bool, wide_first: bool = False) 
                       j.get("nodes", 1)) for i, (_, j, prio) in enumerate(keyed)]
 
 
-def simulate_packer(packer: types.ModuleType, cands: list[Any]) -> float:
-    """The packer alone: at every event (a job ending) every ready job is a candidate. -> makespan."""
+def simulate_packer(packer: types.ModuleType, cands: list[Any], deps: dict[int, set[int]] | None = None) -> float:
+    """The packer alone: at every event (a job ending) every ready job (``deps``: job id -> the ids
+    it waits for) is a candidate. -> makespan."""
     capacity = node()
-    now, running, queue, last = 0.0, [], list(cands), 0.0
-    while queue or running:
+    deps = deps or {}
+    now, running, waiting, done, last = 0.0, [], list(cands), set(), 0.0
+    while waiting or running:
+        queue = [c for c in waiting if deps.get(c.job_id, set()) <= done]
         for p in packer.pack(capacity, running, queue, now=now, end_time=None):
             running.append(p)
             last = max(last, p.expected_end)
         started = {p.job_id for p in running}
-        queue = [c for c in queue if c.job_id not in started]
+        waiting = [c for c in waiting if c.job_id not in started]
         if not running:
-            raise RuntimeError(f"{len(queue)} jobs can never start")
+            raise RuntimeError(f"{len(waiting)} jobs can never start")
         now = min(p.expected_end for p in running)
+        done |= {p.job_id for p in running if p.expected_end <= now}
         running = [p for p in running if p.expected_end > now]
     return last
+
+
+def late_wide(seed: int) -> list[dict]:
+    """The mix, but each 16-CPU job waits for a random narrow job: wide jobs become ready mid-run."""
+    jobs = workload(seed, 1.0)
+    rng = random.Random(seed)
+    narrow = [j["name"] for j in jobs if j["cpus"] < CPUS]
+    for j in jobs:
+        if j["cpus"] == CPUS:
+            j["deps"] = [rng.choice(narrow)]
+    return jobs
+
+
+def dependencies(jobs: list[dict]) -> dict[int, set[int]]:
+    """Job id (as ``candidates`` numbers them) -> the ids it waits for."""
+    ranked = sorted(range(len(jobs)), key=lambda i: (-jobs[i]["gpus"], -jobs[i]["runtime"], -jobs[i]["mem_gb"], i))
+    ids = {jobs[i]["name"]: job_id for job_id, i in enumerate(ranked)}
+    return {ids[j["name"]]: {ids[d] for d in j["deps"]} for j in jobs}
 
 
 def loop_pack(packer: types.ModuleType, capacity: Any, busy: list, cands: list, now: float) -> list:
@@ -206,7 +230,7 @@ def loop_choose(packer: types.ModuleType, capacity: Any, busy: list, window: lis
     """Runner._chooser's choose(): what starts now, then claim-ahead, ``room`` jobs at most."""
     chosen = [p.job_id for p in loop_pack(packer, capacity, busy, window, now)][:room]
     taken = set(chosen)
-    ahead = packer.plan_order(capacity, window) if claim_in_plan_order else window
+    ahead = packer.plan_order(capacity, window, busy, now=now) if claim_in_plan_order else window
     for c in ahead:
         if len(chosen) >= room:
             break
@@ -312,17 +336,20 @@ def two_node_bound(jobs: list[dict]) -> float:
 
 
 def chooser_seconds(packer: types.ModuleType, *, priorities: bool, busy_cpus: int, repeat: int) -> float:
-    """Mean seconds per loop_choose() call on a 512-job window (jobs drawn from the mix), with
+    """Seconds per loop_choose() call on a 512-job window (jobs drawn from the mix), with
     ``busy_cpus`` CPUs (and a GPU each, up to 4) held by running jobs that end at different times."""
     from torc_slurm.runner.packing import Placement
     jobs = [j for seed in range(100, 110) for j in workload(seed, 1.0)][:512]
     cands = candidates(jobs, priorities=priorities)
     capacity = node()
     busy = [Placement(10_000 + k, (k,), (str(k),) if k < GPUS else (), GB, 5.0 + k) for k in range(busy_cpus)]
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        loop_choose(packer, capacity, busy, cands, PREFETCH, 0.0, priorities)
-    return (time.perf_counter() - t0) / repeat
+    batches = []
+    for _ in range(5):  # best of 5 batches: the machine is shared
+        t0 = time.perf_counter()
+        for _ in range(max(1, repeat // 5)):
+            loop_choose(packer, capacity, busy, cands, PREFETCH, 0.0, priorities)
+        batches.append((time.perf_counter() - t0) / max(1, repeat // 5))
+    return min(batches)
 
 
 def simulate_main(args: argparse.Namespace) -> int:
@@ -333,7 +360,7 @@ def simulate_main(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
         "nproc": os.cpu_count(), "kernel": platform.release(), "baseline_rev": args.baseline_rev,
-        "node": {"cpus": CPUS, "gpus": GPUS, "memory_gb": MEMORY_GB}, "single_node": [], "two_nodes": [],
+        "node": {"cpus": CPUS, "gpus": GPUS, "memory_gb": MEMORY_GB}, "single_node": [], "two_nodes": [], "late_wide": [],
         "chooser_seconds_per_call": {}}
     header = ("seed", "bound", "packer before", "packer after", "wide-first before", "loop before",
               "loop after", "loop+ after")
@@ -376,7 +403,25 @@ def simulate_main(args: argparse.Namespace) -> int:
             f" plan order {row[f'{label}_gangs']['plan_order'] / row[f'{label}_gangs']['lower_bound']:.3f}"
             for label in ("without", "with")))
 
-    print("  chooser, microseconds per call on a 512-job window (mean of --repeat calls):")
+    print("  wide jobs ready mid-run (each waits for a random narrow job), packer alone, makespan / lower bound:")
+    for seed in range(1, args.late_seeds + 1):
+        jobs = late_wide(seed)
+        bound, deps = bounds(jobs)["lower"], dependencies(jobs)
+        row = {"seed": seed, "lower_bound": bound,
+               "packer_before": simulate_packer(before, candidates(jobs, priorities=False), deps),
+               "packer_after": simulate_packer(after, candidates(jobs, priorities=True), deps)}
+        out["late_wide"].append(row)
+    late = out["late_wide"]
+    for key in ("packer_before", "packer_after"):
+        ratios = [r[key] / r["lower_bound"] for r in late]
+        print(f"    {key}: seeds 1-{args.late_seeds}: max {max(ratios):.3f}, mean {sum(ratios) / len(ratios):.3f},"
+              f" {sum(x > 1.05 for x in ratios)} above 1.05; seeds 1-7: "
+              + " ".join(f"{x:.3f}" for x in ratios[:7]))
+    better = sum(r["packer_after"] < r["packer_before"] for r in late)
+    worse = sum(r["packer_after"] > r["packer_before"] for r in late)
+    print(f"    after vs before: better on {better} seeds, worse on {worse}, equal on {len(late) - better - worse}")
+
+    print("  chooser, microseconds per call on a 512-job window (best of 5 batches of --repeat/5 calls):")
     for busy_cpus in (0, 8, 16):
         figures = {
             "before": chooser_seconds(before, priorities=False, busy_cpus=busy_cpus, repeat=args.repeat),
@@ -403,7 +448,8 @@ def main() -> int:
     parser.add_argument("--seeds", default="1,2,3,4,5,6,7", help="with --simulate: comma-separated seeds")
     parser.add_argument("--gangs", type=int, default=6, help="with --simulate: 2-node jobs in the 2-node runs")
     parser.add_argument("--baseline-rev", default=BASELINE_REV, help="with --simulate: git revision for 'before'")
-    parser.add_argument("--repeat", type=int, default=200, help="with --simulate: chooser calls timed per figure")
+    parser.add_argument("--repeat", type=int, default=500, help="with --simulate: chooser calls timed per figure")
+    parser.add_argument("--late-seeds", type=int, default=30, help="with --simulate: seeds of the mid-run-wide mix")
     parser.add_argument("--json", help="with --simulate: write the figures to this file")
     args = parser.parse_args()
     if args.simulate:

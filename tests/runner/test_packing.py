@@ -17,6 +17,7 @@ from torc_slurm.runner.packing import (
     Placement,
     fits_node,
     fits_time,
+    costs_no_drain,
     is_wide,
     pack,
     plan_order,
@@ -245,18 +246,19 @@ PLAN_CASES = [
     # One unknown priority among known ones is a run of its own: job 2 stays ahead of job 3.
     pytest.param(cap(16), [], [job(1, prio=0), job(2, prio=None), job(3, cpus=16, prio=0)], {},
                  [(1, (0,), ()), (2, (1,), ())], id="unknown-priority-splits-the-run"),
-    # Busy node: the wide job reserves at t=100 (both running jobs end); narrow jobs ahead of it in
-    # the given order start only if they end by then.
+    # Busy node, free CPUs: planning the wide job now would leave them idle until t=100, so it keeps
+    # its place; the narrow jobs ahead of it start, and it reserves behind them.
     pytest.param(cap(16), [run(8, cpus=(0, 1), end=50), run(9, cpus=(2, 3), end=100)],
-                 [job(1, runtime=150, prio=0), job(2, runtime=100, prio=0), job(3, cpus=16, runtime=10, prio=0)], {},
-                 [(2, (4,), ())], id="wide-reserves-before-narrow-ahead-of-it"),
+                 [job(1, runtime=150, prio=0), job(2, runtime=100, prio=0), job(3, cpus=16, runtime=10, prio=0),
+                  job(4, runtime=10, prio=0), job(5, runtime=200, prio=0)], {},
+                 [(1, (4,), ()), (2, (5,), ()), (4, (6,), ())], id="busy-node-wide-keeps-its-place"),
     # Placements come back in the given order, even when the plan order differs.
     pytest.param(cap(16), [], [job(1, runtime=5, prio=0), job(2, cpus=9, runtime=5, prio=0), job(3, prio=0)], {},
                  [(1, (9,), ()), (2, tuple(range(9)), ()), (3, (10,), ())], id="placements-in-given-order"),
     # Wide by GPUs (3 of 4) or by memory (more than half): the same rule.
-    pytest.param(cap(16, gpus=("0", "1", "2", "3")), [run(9, cpus=(0,), gpus=("0", "1"), end=50)],
+    pytest.param(cap(16, gpus=("0", "1", "2", "3")), [],
                  [job(1, gpus=2, runtime=60, prio=0), job(2, gpus=3, runtime=10, prio=0)], {},
-                 [], id="gpu-wide-reserves-first"),
+                 [(2, (0,), ("0", "1", "2"))], id="gpu-wide-first"),
     pytest.param(cap(16, mem=16 * GB), [run(9, cpus=(0,), mem=4 * GB, end=50)],
                  [job(1, mem=4 * GB, runtime=60, prio=0), job(2, mem=9 * GB, runtime=10, prio=0),
                   job(3, mem=2 * GB, runtime=60, prio=0)], {},
@@ -288,6 +290,9 @@ def test_plan_order_runs():
     given = [job(1, prio=2), job(2, cpus=16, prio=2), job(3, prio=1), job(4, cpus=12, prio=1), job(5, cpus=9, prio=1),
              job(6), job(7, cpus=16), job(8, prio=1), job(9, cpus=16, prio=1)]
     assert [x.job_id for x in plan_order(c, given)] == [2, 1, 4, 5, 3, 6, 7, 9, 8]
+    # On a busy node with idle CPUs, wide jobs keep their place.
+    busy = [run(99, cpus=range(8), end=10)]
+    assert [x.job_id for x in plan_order(c, given, busy, now=0)] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert plan_order(c, []) == []
     plain = [job(1), job(2, cpus=16)]
     assert plan_order(c, plain) == plain
@@ -300,6 +305,24 @@ def test_is_wide():
     assert is_wide(c, job(1, gpus=3))
     assert is_wide(c, job(1, mem=33 * GB))
     assert is_wide(c, job(1, nodes=2))
+
+
+def test_costs_no_drain():
+    c = cap(16, gpus=("0", "1"))
+    wide = job(1, cpus=16)
+    assert costs_no_drain(c, [], wide, now=0)  # fits now
+    assert costs_no_drain(c, [run(9, cpus=range(16), end=50)], wide, now=0)  # full until it can start
+    assert costs_no_drain(c, [run(8, cpus=range(8), end=50), run(9, cpus=range(8, 16), end=50)], wide, now=0)
+    assert not costs_no_drain(c, [run(8, cpus=range(8), end=40), run(9, cpus=range(8, 16), end=50)], wide, now=0)
+    assert not costs_no_drain(c, [run(9, cpus=range(15), end=50)], wide, now=0)  # one CPU idle till 50
+    # Only the dimensions it is wide in count: idle GPUs do not matter to a CPU-wide job.
+    assert costs_no_drain(c, [run(9, cpus=range(16), gpus=("0",), end=50)], job(1, cpus=16, gpus=1), now=0)
+    assert not costs_no_drain(c, [], job(1, cpus=17), now=0)  # never fits
+    # A gang wide in no dimension: CPUs count.
+    assert costs_no_drain(c, [run(9, cpus=range(16), end=50)], job(1, cpus=4, nodes=2), now=0)
+    assert not costs_no_drain(c, [run(9, cpus=range(14), end=50)], job(1, cpus=4, nodes=2), now=0)
+    # A job past its expected end counts as ending now: its CPUs would idle until the shadow time.
+    assert not costs_no_drain(c, [run(8, cpus=range(8), end=-5), run(9, cpus=range(8, 16), end=50)], wide, now=0)
 
 
 def test_shadow_time():
@@ -327,6 +350,20 @@ def test_wide_jobs_run_first_on_an_empty_node_and_narrow_ones_fill_after():
                                         for j in queue])
     assert unplanned[1] == 31 and unplanned[2] == 55  # each waits for a drain
     assert max(unplanned[j.job_id] + j.runtime_s for j in queue) == 60
+
+
+def test_wide_job_follows_a_wide_job_without_a_drain():
+    """A wide job runs; the next wide job of the same priority goes right after it, ahead of the
+    narrow jobs ranked before it, which then fill the node. Without priorities the narrow jobs go
+    first and the wide job waits for them all to drain."""
+    capacity = cap(4)
+    running = [run(9, cpus=(0, 1, 2, 3), end=50)]
+    queue = [*(job(10 + k, runtime=30 + k, prio=0) for k in range(4)), job(1, cpus=4, runtime=10, prio=0)]
+    starts = simulate(capacity, running, queue)
+    assert starts[1] == 50 and all(starts[10 + k] == 60 for k in range(4))
+    plain = simulate(capacity, running, [Candidate(c.job_id, c.num_cpus, c.num_gpus, c.memory_bytes, c.runtime_s)
+                                         for c in queue])
+    assert plain[1] == 83 and all(plain[10 + k] == 50 for k in range(4))
 
 
 def test_lower_priority_wide_job_is_not_starved():
@@ -491,16 +528,38 @@ def _oracle_wide(total, c) -> bool:
     return c.num_nodes > 1 or any(2 * need > have for need, have in zip(_amount(c), total))
 
 
-def _oracle_plan(total, candidates) -> list:
-    """Consecutive candidates of one known priority form a run (None: a run of its own); each run
-    is stably sorted wide-first."""
+def _oracle_first(total, running, c, now) -> bool:
+    """A wide job goes first when planning it now wastes nothing: it can start now, or, in each
+    dimension it is wide in (CPUs for a gang wide in none), the idle amount integrated from now
+    to its shadow time is zero."""
+    if not _oracle_wide(total, c) or not _within(_amount(c), total):
+        return False
+    shadow = _oracle_shadow(total, running, c, now)
+    if shadow == now:
+        return True
+    dims = [d for d in range(3) if 2 * _amount(c)[d] > total[d]] or [0]
+    times = sorted({now, shadow, *(t for p in running if now < (t := max(p.expected_end, now)) < shadow)})
+    for d in dims:
+        idle = sum((total[d] - _held_after(running, t, now)[d]) * (t2 - t) for t, t2 in zip(times, times[1:]))
+        if idle > 0:
+            return False
+    return True
+
+
+def _oracle_plan(total, candidates, running, now) -> list:
+    """Consecutive candidates of one known priority form a run (None: a run of its own); in each
+    run, the wide jobs that go first (_oracle_first), then the others, each in the given order."""
     runs: list[list] = []
     for c in candidates:
         if runs and c.priority is not None and runs[-1][0].priority == c.priority:
             runs[-1].append(c)
         else:
             runs.append([c])
-    return [c for r in runs for c in sorted(r, key=lambda c: not _oracle_wide(total, c))]
+    plan = []
+    for r in runs:
+        first = [c for c in r if c.priority is not None and _oracle_first(total, running, c, now)]
+        plan += first + [c for c in r if c not in first]
+    return plan
 
 
 def check_against_oracle(capacity, running, candidates, placed, now, end_time, buffer_s, not_before=None):
@@ -513,7 +572,7 @@ def check_against_oracle(capacity, running, candidates, placed, now, end_time, b
     by_id = {p.job_id: p for p in placed}
     busy = list(running)
     holder = None  # (candidate, shadow time)
-    for c in _oracle_plan(total, candidates):
+    for c in _oracle_plan(total, candidates, running, now):
         p = by_id.get(c.job_id)
         in_time = end_time is None or now + c.runtime_s <= end_time - buffer_s
         if not _within(_amount(c), total) or not in_time:
