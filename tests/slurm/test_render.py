@@ -355,3 +355,8 @@ def test_walltime_warning_reaches_every_runner_and_the_job_completes(tmp_path: P
 def test_allocations_take_whole_nodes_unless_a_cpu_layout_is_given(fields: dict[str, object], exclusive: bool) -> None:
     script = render(SlurmScheduler(name="s", partition="cpu", **fields))
     assert directives(script).count("--exclusive") == (1 if exclusive else 0)
+
+
+def test_the_sites_container_runtime_reaches_the_runners() -> None:
+    assert "export TORC_CONTAINER_RUNTIME=apptainer\n" in render(site=site(container_runtime="apptainer"))
+    assert "export TORC_CONTAINER_RUNTIME=''\n" in render()

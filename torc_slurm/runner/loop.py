@@ -19,9 +19,11 @@ child like the jobs, reaped by the same wait) and is reported as a retry.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
+import shutil
 import signal
 import socket
 import sqlite3
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from torc_slurm.errors import QueueError
+from torc_slurm.runner.containers import container_command
 from torc_slurm.runner.failures import FailureHandling, memory_kill_factor
 from torc_slurm.runner.gpu import detect_gpu_sampler
 from torc_slurm.runner.groups import compose, expand, split
@@ -47,6 +50,7 @@ from torc_slurm.runner.walltime import EndTime
 from torc_slurm.spec.models import WorkflowSpec
 from torc_slurm.states import UNFINISHED
 from torc_slurm.store.db import Database
+from torc_slurm.store.events import add_event
 from torc_slurm.runner.multinode import launch, node_gpu_map
 from torc_slurm.store.gangs import Free, Member, Share
 from torc_slurm.store.queue import ClaimedJob, Limits, NodeUse, Outcome, Queue, ReadyJob, Started
@@ -80,6 +84,9 @@ class RunnerConfig:
     gpu_variable: str = "CUDA_VISIBLE_DEVICES"
     slurm_job_id: str | None = None
     allocation_nodes: int = 1               # nodes of its allocation: multi-node jobs span up to this many
+    # Jobs with an image run in it with this runtime (the site's, through the allocation script),
+    # when it is installed here; else natively, said once per workflow.
+    container_runtime: str | None = field(default_factory=lambda: os.environ.get("TORC_CONTAINER_RUNTIME") or None)
     node_name: str = field(default_factory=lambda: os.environ.get("SLURMD_NODENAME") or socket.gethostname())
     dry_execute: bool = False               # mark claimed jobs completed without spawning (benchmarks)
     prefetch: int | None = None             # jobs claimed ahead (default: adaptive, see Runner._prefetch)
@@ -157,6 +164,7 @@ class Runner:
         self._unsent_samples: list[NodeUse] = []  # node use whose cycle failed: sent with the next
         # Shares of other runners' multi-node jobs this one set aside (job id -> what it holds), and
         # the member nodes of its own multi-node jobs (job id -> members), both from the last cycle.
+        self._image_warned = False
         self._shares: dict[int, Placement] = {}
         self._gangs: dict[int, list[Member]] = {}
         # Group members a lead's exit is ending: job id -> (lead name, lead outcome, KILL deadline).
@@ -496,6 +504,29 @@ class Runner:
         members = self._gangs.get(job.id, [])
         return len(members) == job.num_nodes - 1 and all(m.acked for m in members)
 
+    def _in_image(self, job: ClaimedJob, command: str) -> str:
+        """The command run inside the job's image with the node's container runtime; natively when
+        there is none (one event per workflow says so, whichever runner sees it first)."""
+        runtime = self.config.container_runtime
+        if runtime and shutil.which(runtime):
+            return container_command(runtime, job.image, command, binds=[str(self.config.working_dir),  # type: ignore[arg-type]
+                                                                      str(self.config.output_dir)],
+                                     gpus=bool(job.num_gpus))
+        if not self._image_warned:
+            self._image_warned = True
+            why = f"{runtime} is not installed on {self.config.node_name}" if runtime else \
+                "the site config names no container_runtime"
+            message = f"jobs that name a container image (e.g. {job.name}: {job.image}) run natively: {why}"
+            log.warning("%s", message)
+            with contextlib.suppress(QueueError, sqlite3.Error):
+                with self.db.transaction() as conn:
+                    if not conn.execute("SELECT 1 FROM events WHERE workflow_id = ? AND kind = 'image_not_used'"
+                                        " LIMIT 1", (self.config.workflow_id,)).fetchone():
+                        add_event(conn, self.config.workflow_id, "image_not_used", message,
+                                  data={"job": job.name, "image": job.image, "runtime": runtime},
+                                  source=f"runner {self.runner_id}")
+        return command
+
     def _with_group_siblings(self, job_ids: list[int]) -> list[int]:
         """Backlog jobs to hand back, with the rest of their groups (a group goes back whole)."""
         groups = {self._backlog[j].group.id for j in job_ids if self._backlog[j].group is not None}
@@ -617,6 +648,8 @@ class Runner:
         stem = f"wf{cfg.workflow_id}_job{job.id}_attempt{job.attempt}"
         stdout, stderr = stdio / f"{stem}.out", stdio / f"{stem}.err"
         command = f"{job.invocation_script} {job.command}" if job.invocation_script else job.command
+        if job.image is not None:
+            command = self._in_image(job, command)
         gang_env: dict[str, str] = {}
         if job.num_nodes > 1:
             members = self._gangs.get(job.id, [])

@@ -133,6 +133,7 @@ def render_sbatch(
         signal_buffer_seconds=signal_buffer_seconds,
         gpu_visibility_variable=shlex.quote(site.gpu_visibility_variable),
         lock_kind=shlex.quote(site.lock_kind),
+        container_runtime=shlex.quote(site.container_runtime or ""),
         setup_lines=setup_lines,
         multi_node=scheduler.nodes > 1,
         command=command,

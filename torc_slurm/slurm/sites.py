@@ -66,6 +66,9 @@ class SiteConfig(StrictModel):
         "CUDA_VISIBLE_DEVICES"
     )
     lock_kind: Literal["flock", "soft"] = "flock"
+    # Jobs that name a container image run inside it with this runtime when it is installed on the
+    # node (else natively, with one warning per workflow).
+    container_runtime: Literal["apptainer", "singularity"] | None = None
     setup_lines: list[str] = []
     partitions: list[Partition] = []
     default_partition: str | None = None

@@ -86,6 +86,7 @@ class ClaimedJob:
     group: GroupInfo | None = None
     num_nodes: int = 1
     launcher: str | None = None       # multi-node: 'srun' (None) or 'none'
+    image: str | None = None          # a container image to run in (when the node has a runtime)
 
 
 @dataclass(frozen=True)
@@ -443,7 +444,7 @@ class Queue:
         rows = conn.execute(
             f"SELECT j.id, j.name, command, invocation_script, env, attempt, num_cpus, num_gpus, memory_bytes,"
             f" runtime_s, supports_termination, failure_handler, retries, enforce_runtime, runtime_grace,"
-            f" num_nodes, launcher, group_id, group_rank, g.name AS group_name, g.size AS group_size, g.lead_job_id, g.group_end"
+            f" num_nodes, launcher, image, group_id, group_rank, g.name AS group_name, g.size AS group_size, g.lead_job_id, g.group_end"
             f" FROM jobs j LEFT JOIN job_groups g ON g.id = j.group_id WHERE j.id IN ({marks}) AND runner_id = ?"
             f" AND lease_token = ? AND status = 'pending'", (*job_ids, runner_id, token)).fetchall()
         by_id = {row["id"]: row for row in rows}
@@ -455,7 +456,7 @@ class Queue:
             output_files=tuple(outputs.get(row["id"], ())), lease_token=token,
             failure_handler=row["failure_handler"], retries=row["retries"],
             enforce_runtime=bool(row["enforce_runtime"]), runtime_grace=row["runtime_grace"],
-            num_nodes=row["num_nodes"], launcher=row["launcher"],
+            num_nodes=row["num_nodes"], launcher=row["launcher"], image=row["image"],
             group=None if row["group_id"] is None else GroupInfo(
                 row["group_id"], row["group_name"], row["group_rank"], row["group_size"], row["lead_job_id"],
                 row["group_end"]))

@@ -24,6 +24,7 @@
 export TORC_SITE=testsite
 export TORC_GPU_VISIBILITY_VARIABLE=CUDA_VISIBLE_DEVICES
 export TORC_LOCK_KIND=flock
+export TORC_CONTAINER_RUNTIME=''
 
 # Site setup. A failing line ends the allocation here instead of failing every job later.
 set -e
