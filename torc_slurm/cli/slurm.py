@@ -208,17 +208,21 @@ def submit(app, spec: str, site, max_allocations: int, output_dir, force, new) -
     the first scheduler), at least one; none when nothing is left to run."""
     from torc_slurm.cli.run import create_or_resume
     from torc_slurm.compiler import compile_workflow
-    from torc_slurm.slurm.allocations import ScheduleRequest, allocations_needed, schedule_nodes as schedule
+    from torc_slurm.slurm.allocations import ScheduleRequest, allocations_needed, default_scheduler
+    from torc_slurm.slurm.allocations import schedule_nodes as schedule
     from torc_slurm.slurm.backend import get_backend
     from torc_slurm.spec.load import load_spec
     from torc_slurm.states import UNFINISHED
     from torc_slurm.store.workflows import initialize_workflow, list_jobs
 
-    compiled = compile_workflow(load_spec(spec), spec)
-    if not compiled.spec.slurm_schedulers:
-        app.abort(f"{spec}: the spec defines no slurm_schedulers; add one, or use `torc run {spec}`", 2)
     backend = get_backend()
     site_config = _site(site, backend)
+    compiled = compile_workflow(load_spec(spec), spec)
+    if not compiled.spec.slurm_schedulers:  # e.g. an OSMO workflow: one scheduler from the site
+        scheduler = default_scheduler(compiled, site_config)
+        compiled = compile_workflow(compiled.spec.model_copy(update={"slurm_schedulers": [scheduler]}), spec)
+        app.note(f"{spec} names no slurm_schedulers: using '{scheduler.name}' (site {site_config.name}: partition "
+                 f"{scheduler.partition}, {scheduler.nodes} node(s), walltime {scheduler.walltime})")
     db = app.open_db(create=True)
     workflow_id, resumed = create_or_resume(app, db, Path(spec), compiled, new=new, force=force, stdout=True)
     if not resumed:

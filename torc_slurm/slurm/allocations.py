@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torc_slurm.compiler import CompiledWorkflow
 from torc_slurm.errors import LockKindMismatch, SpecError
 from torc_slurm.slurm.backend import SlurmBackend
 from torc_slurm.slurm.render import render_sbatch
@@ -149,6 +150,23 @@ def cancel_allocations(db: Database, workflow_id: int, backend: SlurmBackend | N
     backend.cancel(active)
     update_allocation_states(db, workflow_id, {job_id: "canceled" for job_id in active})
     return active
+
+
+def default_scheduler(compiled: CompiledWorkflow, site: SiteConfig) -> SlurmScheduler:
+    """A scheduler for a spec that names none (an OSMO workflow, say): the site's default
+    partition, as many nodes as the widest job needs, and a walltime that fits the longest job and
+    the end-of-allocation buffer, rounded up to 10 minutes, within the partition's limit."""
+    partition = site.partition()
+    if partition is None:
+        raise SpecError(f"the spec names no slurm_schedulers and site {site.name} has no default partition; "
+                        "add a slurm_schedulers entry")
+    longest = max((job.runtime_s for job in compiled.jobs), default=3600)
+    wanted = longest + compiled.spec.compute_node_expiration_buffer_seconds
+    seconds = min(partition.max_walltime_seconds, math.ceil(wanted / 600) * 600)
+    hours, rest = divmod(seconds, 3600)
+    return SlurmScheduler(name="default", partition=partition.name,
+                          nodes=max((job.num_nodes for job in compiled.jobs), default=1),
+                          walltime=f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}")
 
 
 def allocations_needed(spec: WorkflowSpec, jobs: list[dict[str, Any]], site: SiteConfig,
