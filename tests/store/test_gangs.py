@@ -106,3 +106,49 @@ def test_runners_of_another_allocation_are_never_booked(db: Database, tmp_path: 
     [stranger] = runners(queue, 1, allocation="78")
     queue.cycle(stranger, free=NODE, accept=accept_all())
     assert queue.cycle(launcher, free=NODE, accept=accept_all(), choose=take_all, limits=Limits(nodes=2)).claimed == []
+
+
+def test_four_runners_two_gangs_interleaved_both_complete(db: Database, tmp_path: Path) -> None:  # noqa: F811
+    """Four runners of one 4-node allocation, two 2-node jobs, cycles interleaved every way a
+    round-robin gives: each gang books two whole nodes in its claim, both start, neither waits on
+    the other."""
+    from tests.store.test_queue import done, started
+
+    queue = gang_queue(db, tmp_path, "a", "b")
+    rs = runners(queue, 4)
+    held: dict[int, dict[int, int]] = {r: {} for r in rs}
+    for r in rs:
+        queue.cycle(r, free=NODE, accept=accept_all())
+    launched: dict[int, int] = {}
+    busy = {r: False for r in rs}
+    for _ in range(3):  # three rounds: claim, acknowledge, start
+        for r in rs:
+            # the node fits one 8-CPU share: a runner packs at most one job, its own or a share it
+            # acknowledged (in this very cycle, too: the queue answers shares before claiming)
+            def accept(shares, r=r):  # noqa: ANN001, ANN202
+                answers = {s.job_id: ["1"] if not busy[r] else None for s in shares[:1]}
+                answers.update({s.job_id: None for s in shares[1:]})
+                busy[r] = busy[r] or any(v is not None for v in answers.values())
+                return answers
+
+            def choose(ready, r=r):  # noqa: ANN001, ANN202
+                if busy[r] or not ready:
+                    return []
+                busy[r] = True
+                return [ready[0].job_id]
+
+            result = queue.cycle(r, free=Free(0, 0, 0) if busy[r] else NODE, accept=accept, choose=choose,
+                                 limits=Limits(nodes=4), held=held[r])
+            for job in result.claimed:
+                held[r][job.id] = job.lease_token
+            for job_id, members in result.gangs.items():
+                if job_id in held[r] and len(members) == 1 and all(m.acked for m in members):
+                    launched[job_id] = r
+    assert len(launched) == 2 and len(set(launched.values())) == 2
+    booked = db.read("SELECT job_id, runner_id FROM gang_shares WHERE acked = 1")
+    nodes = {launched[row[0]] for row in booked} | {row[1] for row in booked}
+    assert len(nodes) == 4  # four distinct runners: no node holds shares of both
+    for job_id, r in launched.items():
+        queue.cycle(r, started=started(db, job_id), held=held[r])
+        queue.cycle(r, outcomes=[done(db, job_id)])
+    assert {job_row(db, j)["status"] for j in launched} == {"completed"}
