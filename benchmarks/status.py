@@ -215,34 +215,57 @@ def has_summary() -> bool:
 
 
 # -- what the trigger costs writers ---------------------------------------------------------------
-def trigger_costs(db_path: Path, n: int, cycles: int) -> dict:
-    """initialize_workflow on all n jobs, and runner cycles (claim 32, start, complete), with the
-    status_counts trigger and without (dropped), on a copy of the queue."""
+def trigger_costs(db_path: Path, n: int, cycles: int, rounds: int = 2) -> dict:
+    """What the status_counts trigger costs writers, on a copy of the queue, in alternating rounds
+    with the trigger and with it dropped (the machine is shared: the order must not decide):
+
+    - ``initialize_workflow`` on all n jobs (it rewrites them under ``bulk_status_change``);
+    - the same rewrite of every status as one raw UPDATE, rolled back: per-row trigger, bulk path;
+    - runner cycle pairs (claim 32; start and complete them);
+    - single-row status changes (ready -> pending -> ready), microseconds each."""
+    from torc_slurm.store.counts import bulk_status_change
     from torc_slurm.store.queue import Outcome, Queue, Started
     from torc_slurm.store.workflows import initialize_workflow
 
     work = db_path.with_name("trigger_" + db_path.name)
-    figures: dict = {}
-    sql = None
     shutil.copyfile(db_path, work)
     Path(str(work) + ".lockkind").write_text("flock")
-    for label in ("with_trigger", "without_trigger"):
-        if label == "without_trigger":
-            conn = sqlite3.connect(work)
-            sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs_status_counts'").fetchone()[0]
-            conn.execute("DROP TRIGGER jobs_status_counts")
-            conn.commit()
-            conn.close()
+    conn = sqlite3.connect(work)
+    trigger_sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs_status_counts'").fetchone()[0]
+    conn.close()
+    rewrite = ("UPDATE jobs SET status = CASE WHEN depset_id IS NULL THEN 'ready' ELSE 'blocked' END"
+               " WHERE workflow_id = 1 AND status != 'disabled'")
+    raw: dict = {}
+    for label in ("with_trigger", "without_trigger") * rounds:
+        conn = sqlite3.connect(work)
+        conn.execute("DROP TRIGGER IF EXISTS jobs_status_counts")
+        if label == "with_trigger":
+            conn.execute(trigger_sql)
+        conn.commit()
+        conn.close()
+        entry = raw.setdefault(label, {"init_s": [], "rewrite_per_row_s": [], "rewrite_bulk_s": [],
+                                       "cycle_pair_ms": [], "status_change_us": []})
         with Database(work, create=False) as db:
             with db.transaction() as conn:   # back to a mid-run state: runners gone, nothing held
                 conn.execute("UPDATE jobs SET status = 'ready', runner_id = NULL WHERE status IN ('pending', 'running')")
                 conn.execute("UPDATE runners SET status = 'finished'")
             t0 = time.perf_counter()
             initialize_workflow(db, 1, force=True)
-            init_s = time.perf_counter() - t0
+            entry["init_s"].append(time.perf_counter() - t0)
+            for key, bulk in (("rewrite_per_row_s", False), ("rewrite_bulk_s", True)):
+                conn = db._connection()   # a raw transaction, rolled back: the rewrite alone
+                with db.lock.held():
+                    conn.execute("BEGIN IMMEDIATE")
+                    t0 = time.perf_counter()
+                    if bulk:
+                        with bulk_status_change(conn, 1):
+                            conn.execute(rewrite)
+                    else:
+                        conn.execute(rewrite)
+                    entry[key].append(time.perf_counter() - t0)
+                    conn.execute("ROLLBACK")
             queue = Queue(db, 1)
             runner = queue.register_runner(hostname="bench", pid=os.getpid())
-            spans = []
             for _ in range(cycles):
                 t0 = time.perf_counter()
                 claimed = queue.cycle(runner, choose=lambda ready: [j.job_id for j in ready[:32]]).claimed
@@ -250,28 +273,27 @@ def trigger_costs(db_path: Path, n: int, cycles: int) -> dict:
                 queue.cycle(runner, started=[Started(c.id, c.lease_token, None) for c in claimed],
                             outcomes=[Outcome(c.id, c.attempt, "completed", c.lease_token, return_code=0,
                                               started_at=now - 1, ended_at=now) for c in claimed])
-                spans.append(time.perf_counter() - t0)
+                entry["cycle_pair_ms"].append((time.perf_counter() - t0) * 1000)
             queue.finish_runner(runner)
-            moves = []   # single-row status changes, as claims and outcomes make them: us per change
             for _ in range(3):
                 with db.transaction() as conn:
-                    ids = [r[0] for r in conn.execute(
+                    ids = [(r[0],) for r in conn.execute(
                         "SELECT id FROM jobs WHERE workflow_id = 1 AND status = 'ready' ORDER BY rank LIMIT 20000")]
                     t0 = time.perf_counter()
-                    conn.executemany("UPDATE jobs SET status = 'pending' WHERE id = ?", [(i,) for i in ids])
-                    conn.executemany("UPDATE jobs SET status = 'ready' WHERE id = ?", [(i,) for i in ids])
-                    moves.append((time.perf_counter() - t0) / (2 * len(ids)) * 1e6)
-        figures[label] = {"init_s": init_s, "cycle_pair_ms_median": statistics.median(spans) * 1000,
-                          "cycle_pair_ms_best": min(spans) * 1000, "jobs_per_cycle_pair": 32,
-                          "status_change_us_best": min(moves), "status_change_us_median": statistics.median(moves)}
-    if sql:
-        conn = sqlite3.connect(work)
-        conn.execute(sql)
-        conn.commit()
-        conn.close()
+                    conn.executemany("UPDATE jobs SET status = 'pending' WHERE id = ?", ids)
+                    conn.executemany("UPDATE jobs SET status = 'ready' WHERE id = ?", ids)
+                    entry["status_change_us"].append((time.perf_counter() - t0) / (2 * len(ids)) * 1e6)
+    conn = sqlite3.connect(work)
+    conn.execute("DROP TRIGGER IF EXISTS jobs_status_counts")
+    conn.execute(trigger_sql)
+    conn.commit()
+    conn.close()
     for suffix in ("", ".lock", ".lockkind", ".changed", "-journal"):
         Path(str(work) + suffix).unlink(missing_ok=True)
-    return figures
+    return {label: {**{f"{k}_best": min(v) for k, v in e.items()}, **{f"{k}_median": statistics.median(v)
+                                                                      for k, v in e.items()},
+                    "jobs_per_cycle_pair": 32, "rounds": rounds}
+            for label, e in raw.items()}
 
 
 def main() -> None:

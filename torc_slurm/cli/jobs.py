@@ -187,6 +187,8 @@ def logs(app: App, workflow_id: int, job: str, attempt: int | None, use_stderr: 
     if not follow:
         return
     _follow(app, info, path, position, out)
+    if not path.exists():
+        raise TorcError(f"attempt {info['attempt']} of job {info['name']} ended without a {key} file at {path}")
 
 
 def _print_file(path: Path, tail: int | None, out) -> int:  # noqa: ANN001

@@ -422,7 +422,7 @@ def build_report(raw: Raw, now: float) -> dict[str, Any]:
     total = sum(counts.values())
     unfinished = sum(counts[s] for s in UNFINISHED)
     parallelism = counts["pending"] + counts["running"]
-    finished = total > 0 and unfinished == 0
+    finished = unfinished == 0   # an empty workflow is done too: --watch must not wait on it
     start = raw.run_start if raw.run_start is not None else None
     end = raw.last_end if finished else None
     elapsed = None if start is None else max(0.0, (end if end is not None and end >= start else now) - start)
