@@ -152,26 +152,36 @@ def status(app, workflow_id: int, fmt: str) -> None:
 
 
 def _status_table(rows):  # noqa: ANN001, ANN202
+    """Fits 80 columns: short words never wrap (``no_wrap``), long values (scheduler names, node
+    lists) fold; the runners' last heartbeat goes in its own short column."""
     from rich.table import Table
 
-    table = Table(title="Slurm allocations")
-    for column in ("Slurm job", "scheduler", "state", "time left", "nodes", "runners", "jobs now", "completed"):
-        table.add_column(column)
+    table = Table(title="Slurm allocations", title_justify="left", caption_justify="left", box=None,
+                  pad_edge=False, padding=(0, 2, 0, 0), header_style="bold")
+    table.add_column("job", no_wrap=True)
+    table.add_column("scheduler", no_wrap=True, overflow="ellipsis", min_width=9)
+    table.add_column("state", no_wrap=True)
+    table.add_column("left", no_wrap=True, justify="right")
+    table.add_column("nodes", overflow="fold", min_width=5)
+    table.add_column("runners", no_wrap=True)
+    table.add_column("beat", no_wrap=True, justify="right")
+    table.add_column("jobs", no_wrap=True, justify="right")
     now = time.time()
     for row in rows:
         runners = row["runners"]
         active = [r for r in runners if r["status"] == "active"]
         lost = [r for r in runners if r["status"] == "lost"]
-        runner_text = f"{len(active)} active" + (f", {len(lost)} lost" if lost else "")
-        if active:
-            runner_text += f" (last beat {now - max(r['heartbeat_at'] for r in active):.0f} s ago)"
+        runner_text = f"{len(active)} up" + (f", {len(lost)} lost" if lost else "")
+        beat = f"{now - max(r['heartbeat_at'] for r in active):.0f}s ago" if active else "-"
         left = row["time_left_s"]
         table.add_row(row["slurm_job_id"], row["scheduler"], row["state"],
-                      "-" if left is None else f"{left // 60} min" if left >= 60 else f"{left} s",
-                      ", ".join(row["nodes"]) or "-", runner_text, str(sum(r["jobs"] for r in runners)),
-                      str(sum(r["completed"] for r in runners)))
+                      "-" if left is None else f"{left // 60}m" if left >= 60 else f"{left}s",
+                      ", ".join(row["nodes"]) or "-", runner_text, beat,
+                      f"{sum(r['jobs'] for r in runners)}/{sum(r['completed'] for r in runners)}")
     if not rows:
         table.caption = "no allocations yet: torc slurm schedule-nodes ID"
+    else:
+        table.caption = "left: until the allocation ends; beat: last heartbeat; jobs: held now/completed"
     return table
 
 
