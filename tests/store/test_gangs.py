@@ -152,3 +152,14 @@ def test_four_runners_two_gangs_interleaved_both_complete(db: Database, tmp_path
         queue.cycle(r, started=started(db, job_id), held=held[r])
         queue.cycle(r, outcomes=[done(db, job_id)])
     assert {job_row(db, j)["status"] for j in launched} == {"completed"}
+
+
+def test_a_member_that_ends_before_answering_hands_the_job_back(db: Database, tmp_path: Path) -> None:  # noqa: F811
+    queue = gang_queue(db, tmp_path, "mpi")
+    launcher, member = runners(queue)
+    queue.cycle(member, free=NODE, accept=accept_all())
+    [claimed] = queue.cycle(launcher, free=NODE, accept=accept_all(), choose=take_all, limits=Limits(nodes=2)).claimed
+    queue.finish_runner(member)  # it exits (idle, walltime) without another cycle
+    row = job_row(db, claimed.id)
+    assert (row["status"], row["attempt"], row["interrupted"]) == ("ready", 0, 0)
+    assert queue.cycle(launcher, held={claimed.id: claimed.lease_token}).revoked == [claimed.id]

@@ -140,9 +140,15 @@ def members(conn: sqlite3.Connection, job_ids: Sequence[int]) -> dict[int, list[
 
 
 def jobs_with_member(conn: sqlite3.Connection, runner_id: int) -> list[tuple[int, int, int, int]]:
-    """(job id, attempt, lease token, launcher runner id) of the live multi-node jobs that have a
-    share on ``runner_id`` (to stop them when that member is gone)."""
+    """(job id, attempt, lease token, launcher runner id) of the live multi-node jobs that have an
+    acknowledged share on ``runner_id`` (to stop them when that member is gone)."""
     return conn.execute(
         f"SELECT j.id, j.attempt, j.lease_token, j.runner_id FROM gang_shares s JOIN jobs j ON j.id = s.job_id"
-        f" AND j.lease_token = s.lease_token WHERE s.runner_id = ? AND j.status IN {sql_list(HELD)}",
+        f" AND j.lease_token = s.lease_token WHERE s.runner_id = ? AND s.acked = 1 AND j.status IN {sql_list(HELD)}",
         (runner_id,)).fetchall()
+
+
+def give_up_unanswered(conn: sqlite3.Connection, runner_id: int) -> int:
+    """A member that ends (or is swept) before answering its bookings refuses them: their jobs go
+    back to ready (they never started) instead of waiting for an answer that will not come."""
+    return sum(refuse(conn, share) for share in shares(conn, runner_id) if share.gpu_ids is None)

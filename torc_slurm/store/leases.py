@@ -99,6 +99,7 @@ def sweep(conn: sqlite3.Connection, workflow_id: int, requests: Sequence[SweepRe
             ended = interrupt(conn, workflow_id, request.runner_id, job_id, attempt, token, "lost", message)
             finished += ended
             gave_up += len(ended)
+        taken += gangs.give_up_unanswered(conn, request.runner_id)
         for job_id, attempt, token, launcher in gangs.jobs_with_member(conn, request.runner_id):
             # a multi-node job with a share on the dead runner: its attempt is over (its launcher,
             # told so at its next cycle, kills what is left of it)

@@ -204,6 +204,7 @@ class Queue:
             changed = self._record(conn, runner_id, outcomes)
             self._add_samples(conn, runner_id, samples)
             changed += leases.hand_back(conn, runner_id)
+            changed += gangs.give_up_unanswered(conn, runner_id)
             conn.execute("UPDATE runners SET status = 'finished', ended_at = ?, heartbeat_at = ? WHERE id = ?",
                          (now, now, runner_id))
             self._post_runner_ended(conn, runner_id, dict(report or {}), time_left_s)
