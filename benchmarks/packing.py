@@ -230,7 +230,7 @@ def loop_choose(packer: types.ModuleType, capacity: Any, busy: list, window: lis
     """Runner._chooser's choose(): what starts now, then claim-ahead, ``room`` jobs at most."""
     chosen = [p.job_id for p in loop_pack(packer, capacity, busy, window, now)][:room]
     taken = set(chosen)
-    ahead = packer.plan_order(capacity, window, busy, now=now) if claim_in_plan_order else window
+    ahead = packer.plan_order(capacity, window) if claim_in_plan_order else window
     for c in ahead:
         if len(chosen) >= room:
             break

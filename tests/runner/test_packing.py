@@ -17,7 +17,6 @@ from torc_slurm.runner.packing import (
     Placement,
     fits_node,
     fits_time,
-    costs_no_drain,
     is_wide,
     pack,
     plan_order,
@@ -246,12 +245,16 @@ PLAN_CASES = [
     # One unknown priority among known ones is a run of its own: job 2 stays ahead of job 3.
     pytest.param(cap(16), [], [job(1, prio=0), job(2, prio=None), job(3, cpus=16, prio=0)], {},
                  [(1, (0,), ()), (2, (1,), ())], id="unknown-priority-splits-the-run"),
-    # Busy node, free CPUs: planning the wide job now would leave them idle until t=100, so it keeps
-    # its place; the narrow jobs ahead of it start, and it reserves behind them.
+    # Busy node: the wide job reserves t=100 (when both running jobs end) although narrow jobs rank
+    # ahead of it; they start now only if they end by then, and the same goes for those behind it.
     pytest.param(cap(16), [run(8, cpus=(0, 1), end=50), run(9, cpus=(2, 3), end=100)],
                  [job(1, runtime=150, prio=0), job(2, runtime=100, prio=0), job(3, cpus=16, runtime=10, prio=0),
                   job(4, runtime=10, prio=0), job(5, runtime=200, prio=0)], {},
-                 [(1, (4,), ()), (2, (5,), ()), (4, (6,), ())], id="busy-node-wide-keeps-its-place"),
+                 [(2, (4,), ()), (4, (5,), ())], id="busy-node-wide-reserves-first"),
+    pytest.param(cap(16), [run(8, cpus=(0, 1), end=50), run(9, cpus=(2, 3), end=100)],
+                 [job(1, runtime=150), job(2, runtime=100), job(3, cpus=16, runtime=10), job(4, runtime=10),
+                  job(5, runtime=200)], {},
+                 [(1, (4,), ()), (2, (5,), ()), (4, (6,), ())], id="busy-node-no-priorities"),
     # Placements come back in the given order, even when the plan order differs.
     pytest.param(cap(16), [], [job(1, runtime=5, prio=0), job(2, cpus=9, runtime=5, prio=0), job(3, prio=0)], {},
                  [(1, (9,), ()), (2, tuple(range(9)), ()), (3, (10,), ())], id="placements-in-given-order"),
@@ -290,9 +293,6 @@ def test_plan_order_runs():
     given = [job(1, prio=2), job(2, cpus=16, prio=2), job(3, prio=1), job(4, cpus=12, prio=1), job(5, cpus=9, prio=1),
              job(6), job(7, cpus=16), job(8, prio=1), job(9, cpus=16, prio=1)]
     assert [x.job_id for x in plan_order(c, given)] == [2, 1, 4, 5, 3, 6, 7, 9, 8]
-    # On a busy node with idle CPUs, wide jobs keep their place.
-    busy = [run(99, cpus=range(8), end=10)]
-    assert [x.job_id for x in plan_order(c, given, busy, now=0)] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert plan_order(c, []) == []
     plain = [job(1), job(2, cpus=16)]
     assert plan_order(c, plain) == plain
@@ -305,24 +305,6 @@ def test_is_wide():
     assert is_wide(c, job(1, gpus=3))
     assert is_wide(c, job(1, mem=33 * GB))
     assert is_wide(c, job(1, nodes=2))
-
-
-def test_costs_no_drain():
-    c = cap(16, gpus=("0", "1"))
-    wide = job(1, cpus=16)
-    assert costs_no_drain(c, [], wide, now=0)  # fits now
-    assert costs_no_drain(c, [run(9, cpus=range(16), end=50)], wide, now=0)  # full until it can start
-    assert costs_no_drain(c, [run(8, cpus=range(8), end=50), run(9, cpus=range(8, 16), end=50)], wide, now=0)
-    assert not costs_no_drain(c, [run(8, cpus=range(8), end=40), run(9, cpus=range(8, 16), end=50)], wide, now=0)
-    assert not costs_no_drain(c, [run(9, cpus=range(15), end=50)], wide, now=0)  # one CPU idle till 50
-    # Only the dimensions it is wide in count: idle GPUs do not matter to a CPU-wide job.
-    assert costs_no_drain(c, [run(9, cpus=range(16), gpus=("0",), end=50)], job(1, cpus=16, gpus=1), now=0)
-    assert not costs_no_drain(c, [], job(1, cpus=17), now=0)  # never fits
-    # A gang wide in no dimension: CPUs count.
-    assert costs_no_drain(c, [run(9, cpus=range(16), end=50)], job(1, cpus=4, nodes=2), now=0)
-    assert not costs_no_drain(c, [run(9, cpus=range(14), end=50)], job(1, cpus=4, nodes=2), now=0)
-    # A job past its expected end counts as ending now: its CPUs would idle until the shadow time.
-    assert not costs_no_drain(c, [run(8, cpus=range(8), end=-5), run(9, cpus=range(8, 16), end=50)], wide, now=0)
 
 
 def test_shadow_time():
@@ -528,38 +510,16 @@ def _oracle_wide(total, c) -> bool:
     return c.num_nodes > 1 or any(2 * need > have for need, have in zip(_amount(c), total))
 
 
-def _oracle_first(total, running, c, now) -> bool:
-    """A wide job goes first when planning it now wastes nothing: it can start now, or, in each
-    dimension it is wide in (CPUs for a gang wide in none), the idle amount integrated from now
-    to its shadow time is zero."""
-    if not _oracle_wide(total, c) or not _within(_amount(c), total):
-        return False
-    shadow = _oracle_shadow(total, running, c, now)
-    if shadow == now:
-        return True
-    dims = [d for d in range(3) if 2 * _amount(c)[d] > total[d]] or [0]
-    times = sorted({now, shadow, *(t for p in running if now < (t := max(p.expected_end, now)) < shadow)})
-    for d in dims:
-        idle = sum((total[d] - _held_after(running, t, now)[d]) * (t2 - t) for t, t2 in zip(times, times[1:]))
-        if idle > 0:
-            return False
-    return True
-
-
-def _oracle_plan(total, candidates, running, now) -> list:
-    """Consecutive candidates of one known priority form a run (None: a run of its own); in each
-    run, the wide jobs that go first (_oracle_first), then the others, each in the given order."""
+def _oracle_plan(total, candidates) -> list:
+    """Consecutive candidates of one known priority form a run (None: a run of its own); each run
+    is stably sorted wide-first."""
     runs: list[list] = []
     for c in candidates:
         if runs and c.priority is not None and runs[-1][0].priority == c.priority:
             runs[-1].append(c)
         else:
             runs.append([c])
-    plan = []
-    for r in runs:
-        first = [c for c in r if c.priority is not None and _oracle_first(total, running, c, now)]
-        plan += first + [c for c in r if c not in first]
-    return plan
+    return [c for r in runs for c in sorted(r, key=lambda c: not _oracle_wide(total, c))]
 
 
 def check_against_oracle(capacity, running, candidates, placed, now, end_time, buffer_s, not_before=None):
@@ -572,7 +532,7 @@ def check_against_oracle(capacity, running, candidates, placed, now, end_time, b
     by_id = {p.job_id: p for p in placed}
     busy = list(running)
     holder = None  # (candidate, shadow time)
-    for c in _oracle_plan(total, candidates, running, now):
+    for c in _oracle_plan(total, candidates):
         p = by_id.get(c.job_id)
         in_time = end_time is None or now + c.runtime_s <= end_time - buffer_s
         if not _within(_amount(c), total) or not in_time:

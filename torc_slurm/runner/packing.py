@@ -6,25 +6,26 @@ Resource-aware mode (``max_parallel_jobs is None``). Candidates arrive best firs
 ``jobs_sort_method``, then spec order). The packer first puts them in its *plan order*
 (:func:`plan_order`), then takes them in that order:
 
-* Plan order: wide jobs first within a priority, when that wastes nothing. Among consecutive
-  candidates of the same known ``priority``, a *wide* one (a gang spanning several nodes, or more
-  than half of the node's CPUs, GPUs or memory: two of them can never share the node) moves
-  ahead of the others when planning it now leaves nothing idle (:func:`costs_no_drain`): it fits
-  the free resources now, or, in each dimension it is wide in, the node is full and nothing ends
-  before it could start (another wide job fills the node). Everything else keeps the given
-  order. Nothing crosses a priority boundary, and a candidate whose priority is None (unknown)
-  is a run of its own, so without priorities the order is exactly the given one.
+* Plan order: wide jobs first within a priority. Among consecutive candidates of the same known
+  ``priority``, the *wide* ones (a gang spanning several nodes, or more than half of the node's
+  CPUs, GPUs or memory: two of them can never share the node) move ahead of the others; each
+  group keeps its given order. Nothing crosses a priority boundary, and a candidate whose
+  priority is None (unknown) is a run of its own, so without priorities the order is exactly
+  the given one. In effect "wide first" is one more sort key, between the priority and
+  ``jobs_sort_method``, and the plan order depends on the candidates only (not on the node's
+  state), so everything EASY backfill guarantees below holds in that order from call to call:
+  the reserved job starts by its shadow time, and a job is only ever overtaken by one of higher
+  priority, or of the same priority that is wide while it is not.
   Why: a wide job can only start on a (nearly) empty node. Taken in the given order it sits
-  mid-queue, and EASY backfill below must drain the node for it, which leaves CPUs idle until
-  the last job in its way ends. Planned first when the node is empty anyway (at the start, or
-  right after the wide job before it), the wide jobs run back to back and the narrow ones fill
-  the node after them. On ``benchmarks/packing.py`` (seeds 1-7) this takes makespan / lower
-  bound from up to 1.094 to at most 1.038 (RESULTS.md, "Packing"). Moving every wide job first,
-  even when the node is busy, gives the same figures there, but when wide jobs become ready
-  mid-run (after a dependency) it drains the node at once, and on 30 seeded workloads of that
-  kind it was worse than the given order more often than better (RESULTS.md); hence the
-  "wastes nothing" condition. Every higher-priority candidate is still ahead of every
-  lower-priority one, so priority order and the reservation rule hold.
+  mid-queue, and EASY backfill must drain the node for it, which leaves CPUs idle until the last
+  job in its way ends. Planned first, the wide jobs run when the node is empty anyway (at the
+  start, and each right after the one before it) and the narrow jobs fill the node after them.
+  On ``benchmarks/packing.py`` this takes makespan / lower bound on seeds 1-7 from 1.019-1.094
+  to 1.006-1.038 (RESULTS.md, "Packing"). Measured and not kept: moving a wide job first only
+  when that leaves nothing idle (it fits now, or the node is full until it can start) gives the
+  same figures there and is a little better when wide jobs become ready mid-run, but the order
+  then depends on the node's state, so a job promised a reservation in one call could be
+  overtaken by a wide job of its priority in the next.
 * A candidate that can never fit the node (more CPUs, GPUs or memory than it has) is skipped;
   the caller reports it. So is one whose declared runtime does not fit the time left:
   ``now + runtime_s > end_time - buffer_s`` (``end_time`` None means no limit).
@@ -134,90 +135,26 @@ def is_wide(capacity: NodeCapacity, candidate: Candidate) -> bool:
             or 2 * candidate.num_gpus > len(capacity.gpu_ids) or 2 * candidate.memory_bytes > capacity.memory_bytes)
 
 
-def plan_order(
-    capacity: NodeCapacity, candidates: Sequence[Candidate], running: Sequence[Placement] = (), *, now: float = 0.0
-) -> list[Candidate]:
+def plan_order(capacity: NodeCapacity, candidates: Sequence[Candidate]) -> list[Candidate]:
     """The order the packer takes candidates in: within each run of consecutive candidates of the
-    same known priority, the wide ones (:func:`is_wide`) that would waste nothing if planned now
-    (:func:`costs_no_drain` against ``running``) first, then the rest of the run, each group in the
-    given order. A candidate with priority None is a run of its own. O(len(candidates) +
-    len(running) log len(running)), plus O(len(running)) per distinct requirement of a wide job."""
+    same known priority, the wide ones (:func:`is_wide`) first, then the others, each group in
+    the given order. A candidate with priority None is a run of its own. O(len(candidates))."""
     if all(c.priority is None for c in candidates):
         return list(candidates)
-    cpus, gpus, memory = len(capacity.cpu_ids), len(capacity.gpu_ids), capacity.memory_bytes
-    node: _NodeState | None = None
-    verdicts: dict[tuple[int, int, int, int], bool] = {}
-
-    def goes_first(c: Candidate) -> bool:
-        nonlocal node
-        if not (c.num_nodes > 1 or 2 * c.num_cpus > cpus or 2 * c.num_gpus > gpus or 2 * c.memory_bytes > memory):
-            return False  # not wide (is_wide, inlined: this runs for every candidate)
-        key = (c.num_cpus, c.num_gpus, c.memory_bytes, c.num_nodes)
-        if key not in verdicts:
-            node = node or _NodeState(capacity, running, now)
-            verdicts[key] = node.costs_no_drain(_needs(c))
-        return verdicts[key]
-
     order: list[Candidate] = []
-    first: list[Candidate] = []
-    rest: list[Candidate] = []
+    wide: list[Candidate] = []
+    narrow: list[Candidate] = []
     priority: int | None = None
     for cand in candidates:
         if cand.priority is None or cand.priority != priority:
-            order += first
-            order += rest
-            first, rest = [], []
+            order += wide
+            order += narrow
+            wide, narrow = [], []
             priority = cand.priority
-        (first if cand.priority is not None and goes_first(cand) else rest).append(cand)
-    order += first
-    order += rest
+        (wide if is_wide(capacity, cand) else narrow).append(cand)
+    order += wide
+    order += narrow
     return order
-
-
-def costs_no_drain(capacity: NodeCapacity, running: Sequence[Placement], candidate: Candidate, *, now: float) -> bool:
-    """Would planning ``candidate`` now leave nothing idle? True when it fits the free resources
-    now, or when, in each dimension it is wide in (CPUs, GPUs, memory; CPUs for a gang that is
-    wide in none), nothing is free now and nothing held ends before its shadow time: the node is
-    busy anyway until the candidate can start (say, another wide job fills it). False when it
-    never fits the node."""
-    return fits_node(capacity, candidate) and _NodeState(capacity, running, now).costs_no_drain(_needs(candidate))
-
-
-class _NodeState:
-    """The running jobs, digested once: what is free now, what is free after each release time,
-    and when each dimension first frees something."""
-
-    def __init__(self, capacity: NodeCapacity, running: Sequence[Placement], now: float) -> None:
-        self.now = now
-        self.total = _Amount(len(capacity.cpu_ids), len(capacity.gpu_ids), capacity.memory_bytes)
-        held = [(max(p.expected_end, now), _holds(p)) for p in running]
-        free = self.total
-        for _, h in held:
-            free = free.minus(h)
-        self.free = free
-        self.releases: list[tuple[float, _Amount]] = []  # (time, free once everything ending by then ends)
-        available = free
-        for when, h in sorted(held):
-            available = available.plus(h)
-            if self.releases and self.releases[-1][0] == when:
-                self.releases[-1] = (when, available)
-            else:
-                self.releases.append((when, available))
-        self.first_release = [min((when for when, h in held if h[d]), default=math.inf) for d in range(3)]
-
-    def shadow(self, needs: _Amount) -> float:
-        if needs.within(self.free):
-            return self.now
-        return next((when for when, available in self.releases if needs.within(available)), math.inf)
-
-    def costs_no_drain(self, needs: _Amount) -> bool:
-        if not needs.within(self.total):
-            return False
-        shadow = self.shadow(needs)
-        if shadow == self.now:
-            return True
-        dims = [d for d in range(3) if 2 * needs[d] > self.total[d]] or [0]
-        return all(self.free[d] == 0 and self.first_release[d] >= shadow for d in dims)
 
 
 def shadow_time(capacity: NodeCapacity, busy: Sequence[Placement], candidate: Candidate, *, now: float) -> float:
@@ -267,7 +204,7 @@ def pack(
     extra = _Amount(0, 0, 0)
 
     # Plain int comparisons in this loop: it sees every candidate of a window of hundreds, every cycle.
-    for cand in plan_order(capacity, candidates, running, now=now):
+    for cand in plan_order(capacity, candidates):
         cpus, gpus, memory = cand.num_cpus, cand.num_gpus, cand.memory_bytes
         if cpus > total_cpus or gpus > total_gpus or memory > total_memory:
             continue  # never runs here (not fits_node): the caller reports it
