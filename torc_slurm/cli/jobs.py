@@ -35,7 +35,7 @@ def list_(app: App, workflow_id: int, status: str | None, limit: int | None, off
     runtime, scheduler). With --status the jobs are found by index, so
     `--status failed --limit 50` is quick on a million jobs.
     """
-    from torc_slurm.store.workflows import list_jobs
+    from torc_slurm.store.views import list_jobs
 
     rows = list_jobs(app.db, workflow_id, status, limit=limit, offset=offset)
     app.emit(rows, fmt, lambda data: _jobs_table(data, workflow_id, status, app.console.width))
@@ -59,7 +59,7 @@ def explain(app: App, workflow_id: int, job: str, fmt: str) -> None:
 
 
 # -- rendering -----------------------------------------------------------------------------------
-def _jobs_table(rows: list[dict[str, Any]], workflow_id: int, status: str | None, width: int = 80):  # noqa: ANN202
+def _jobs_table(rows: list[dict[str, Any]], workflow_id: int, status: str | None, width: int = 80):
     from rich.text import Text
 
     from torc_slurm.cli.status_view import fit
@@ -77,7 +77,7 @@ def _jobs_table(rows: list[dict[str, Any]], workflow_id: int, status: str | None
                caption=f"{len(rows):,} jobs{where}" if rows else None)
 
 
-def _explain_view(report: dict[str, Any], width: int = 80):  # noqa: ANN202
+def _explain_view(report: dict[str, Any], width: int = 80):
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -125,7 +125,7 @@ def _explain_view(report: dict[str, Any], width: int = 80):  # noqa: ANN202
     return Group(*parts)
 
 
-def _results_table(results: list[dict[str, Any]], width: int = 80):  # noqa: ANN202
+def _results_table(results: list[dict[str, Any]], width: int = 80):
     from rich.text import Text
 
     from torc_slurm.cli.status_view import fit
@@ -191,7 +191,7 @@ def logs(app: App, workflow_id: int, job: str, attempt: int | None, use_stderr: 
         raise TorcError(f"attempt {info['attempt']} of job {info['name']} ended without a {key} file at {path}")
 
 
-def _print_file(path: Path, tail: int | None, out) -> int:  # noqa: ANN001
+def _print_file(path: Path, tail: int | None, out) -> int:
     """Print the file (or its last ``tail`` lines); returns the offset read up to."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -208,7 +208,7 @@ def _print_file(path: Path, tail: int | None, out) -> int:  # noqa: ANN001
     return position
 
 
-def _tail_offset(f, size: int, lines: int) -> int:  # noqa: ANN001
+def _tail_offset(f, size: int, lines: int) -> int:
     """Offset of the start of the last ``lines`` lines (reading backwards in blocks)."""
     if lines == 0:
         return size
@@ -229,7 +229,7 @@ def _tail_offset(f, size: int, lines: int) -> int:  # noqa: ANN001
     return 0
 
 
-def _follow(app: App, info: dict[str, Any], path: Path, position: int, out) -> None:  # noqa: ANN001
+def _follow(app: App, info: dict[str, Any], path: Path, position: int, out) -> None:
     """Print what is appended to ``path`` until the attempt ends, then what is left."""
     import time
 
@@ -251,7 +251,7 @@ def _follow(app: App, info: dict[str, Any], path: Path, position: int, out) -> N
         time.sleep(FILE_POLL_S)
 
 
-def _copy_new(path: Path, position: int, out) -> int:  # noqa: ANN001
+def _copy_new(path: Path, position: int, out) -> int:
     try:
         with open(path, "rb") as f:
             f.seek(position)

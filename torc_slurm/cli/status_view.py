@@ -93,7 +93,7 @@ def counts_table(report: dict[str, Any], width: int = 80) -> Table:
 def timing_line(report: dict[str, Any]) -> Text:
     total, done = report["total"], report["done"]
     share = f" ({100 * done / total:.0f}%)" if total else ""
-    text = Text(f"{done:,}/{total:,} done{share}, elapsed {duration(report['elapsed_s'])}")
+    text = Text(f"{done:,} of {total:,} jobs finished{share}, elapsed {duration(report['elapsed_s'])}")
     if report["finished"]:
         return text
     if report["eta_s"] is not None:

@@ -28,8 +28,8 @@ from typing import Any
 from torc_slurm.errors import QueueError
 from torc_slurm.states import ALL as JOB_STATUSES
 from torc_slurm.states import DONE, FAILED, UNFINISHED, sql_list
-from torc_slurm.store.counts import read_status_counts
 from torc_slurm.store.db import Database
+from torc_slurm.store.views import read_status_counts
 
 LAST_FAILURES = 5
 EXAMPLES = 3

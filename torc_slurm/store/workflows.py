@@ -18,7 +18,8 @@ from torc_slurm.states import ALL as JOB_STATUSES
 from torc_slurm.states import HELD, UNFINISHED, sql_list
 from torc_slurm.store.db import Database
 from torc_slurm.store.events import add_event
-from torc_slurm.store.counts import bulk_status_change, read_status_counts, refresh_status_counts  # noqa: F401
+from torc_slurm.store.views import (  # noqa: F401 (status_counts, list_jobs: re-exported)
+    bulk_status_change, list_jobs, read_status_counts, refresh_status_counts, status_counts)
 from torc_slurm.store.leases import next_ids
 
 __all__ = ["JOB_STATUSES", "UNFINISHED", "add_event", "add_workflow", "WorkflowRow"]
@@ -202,38 +203,6 @@ def ensure_initialized(db: Database, workflow_id: int, *, force: bool = False) -
         initialize_workflow(db, workflow_id, force=force)
         return True
     return False
-
-
-def status_counts(db: Database, workflow_id: int) -> dict[str, int]:
-    """Jobs per status (every status, zeros included), from the ``status_counts`` table that a
-    trigger keeps exact (schema 6): ten rows read, not a million counted."""
-    with db.transaction(write=False) as conn:
-        if conn.execute("SELECT 1 FROM workflows WHERE id = ?", (workflow_id,)).fetchone() is None:
-            raise QueueError(f"no workflow {workflow_id} in {db.path}")
-        return read_status_counts(conn, workflow_id)
-
-
-def list_jobs(db: Database, workflow_id: int, status: str | None = None, *, limit: int | None = None,
-              offset: int = 0) -> list[dict[str, Any]]:
-    """The workflow's jobs in id order (``status``: only those; ``limit``/``offset``: one page).
-    With a status, the ``jobs_by_status`` index finds them: no scan of the other jobs."""
-    sql = ("SELECT id, name, status, attempt, return_code, num_cpus, num_gpus, memory_bytes, runtime_s,"
-           " scheduler, priority, runner_id, command, num_nodes FROM jobs WHERE workflow_id = ?")
-    params: tuple = (workflow_id,)
-    if status:
-        sql += " AND status = ?"
-        params += (status,)
-    sql += " ORDER BY id"
-    if limit is not None:
-        sql += " LIMIT ? OFFSET ?"
-        params += (limit, offset)
-    with db.transaction(write=False) as conn:
-        if conn.execute("SELECT 1 FROM workflows WHERE id = ?", (workflow_id,)).fetchone() is None:
-            ids = [str(r[0]) for r in conn.execute("SELECT id FROM workflows ORDER BY ABS(id - ?), id LIMIT 5",
-                                                   (workflow_id,))]
-            raise QueueError(f"no workflow {workflow_id} in {db.path}"
-                             + (f"; nearest: {', '.join(sorted(ids, key=int))}" if ids else ""))
-        return [dict(row) for row in conn.execute(sql, params)]
 
 
 def live_runners(db: Database, workflow_id: int) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@
 -- status_counts: jobs per workflow per status, kept exact by a trigger on every status change, so a
 -- status report reads ten rows instead of counting the jobs table under the lock. Bulk writes of
 -- jobs (add_workflow inserts, `workflows update` inserts and deletes) fire no per-row trigger:
--- they fill or recount the workflow (store.counts.refresh_status_counts) in the same transaction.
+-- they fill or recount the workflow (store.views.refresh_status_counts) in the same transaction.
 -- Rows go with their workflow (ON DELETE CASCADE).
 CREATE TABLE status_counts (
     workflow_id INTEGER NOT NULL REFERENCES workflows(id) ON DELETE CASCADE,
@@ -15,7 +15,7 @@ INSERT INTO status_counts (workflow_id, status, n)
     SELECT workflow_id, status, COUNT(*) FROM jobs GROUP BY workflow_id, status;
 
 -- status_counts_bulk: workflows whose jobs a transaction is rewriting in bulk (initialize, cancel);
--- the trigger skips them and that transaction recounts them at its end (store.counts.bulk_status_change).
+-- the trigger skips them and that transaction recounts them at its end (store.views.bulk_status_change).
 -- Outside such a transaction the table is empty.
 CREATE TABLE status_counts_bulk (
     workflow_id INTEGER PRIMARY KEY
