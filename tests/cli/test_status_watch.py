@@ -19,6 +19,7 @@ import pty
 import re
 import select
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 from runner.helpers import TORC, clean_env, finish, jobs, start_torc, torc, wait_until
 
+from torc_slurm.errors import QueueError
 from torc_slurm.reports.status import StatusReport, estimate_eta
 
 from . import invoke, write_spec
@@ -71,7 +73,7 @@ def job_status(db: Path, name: str, workflow_id: int = 1) -> str | None:
         return None
     try:
         return jobs(db, workflow_id).get(name, {}).get("status")
-    except Exception:  # the queue is being created
+    except (QueueError, sqlite3.Error):  # the queue is being created
         return None
 
 
@@ -99,7 +101,7 @@ def test_status_of_a_running_workflow_keeps_pending_and_running_apart(work: Path
         # The table says the same, pending apart from running (a subprocess: what a user sees).
         shown = torc(db, "workflows", "status", 1, cwd=work, env=clean_env(COLUMNS="80"))
         assert shown.returncode == 1, shown.stderr
-        rows = dict(re.findall(r"^(\w+) +([\d,]+) *$", shown.stdout, re.M))
+        rows = dict(re.findall(r"^(\w+) +([\d,]+) *$", shown.stdout, re.MULTILINE))
         assert rows["running"] == "1" and "pending" not in rows and rows["failed"] == "1"
         assert "ETA" in shown.stdout and "Last failures" in shown.stdout and "Runners" in shown.stdout
     finally:
@@ -226,7 +228,7 @@ def test_watch_without_a_terminal_prints_one_line_per_change_and_exits_when_done
     lines = log.read_text().splitlines()
     assert lines and all(LINE.match(line) for line in lines), lines
     assert "running 1" in lines[0] and lines[-1].split(" ", 1)[1].startswith("done 3/3 running 0")
-    assert len(lines) == len(set(line.split(" ", 1)[1] for line in lines))  # a line only when counts change
+    assert len(lines) == len({line.split(" ", 1)[1] for line in lines})  # a line only when counts change
     assert "\x1b" not in log.read_text()
 
 
