@@ -10,8 +10,8 @@ jobs ending exactly at their declared runtime, for seeds 1-7 (``--seeds``):
     ready jobs and claims what starts now plus claim-ahead (one job per CPU slot in all, in the
     window's order); the backlog of claimed jobs is packed in claim order. The loop does not pass
     priorities to the packer today, so its plan order is the given order;
-  * ``loop+``: the same with the two loop changes the plan order needs (priorities passed,
-    claim-ahead in ``plan_order``); see RESULTS.md;
+  * ``loop+``: the same with the loop changes the plan order needs (priorities passed,
+    claim-ahead and ``_pack``'s prefix cut in ``plan_order``); see RESULTS.md;
   * ``gangs``: two such nodes (a declared 2-node allocation) run twice the single-node mix, with
     and without six 2-node jobs (8 or 16 CPUs, 0-2 GPUs per node, 3-10 s). A 2-node job starts
     only when both nodes place its per-node share at the same moment. When it fits on one node
@@ -212,8 +212,13 @@ def dependencies(jobs: list[dict]) -> dict[int, set[int]]:
     return {ids[j["name"]]: {ids[d] for d in j["deps"]} for j in jobs}
 
 
-def loop_pack(packer: types.ModuleType, capacity: Any, busy: list, cands: list, now: float) -> list:
-    """Runner._pack: pack, with its prefix cut when the candidate list is long."""
+def loop_pack(packer: types.ModuleType, capacity: Any, busy: list, cands: list, now: float,
+              planned: bool = False) -> list:
+    """Runner._pack: pack, with its prefix cut when the candidate list is long (``planned``: the
+    cut taken from the plan order, loop change 3 in RESULTS.md)."""
+    if planned:
+        cands = packer.plan_order(capacity, cands)
+
     def run(cs: list) -> list:
         return packer.pack(capacity, busy, cs, now=now, end_time=None)
     free = len(capacity.cpu_ids) - sum(len(p.cpu_ids) for p in busy)
@@ -228,7 +233,7 @@ def loop_pack(packer: types.ModuleType, capacity: Any, busy: list, cands: list, 
 def loop_choose(packer: types.ModuleType, capacity: Any, busy: list, window: list, room: int, now: float,
                 claim_in_plan_order: bool) -> list[int]:
     """Runner._chooser's choose(): what starts now, then claim-ahead, ``room`` jobs at most."""
-    chosen = [p.job_id for p in loop_pack(packer, capacity, busy, window, now)][:room]
+    chosen = [p.job_id for p in loop_pack(packer, capacity, busy, window, now, claim_in_plan_order)][:room]
     taken = set(chosen)
     ahead = packer.plan_order(capacity, window) if claim_in_plan_order else window
     for c in ahead:
@@ -241,6 +246,7 @@ def loop_choose(packer: types.ModuleType, capacity: Any, busy: list, window: lis
 
 
 def simulate_loop(packer: types.ModuleType, cands: list[Any], *, claim_in_plan_order: bool = False) -> float:
+    # claim_in_plan_order: the loop changes of RESULTS.md (claim-ahead and prefix cut in plan order)
     """The runner loop's two packing steps, with claims taking no time: at each event, start from
     the backlog, claim (chooser over the first WINDOW ready jobs, room = PREFETCH - backlog), start
     from the backlog again. -> makespan."""
@@ -249,7 +255,7 @@ def simulate_loop(packer: types.ModuleType, cands: list[Any], *, claim_in_plan_o
 
     def start_backlog() -> None:
         nonlocal backlog, last
-        for p in loop_pack(packer, capacity, running, backlog, now):
+        for p in loop_pack(packer, capacity, running, backlog, now, claim_in_plan_order):
             running.append(p)
             last = max(last, p.expected_end)
         started = {p.job_id for p in running}

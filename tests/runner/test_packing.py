@@ -616,6 +616,22 @@ def test_property_lower_priorities_change_nothing_for_higher_ones(scenario):
         assert [p for p in everything if p.job_id in ids_high] == alone
 
 
+@settings(max_examples=300, deadline=None)
+@given(planned(scenarios() | blocked_scenarios()), st.integers(0, 16))
+def test_property_prefix_of_the_plan_order(scenario, cut):
+    """plan_order is idempotent, and packing a prefix of a list already in plan order gives the
+    same placements for that prefix as packing the whole list (what Runner._pack's prefix cut
+    relies on; with priorities it must cut the plan-ordered list, not the given one)."""
+    capacity, running, candidates, now, end_time, buffer_s, not_before = scenario
+    planned_list = plan_order(capacity, candidates)
+    assert plan_order(capacity, planned_list) == planned_list
+    assert plan_order(capacity, planned_list[:cut]) == planned_list[:cut]
+    kwargs = {"now": now, "end_time": end_time, "buffer_s": buffer_s, "not_before": not_before}
+    whole = pack(capacity, running, planned_list, **kwargs)
+    prefix_ids = {c.job_id for c in planned_list[:cut]}
+    assert pack(capacity, running, planned_list[:cut], **kwargs) == [p for p in whole if p.job_id in prefix_ids]
+
+
 @settings(max_examples=150, deadline=None)
 @given(planned(blocked_scenarios()))
 def test_property_reserved_job_starts_by_its_shadow_time(scenario):
