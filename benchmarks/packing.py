@@ -55,6 +55,7 @@ Target (from the issue): makespan / lower bound <= 1.05.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -148,9 +149,14 @@ def load_packer(rev: str | None) -> types.ModuleType:
         return packing
     source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:torc_slurm/runner/packing.py"],
                             capture_output=True, text=True, check=True).stdout
-    module = types.ModuleType(f"packing_{rev}")
-    sys.modules[module.__name__] = module  # dataclasses look their module up
-    exec(compile(source, f"{rev}:torc_slurm/runner/packing.py", "exec"), module.__dict__)
+    with tempfile.TemporaryDirectory(prefix="torc-packing-baseline-") as tmp:
+        path = Path(tmp) / f"packing_{rev}.py"
+        path.write_text(source, encoding="utf-8")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module.__name__] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
     return module
 
 

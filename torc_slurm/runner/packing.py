@@ -56,8 +56,9 @@ fit the time window start until N jobs run. Their placements hold no CPU/GPU ids
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, NamedTuple, Sequence
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
