@@ -32,7 +32,8 @@ def compose(candidates: Sequence[Candidate], group_of: Mapping[int, int]
         elif group in by_group:
             parts = by_group.pop(group)
             whole = Candidate(parts[0].job_id, sum(p.num_cpus for p in parts), sum(p.num_gpus for p in parts),
-                              sum(p.memory_bytes for p in parts), max(p.runtime_s for p in parts))
+                              sum(p.memory_bytes for p in parts), max(p.runtime_s for p in parts),
+                              parts[0].priority)
             members[whole.job_id] = parts
             result.append(whole)
     return result, members

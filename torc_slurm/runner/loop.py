@@ -41,7 +41,7 @@ from torc_slurm.runner.groups import compose, expand, split
 from torc_slurm.runner.fencing import SlurmProbe
 from torc_slurm.runner.keeper import LeaseKeeper
 from torc_slurm.runner.monitor import ResourceMonitor, oom_kills
-from torc_slurm.runner.packing import Candidate, Placement, fits_node, fits_time, pack
+from torc_slurm.runner.packing import Candidate, Placement, fits_node, fits_time, pack, plan_order
 from torc_slurm.runner.policy import STOP_SIGNAL_WINDOW_S, killed_by_stop_signal, prefetch_size
 from torc_slurm.runner.process import RSS_UNIT, Finished, LaunchSpec, ProcessPool
 from torc_slurm.runner.resources import DetectedNode, pin_plan
@@ -416,12 +416,13 @@ class Runner:
 
         def choose(ready: list[ReadyJob]) -> list[int]:
             candidates, members = compose(
-                [Candidate(r.job_id, r.num_cpus, r.num_gpus, r.memory_bytes, r.runtime_s) for r in ready
+                [Candidate(r.job_id, r.num_cpus, r.num_gpus, r.memory_bytes, r.runtime_s, r.priority, r.num_nodes)
+                 for r in ready
                  if r.job_id not in self._backlog and r.job_id not in self.running],
                 {r.job_id: r.group_id for r in ready if r.group_id is not None})
             chosen = [p.job_id for p in self._pack(candidates, now, end)][:room]
             taken = set(chosen)
-            for c in candidates:  # claim ahead: the next ones that fit the node and the time left
+            for c in plan_order(capacity, candidates):  # claim ahead: the next that fit the node and time left
                 if len(chosen) >= room:
                     break
                 if c.job_id not in taken and (cfg.max_parallel_jobs is not None or fits_node(capacity, c)) \
@@ -438,7 +439,8 @@ class Runner:
             return
         cfg = self.config
         candidates, members = compose(
-            [Candidate(j.id, j.num_cpus, j.num_gpus, j.memory_bytes, j.runtime_s) for j in self._backlog.values()
+            [Candidate(j.id, j.num_cpus, j.num_gpus, j.memory_bytes, j.runtime_s, j.priority, j.num_nodes)
+             for j in self._backlog.values()
              if j.num_nodes <= 1 or self._gang_ready(j)],
             {j.id: j.group.id for j in self._backlog.values() if j.group is not None})
         for placement in self._pack(candidates, now, cfg.end_time.current(now)):
@@ -461,8 +463,9 @@ class Runner:
         free = len(self.node.capacity.cpu_ids) - sum(len(p.cpu_ids) for p in busy)
         cut = 2 * free + 8
         if cfg.max_parallel_jobs is None and 0 < free and cut < len(candidates):
-            placed = run(candidates[:cut])
-            if sum(len(p.cpu_ids) for p in placed) >= free and all(c.num_cpus >= 1 for c in candidates[cut:]):
+            ordered = plan_order(self.node.capacity, candidates)  # the packer's own order, so a cut keeps
+            placed = run(ordered[:cut])                           # a wide job's reservation
+            if sum(len(p.cpu_ids) for p in placed) >= free and all(c.num_cpus >= 1 for c in ordered[cut:]):
                 return placed
         return run(candidates)
 

@@ -50,6 +50,8 @@ class ReadyJob:
     memory_bytes: int
     runtime_s: int
     group_id: int | None = None   # a group's members come together, in group rank order
+    priority: int | None = None   # the packer puts wide jobs first within a priority
+    num_nodes: int = 1
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class ClaimedJob:
     num_nodes: int = 1
     launcher: str | None = None       # multi-node: 'srun' (None) or 'none'
     image: str | None = None          # a container image to run in (when the node has a runtime)
+    priority: int | None = None
 
 
 @dataclass(frozen=True)
@@ -375,7 +378,7 @@ class Queue:
 
     def _ready_window(self, conn: sqlite3.Connection, limits: Limits, scheduler: str | None,
                       strict: bool, window: int) -> list[ReadyJob]:
-        sql = ["SELECT id, num_cpus, num_gpus, memory_bytes, runtime_s, group_id FROM jobs"
+        sql = ["SELECT id, num_cpus, num_gpus, memory_bytes, runtime_s, group_id, priority, num_nodes FROM jobs"
                " WHERE workflow_id = ? AND status = 'ready'"]
         params: list[object] = [self.workflow_id]
         for column, bound in (("num_cpus", limits.cpus), ("num_gpus", limits.gpus),
@@ -405,7 +408,8 @@ class Queue:
         marks = ",".join("?" * len(group_ids))
         sizes = dict(conn.execute(f"SELECT id, size FROM job_groups WHERE id IN ({marks})", group_ids).fetchall())
         members: dict[int, list[ReadyJob]] = {}
-        for row in conn.execute(f"SELECT id, num_cpus, num_gpus, memory_bytes, runtime_s, group_id FROM jobs"
+        for row in conn.execute(f"SELECT id, num_cpus, num_gpus, memory_bytes, runtime_s, group_id, priority,"
+                                f" num_nodes FROM jobs"
                                 f" WHERE group_id IN ({marks}) AND status = 'ready' ORDER BY group_id, group_rank",
                                 group_ids):
             members.setdefault(row[5], []).append(ReadyJob(*row))
@@ -445,7 +449,7 @@ class Queue:
         rows = conn.execute(
             f"SELECT j.id, j.name, command, invocation_script, env, attempt, num_cpus, num_gpus, memory_bytes,"
             f" runtime_s, supports_termination, failure_handler, retries, enforce_runtime, runtime_grace,"
-            f" num_nodes, launcher, image, group_id, group_rank, g.name AS group_name, g.size AS group_size, g.lead_job_id, g.group_end"
+            f" num_nodes, launcher, image, priority, group_id, group_rank, g.name AS group_name, g.size AS group_size, g.lead_job_id, g.group_end"
             f" FROM jobs j LEFT JOIN job_groups g ON g.id = j.group_id WHERE j.id IN ({marks}) AND runner_id = ?"
             f" AND lease_token = ? AND status = 'pending'", (*job_ids, runner_id, token)).fetchall()
         by_id = {row["id"]: row for row in rows}
@@ -457,7 +461,7 @@ class Queue:
             output_files=tuple(outputs.get(row["id"], ())), lease_token=token,
             failure_handler=row["failure_handler"], retries=row["retries"],
             enforce_runtime=bool(row["enforce_runtime"]), runtime_grace=row["runtime_grace"],
-            num_nodes=row["num_nodes"], launcher=row["launcher"], image=row["image"],
+            num_nodes=row["num_nodes"], launcher=row["launcher"], image=row["image"], priority=row["priority"],
             group=None if row["group_id"] is None else GroupInfo(
                 row["group_id"], row["group_name"], row["group_rank"], row["group_size"], row["lead_job_id"],
                 row["group_end"]))
