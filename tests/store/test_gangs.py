@@ -163,3 +163,17 @@ def test_a_member_that_ends_before_answering_hands_the_job_back(db: Database, tm
     row = job_row(db, claimed.id)
     assert (row["status"], row["attempt"], row["interrupted"]) == ("ready", 0, 0)
     assert queue.cycle(launcher, held={claimed.id: claimed.lease_token}).revoked == [claimed.id]
+
+
+def test_explain_names_the_allocation_a_multi_node_job_waits_for(db: Database, tmp_path: Path) -> None:  # noqa: F811
+    from torc_slurm.reports.jobs import explain_job
+
+    one = make_queue(db, tmp_path, [job("mpi", resource_requirements="two_nodes")],
+                     resource_requirements=[{"name": "two_nodes", "num_nodes": 2}],
+                     slurm_schedulers=[{"name": "small", "nodes": 1}])
+    assert "needs 2 nodes and no slurm_schedulers entry gives more than 1" in explain_job(db, one.workflow_id,
+                                                                                            "mpi")["reason"]
+    two = make_queue(db, tmp_path, [job("mpi2", resource_requirements="two_nodes")],
+                     resource_requirements=[{"name": "two_nodes", "num_nodes": 2}],
+                     slurm_schedulers=[{"name": "small", "nodes": 1}, {"name": "pair", "nodes": 2}])
+    assert "waiting for an allocation of 2 nodes (scheduler pair)" in explain_job(db, two.workflow_id, "mpi2")["reason"]

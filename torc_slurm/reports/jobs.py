@@ -48,8 +48,8 @@ def failure_reasons(db: Database, workflow_id: int) -> dict[str, int]:
 def explain_job(db: Database, workflow_id: int, job: str) -> dict[str, Any]:
     """Everything that says why ``job`` (a name, or a numeric id) is where it is."""
     with db.transaction() as conn:
-        workflow = conn.execute("SELECT id, status, working_dir FROM workflows WHERE id = ?",
-                                (workflow_id,)).fetchone()
+        workflow = conn.execute("SELECT id, status, working_dir, json_extract(spec_json, '$.slurm_schedulers')"
+                                " AS schedulers FROM workflows WHERE id = ?", (workflow_id,)).fetchone()
         if workflow is None:
             from torc_slurm.reports.status import no_workflow
 
@@ -75,6 +75,8 @@ def explain_job(db: Database, workflow_id: int, job: str) -> dict[str, Any]:
                 "memory_bytes": row["memory_bytes"], "runtime_s": row["runtime_s"],
                 "scheduler": row["scheduler"],
             },
+            "schedulers": [{"name": s["name"], "nodes": s.get("nodes", 1)}
+                           for s in json.loads(workflow["schedulers"] or "[]")],
             "dependencies": _dependencies(conn, row["depset_id"]),
             "dependents": conn.execute(
                 "SELECT COUNT(*) FROM jobs WHERE depset_id IN"
@@ -243,6 +245,23 @@ def _results(conn: sqlite3.Connection, job_id: int) -> list[dict[str, Any]]:
         " WHERE r.job_id = ? ORDER BY r.id", (job_id,))]
 
 
+def _multi_node_reason(report: dict[str, Any]) -> str:
+    """A ready multi-node job waits for an allocation with enough nodes, or can never run."""
+    res = report["resources"]
+    nodes = res["num_nodes"]
+    allowed = [s for s in report.get("schedulers", []) if not res["scheduler"] or s["name"] == res["scheduler"]]
+    fitting = [s["name"] for s in allowed if s["nodes"] >= nodes]
+    if not fitting:
+        largest = max((s["nodes"] for s in allowed), default=0)
+        which = f"its scheduler '{res['scheduler']}'" if res["scheduler"] else "no slurm_schedulers entry"
+        return (f"ready, but it needs {nodes} nodes and {which} gives "
+                + (f"only {largest}" if res["scheduler"] else f"more than {largest}" if largest else "any")
+                + f": add a scheduler with `nodes: {nodes}`; `torc run` has one node")
+    return (f"ready: waiting for an allocation of {nodes} nodes (scheduler {', '.join(fitting)}) whose runners have "
+            f"{res['num_cpus']} CPUs, {res['num_gpus']} GPUs and {human_bytes(res['memory_bytes'])} free on {nodes} "
+            f"nodes at once, and {human_seconds(res['runtime_s'])} of walltime left")
+
+
 def _reason(report: dict[str, Any], cancel_on_failure: bool) -> str:
     """One sentence: why the job is in its state, and what would move it."""
     status, deps, wf = report["status"], report["dependencies"], report["workflow_id"]
@@ -254,6 +273,8 @@ def _reason(report: dict[str, Any], cancel_on_failure: bool) -> str:
             then = "it will be canceled" if cancel_on_failure else "it will still run"
             text += f"; {deps['failed']} already failed, so {then}"
         return text
+    if status == "ready" and report["resources"]["num_nodes"] > 1:
+        return _multi_node_reason(report)
     if status == "ready":
         res = report["resources"]
         where = f" from scheduler '{res['scheduler']}'" if res["scheduler"] else ""
