@@ -20,6 +20,15 @@ def by_name(db: Path, wf: int) -> dict[str, dict]:
     return {r["name"]: r for r in results(db, wf)}
 
 
+def run_spec(folder: Path, text: str, cpus: int = 2, **options: object) -> dict[str, dict]:
+    """Create the workflow, run it with one runner here (1 s grace), return its results by job."""
+    db = folder / "torc.db"
+    wf = create_workflow(db, write_spec(folder, text))
+    run_runner(db, wf, node=detect_node(environ={}, num_cpus=cpus), output_dir=folder / "out",
+               termination_grace_s=1.0, **options)
+    return by_name(db, wf)
+
+
 def test_the_lead_ends_its_group_term_then_kill(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, """
         name: lead_ends
@@ -53,7 +62,7 @@ def test_the_lead_ends_its_group_term_then_kill(tmp_path: Path) -> None:
 
 
 def test_a_failed_lead_fails_the_members_it_ends(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path, """
+    rows = run_spec(tmp_path, """
         name: lead_fails
         groups:
           - {name: g, lead: lead}
@@ -61,17 +70,12 @@ def test_a_failed_lead_fails_the_members_it_ends(tmp_path: Path) -> None:
           - {name: lead, group: g, command: "until [ -e started ]; do sleep 0.05; done; exit 3"}
           - {name: member, group: g, command: "touch started; while :; do sleep 0.1; done"}
     """)
-    db = tmp_path / "torc.db"
-    wf = create_workflow(db, spec)
-    run_runner(db, wf, node=detect_node(environ={}, num_cpus=2), output_dir=tmp_path / "out",
-               termination_grace_s=1.0)
-    rows = by_name(db, wf)
     assert (rows["lead"]["status"], rows["lead"]["return_code"]) == ("failed", 3)
     assert (rows["member"]["status"], rows["member"]["reason"]) == ("failed", "terminated_by_lead")
 
 
 def test_group_end_all_waits_for_every_member(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path, """
+    rows = run_spec(tmp_path, """
         name: all_members
         groups:
           - {name: g, lead: first, group_end: all}
@@ -79,11 +83,6 @@ def test_group_end_all_waits_for_every_member(tmp_path: Path) -> None:
           - {name: first, group: g, command: "touch first.done"}
           - {name: second, group: g, command: "until [ -e first.done ]; do sleep 0.05; done; echo second > second.out"}
     """)
-    db = tmp_path / "torc.db"
-    wf = create_workflow(db, spec)
-    run_runner(db, wf, node=detect_node(environ={}, num_cpus=2), output_dir=tmp_path / "out",
-               termination_grace_s=1.0)
-    rows = by_name(db, wf)
     assert {n: (r["status"], r["reason"]) for n, r in rows.items()} == {
         "first": ("completed", None), "second": ("completed", None)}
     assert (tmp_path / "second.out").read_text() == "second\n"
