@@ -50,7 +50,7 @@ def job(name: str, **fields: Any) -> dict[str, Any]:
 
 def test_a_job_without_resources_gets_the_builtin_default() -> None:
     only = compile_jobs([job("a")]).jobs[0]
-    assert (only.num_cpus, only.num_gpus, only.num_nodes, only.memory_bytes, only.runtime_s) == (1, 0, 1, GIB, 3600)
+    assert (only.num_cpus, only.num_gpus, only.num_nodes, only.memory_bytes, only.runtime_s) == (1, 0, 1, GIB, 60)
     assert only.resource_requirements == "default"
 
 
@@ -65,10 +65,10 @@ def test_an_entry_named_default_overrides_the_builtin_default() -> None:
     assert (b.num_cpus, b.num_gpus, b.memory_bytes, b.runtime_s) == (16, 2, 2**40, 60)
 
 
-def test_a_resource_entry_defaults_runtime_to_one_hour() -> None:
+def test_a_resource_entry_defaults_runtime_to_one_minute() -> None:
     a = compile_jobs([job("a", resource_requirements="r")],
                      resource_requirements=[{"name": "r", "memory": "100m"}]).jobs[0]
-    assert (a.runtime_s, a.memory_bytes, a.num_cpus) == (3600, 100 * 2**20, 1)
+    assert (a.runtime_s, a.memory_bytes, a.num_cpus) == (60, 100 * 2**20, 1)
 
 
 def test_unknown_resources_and_schedulers_are_errors() -> None:
@@ -93,7 +93,7 @@ def test_rank_is_priority_then_sort_method_then_spec_order() -> None:
         assert sorted(j.rank for j in compiled.jobs) == list(range(len(jobs)))
         return [j.name for j in sorted(compiled.jobs, key=lambda j: j.rank)]
 
-    assert order("gpus_runtime_memory") == ["urgent", "gpu", "long", "plain1", "plain2", "fat", "low"]
+    assert order("gpus_runtime_memory") == ["urgent", "gpu", "long", "fat", "plain1", "plain2", "low"]  # plain: PT1M
     assert order("gpus_memory_runtime") == ["urgent", "gpu", "fat", "long", "plain1", "plain2", "low"]
     assert order("none") == ["urgent", "plain1", "fat", "long", "gpu", "plain2", "low"]
 

@@ -210,7 +210,7 @@ def test_resource_profiles() -> None:
     loaded = parse_spec(json.dumps(serial(task("plain"), resources={"default": {"cpu": 2, "memory": "4Gi"}})),
                         source="w.json")
     figures = loaded.resources_by_name()["default"]
-    assert (figures.num_cpus, figures.num_gpus, figures.memory_bytes, figures.runtime) == (2, 0, 4 * 2**30, "PT1H")
+    assert (figures.num_cpus, figures.num_gpus, figures.memory_bytes, figures.runtime) == (2, 0, 4 * 2**30, "PT1M")
 
 
 @pytest.mark.parametrize(("memory", "native", "size"), [

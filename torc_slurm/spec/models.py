@@ -131,14 +131,14 @@ class StrictModel(BaseModel):
 
 class ResourceRequirements(StrictModel):
     """Per-job resources. A spec entry named 'default' replaces the built-in default
-    (1 CPU, 0 GPUs, 1 node, 1 GiB, PT1H) for jobs that name none."""
+    (1 CPU, 0 GPUs, 1 node, 1 GiB, PT1M: torc's default runtime) for jobs that name none."""
 
     name: str
     num_cpus: Count(1, "num_cpus") = 1
     num_gpus: Count(0, "num_gpus") = 0
     num_nodes: Count(1, "num_nodes") = 1
     memory: MemoryText = "1g"
-    runtime: DurationText = "PT1H"
+    runtime: DurationText = "PT1M"
 
     @property
     def memory_bytes(self) -> int:
