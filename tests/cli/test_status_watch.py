@@ -316,3 +316,6 @@ def test_watch_json_emits_one_object_per_change(work: Path) -> None:
     assert result.exit_code == 0
     objects = [StatusReport.model_validate_json(line) for line in result.stdout.splitlines()]
     assert len(objects) == 1 and objects[0].finished and json.loads(result.stdout)["counts"]["completed"] == 1
+    lines = invoke(db, "workflows", "status", 1, "--watch", "--interval", 1)   # CliRunner: no terminal
+    assert lines.exit_code == 0 and len(lines.stdout.splitlines()) == 1 and LINE.match(lines.stdout)
+    assert " done 1/1 running 0 pending 0 ready 0 blocked 0 failed 0" in lines.stdout
