@@ -240,8 +240,8 @@ GresTypes=gpu
 NodeName=cpu[1-2] NodeHostname=${HOST} NodeAddr=127.0.0.1 Port=17001-17002 CPUs=8 Boards=1 SocketsPerBoard=1 CoresPerSocket=8 ThreadsPerCore=1 RealMemory=8000 State=UNKNOWN
 NodeName=gpu1 NodeHostname=${HOST} NodeAddr=127.0.0.1 Port=17003 CPUs=16 Boards=1 SocketsPerBoard=1 CoresPerSocket=16 ThreadsPerCore=1 RealMemory=16000 Gres=gpu:${NUM_FAKE_GPUS} State=UNKNOWN
 
-PartitionName=cpu Nodes=cpu[1-2] Default=YES DefaultTime=01:00:00 MaxTime=1-00:00:00 State=UP
-PartitionName=gpu Nodes=gpu1 Default=NO DefaultTime=01:00:00 MaxTime=1-00:00:00 State=UP
+PartitionName=cpu Nodes=cpu[1-2] Default=YES DefaultTime=01:00:00 MaxTime=01:00:00 State=UP
+PartitionName=gpu Nodes=gpu1 Default=NO DefaultTime=01:00:00 MaxTime=02:00:00 State=UP
 EOF
 }
 
