@@ -27,23 +27,74 @@ _SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 _SLURM_WORD = re.compile(r"^[A-Za-z0-9_.,+:=@%/\-\[\]]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONSTRAINT = re.compile(r"^[A-Za-z0-9_.,:=@%/\-\[\]&|()*]+$")
+_OPTION_NAME = re.compile(r"^[a-z][a-z0-9\-]*$")
+
+
+class NodeWalltime(StrictModel):
+    """A walltime limit that applies to jobs of at least ``min_nodes`` nodes (Frontier's bins)."""
+
+    min_nodes: int = Field(ge=1)
+    max_walltime: WalltimeText
+
+    @property
+    def max_walltime_seconds(self) -> int:
+        return parse_walltime(self.max_walltime)
 
 
 class Partition(StrictModel):
-    """One Slurm partition and the shape of its nodes."""
+    """One Slurm partition and the shape of its nodes.
+
+    Where a centre selects nodes by QOS and constraint rather than by partition (NERSC), an entry
+    describes one such selection: ``is_partition: false`` keeps its name from being passed as
+    ``--partition``, and ``qos``/``constraint`` are what choosing the entry adds to the allocation
+    (unless the scheduler, its ``extra`` or ``slurm_defaults`` set them). Choosing a QOS on a real
+    partition works the same way (Frontier's ``debug`` QOS). Every new field defaults to nothing.
+    """
 
     name: str
     cpus_per_node: int = Field(ge=1)
     memory: MemoryText
     gpus_per_node: int = Field(0, ge=0)
     max_walltime: WalltimeText
+    # The most nodes one job may ask for (None: no limit known).
+    max_nodes: int | None = Field(None, ge=1)
+    # Stricter walltime limits by job size: the entry with the largest min_nodes <= the job's node
+    # count applies; sizes below every entry get max_walltime.
+    walltime_by_nodes: list[NodeWalltime] = []
+    qos: str | None = None
+    constraint: str | None = None
+    is_partition: bool = True
 
-    @field_validator("name")
+    @field_validator("name", "qos")
     @classmethod
-    def _name(cls, value: str) -> str:
-        if not _SLURM_WORD.fullmatch(value):
-            raise ValueError(f"partition name {value!r} is not a valid Slurm name")
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not _SLURM_WORD.fullmatch(value):
+            raise ValueError(f"{value!r} is not a valid Slurm name")
         return value
+
+    @field_validator("constraint")
+    @classmethod
+    def _constraint(cls, value: str | None) -> str | None:
+        # Constraints may combine features with & | ( ) * as well.
+        if value is not None and not _CONSTRAINT.fullmatch(value):
+            raise ValueError(f"constraint {value!r} holds characters a Slurm constraint cannot")
+        return value
+
+    @model_validator(mode="after")
+    def _limits(self) -> "Partition":
+        sizes = [limit.min_nodes for limit in self.walltime_by_nodes]
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"walltime_by_nodes names a min_nodes more than once: {sorted(sizes)}")
+        for limit in self.walltime_by_nodes:
+            if limit.max_walltime_seconds > self.max_walltime_seconds:
+                raise ValueError(
+                    f"walltime_by_nodes gives {limit.max_walltime} from {limit.min_nodes} nodes, more than the"
+                    f" partition's max_walltime {self.max_walltime}"
+                )
+            if self.max_nodes is not None and limit.min_nodes > self.max_nodes:
+                raise ValueError(f"walltime_by_nodes starts at {limit.min_nodes} nodes, above max_nodes {self.max_nodes}")
+        return self
 
     @property
     def memory_bytes(self) -> int:
@@ -52,6 +103,18 @@ class Partition(StrictModel):
     @property
     def max_walltime_seconds(self) -> int:
         return parse_walltime(self.max_walltime)
+
+    def max_walltime_seconds_for(self, nodes: int) -> int:
+        """The walltime limit of a job of ``nodes`` nodes (``walltime_by_nodes``, else ``max_walltime``)."""
+        fitting = [limit for limit in self.walltime_by_nodes if limit.min_nodes <= nodes]
+        if not fitting:
+            return self.max_walltime_seconds
+        return max(fitting, key=lambda limit: limit.min_nodes).max_walltime_seconds
+
+    def sbatch_options(self) -> dict[str, str]:
+        """The options choosing this entry adds: its qos and constraint, where it names them."""
+        options = {"qos": self.qos, "constraint": self.constraint}
+        return {name: value for name, value in options.items() if value is not None}
 
 
 class SiteConfig(StrictModel):
@@ -72,6 +135,9 @@ class SiteConfig(StrictModel):
     setup_lines: list[str] = []
     partitions: list[Partition] = []
     default_partition: str | None = None
+    # Long sbatch option names every allocation at this site must carry ("account"): the centre
+    # rejects jobs without them. See missing_options().
+    required_options: list[str] = []
 
     @field_validator("name")
     @classmethod
@@ -105,6 +171,14 @@ class SiteConfig(StrictModel):
                 raise ValueError(f"setup line {value!r} must be one line without control characters")
         return values
 
+    @field_validator("required_options")
+    @classmethod
+    def _required_options(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not _OPTION_NAME.fullmatch(value):
+                raise ValueError(f"required option {value!r} must be a long sbatch option name such as 'account'")
+        return values
+
     @model_validator(mode="after")
     def _partitions(self) -> "SiteConfig":
         names = [partition.name for partition in self.partitions]
@@ -121,6 +195,17 @@ class SiteConfig(StrictModel):
         """The named partition (default: ``default_partition``), or None if the site does not list it."""
         wanted = name or self.default_partition
         return next((p for p in self.partitions if p.name == wanted), None)
+
+    def missing_options(self, options: Iterable[str], environ: Mapping[str, str] | None = None) -> list[str]:
+        """The ``required_options`` that neither ``options`` (long names, as rendered) nor sbatch's own
+        input variables (``SBATCH_ACCOUNT`` for ``account``, ...) in ``environ`` provide."""
+        given = set(options)
+        env = os.environ if environ is None else environ
+        return [
+            name
+            for name in self.required_options
+            if name not in given and not env.get("SBATCH_" + name.upper().replace("-", "_"), "").strip()
+        ]
 
     def default_account(self, environ: Mapping[str, str] | None = None) -> str | None:
         """The user's default account from ``default_account_env``, if the site names one and it is set."""
