@@ -19,7 +19,7 @@ from runner.helpers import (create_workflow, finish, jobs, results, start_torc, 
 
 from . import EXAMPLES, invoke
 
-PROGRESS = re.compile(r"^workflow \d+: \d+/\d+ done, \d+ completed, \d+ failed, \d+ running$")
+PROGRESS = re.compile(r"^workflow \d+: \d+/\d+ done, \d+ completed, \d+ failed, \d+ running, \d+ pending$")
 
 
 @pytest.fixture()

@@ -166,13 +166,16 @@ class _Progress:
     def update(self, counts: dict[str, int]) -> None:
         total = sum(counts.values())
         done = sum(counts.get(s, 0) for s in DONE)
-        key = (done, counts.get("failed", 0), counts.get("running", 0) + counts.get("pending", 0))
-        detail = f"[green]{counts.get('completed', 0)} completed[/] [red]{key[1]} failed[/] {key[2]} running"
+        # claimed-but-not-started jobs are pending, not running (a 2-CPU runner claims ahead)
+        key = (done, counts.get("failed", 0), counts.get("running", 0), counts.get("pending", 0))
+        detail = (f"[green]{counts.get('completed', 0)} completed[/] [red]{key[1]} failed[/] {key[2]} running "
+                  f"{key[3]} pending")
         if self._bar is not None:
             self._bar.update(self._task, total=total, completed=done, detail=detail)
         elif key != self._last:
-            print(f"workflow {self.workflow_id}: {done}/{total} done, {counts.get('completed', 0)} completed, "
-                  f"{key[1]} failed, {key[2]} running", flush=True)
+            from torc_slurm.reports.status import progress_line
+
+            print(progress_line(self.workflow_id, counts), flush=True)
         self._last = key
 
     def __exit__(self, *exc: object) -> None:

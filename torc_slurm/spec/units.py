@@ -3,17 +3,24 @@ and squeue's time left), GPU id lists (Slurm's and the visibility variables').""
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import timedelta
 from decimal import Decimal
-
-from pydantic import TypeAdapter, ValidationError
 
 from torc_slurm.spec.limits import short_repr
 
 _MEMORY = re.compile(r"^\s*(\d{1,20}(?:\.\d{1,20})?)\s*([kmgt])?i?b?\s*$", re.IGNORECASE)
 _POWERS = {None: 0, "b": 0, "k": 1, "m": 2, "g": 3, "t": 4}
-_TIMEDELTA = TypeAdapter(timedelta)
+
+
+@functools.cache
+def _timedelta_adapter():  # noqa: ANN202
+    """pydantic's ISO-8601 duration parser, built on first use: importing pydantic costs ~0.3 s,
+    which read-only commands (status, summary) need not pay."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(timedelta)
 # [D-]HH:MM:SS, or MM:SS (squeue's short form); fullmatch, so no stray whitespace or newline passes.
 _SLURM_TIME = re.compile(r"(?:(?:(\d{1,6})-)?(\d{1,2}):)?(\d{1,2}):(\d{2})")
 _NO_GPU = frozenset({"", "nodevfiles", "none", "-1"})
@@ -38,8 +45,8 @@ def parse_duration(text: str) -> int:
     if not isinstance(text, str) or not text.strip().upper().startswith("P"):
         raise ValueError(f"invalid duration {short_repr(text)}: use ISO-8601, e.g. 'PT30M' or 'P0DT1H'")
     try:
-        delta = _TIMEDELTA.validate_python(text.strip().upper())  # 'pt30m' too, as the check above allows
-    except ValidationError:
+        delta = _timedelta_adapter().validate_python(text.strip().upper())  # 'pt30m' too, as the check above allows
+    except ValueError:  # pydantic's ValidationError is a ValueError
         raise ValueError(f"invalid duration {short_repr(text)}: use ISO-8601, e.g. 'PT30M' or 'P0DT1H'") from None
     seconds = delta.total_seconds()
     if seconds <= 0:

@@ -30,6 +30,7 @@ from torc_slurm.store.db import Database
 from torc_slurm.store import gangs
 from torc_slurm.store.events import add_event
 from torc_slurm.store.gangs import Free, Member, Share
+from torc_slurm.store.views import read_status_counts
 from torc_slurm.store.leases import PeerLease, SweepRequest
 
 log = logging.getLogger(__name__)
@@ -653,5 +654,6 @@ def upstream_reason(conn: sqlite3.Connection, set_id: int) -> str:
 
 
 def _counts(conn: sqlite3.Connection, workflow_id: int) -> dict[str, int]:
-    return {status: n for status, n in conn.execute(
-        "SELECT status, COUNT(*) FROM jobs WHERE workflow_id = ? GROUP BY status", (workflow_id,))}
+    """Jobs per status, read from the trigger-kept ``status_counts`` (ten rows, not a count of
+    every job under the lock)."""
+    return {status: n for status, n in read_status_counts(conn, workflow_id).items() if n}
