@@ -56,7 +56,7 @@ def test_watch_submits_stages_on_readiness_and_finishes(e2e: E2E) -> None:
     workflow_id = e2e.create(spec)
     s1, s2, s3 = (s["name"] for s in spec["slurm_schedulers"])
     try:
-        proc = subprocess.run(watch_argv(e2e, workflow_id), cwd=e2e.path, capture_output=True, text=True,
+        proc = subprocess.run(watch_argv(e2e, workflow_id), cwd=e2e.path, capture_output=True, text=True, check=False,
                               timeout=150, env=run_env())
     finally:
         track(e2e, workflow_id)
@@ -94,7 +94,7 @@ def test_watch_cancels_a_pending_allocation_with_nothing_left(e2e: E2E) -> None:
         record_allocations(db, workflow_id, s3, 1, [(held, None)])
     # One round, submitting nothing (--max-queued 0): s3 has no ready or soon-ready job yet.
     proc = subprocess.run(watch_argv(e2e, workflow_id, "--once", "--max-queued", "0"), cwd=e2e.path,
-                          capture_output=True, text=True, timeout=60, env=run_env())
+                          capture_output=True, text=True, timeout=60, env=run_env(), check=False)
     track(e2e, workflow_id)
     assert proc.returncode == 0, f"watch exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     assert f"cancelled pending allocation(s) {held}" in proc.stderr, proc.stderr
