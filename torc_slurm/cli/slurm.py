@@ -34,31 +34,136 @@ def _site(name: str | None, backend):  # noqa: ANN001
               help="Where scripts, Slurm logs and job stdio go (default: <working dir>/torc_output).")
 @click.option("--site", help="A site config name or file (default: detected from Slurm's ClusterName).")
 @click.option("--keep-submission-scripts", is_flag=True, help="Keep the rendered sbatch scripts.")
-@click.option("--force", is_flag=True, help="Skip the check that input files no job produces exist.")
-@click.option("--dry-run", is_flag=True, help="Print the sbatch script and submit nothing.")
+@click.option("--force", is_flag=True,
+              help="Submit even when the checks refuse: input files no job produces, the scheduler against its "
+                   "partition (MaxTime, MaxNodes, GRES), and jobs that cannot run in the allocation.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the sbatch script and what `sbatch --test-only` says of it; submit nothing.")
 @click.pass_obj
 def schedule_nodes(app, workflow_id: int, scheduler, num_hpc_jobs, max_parallel_jobs, output_dir, site,
                    keep_submission_scripts, force, dry_run) -> None:
-    """Submit NUM_HPC_JOBS Slurm allocations that run WORKFLOW_ID's jobs, one runner per node."""
+    """Submit NUM_HPC_JOBS Slurm allocations that run WORKFLOW_ID's jobs, one runner per node.
+
+    Before submitting, the scheduler is checked against its partition as Slurm describes it
+    (cached in the queue for the workflow's life; the site config's table when Slurm cannot say),
+    and the unfinished jobs it would serve against what one allocation gives: it refuses, with
+    counts, when none of them could run there. --force submits anyway."""
     from torc_slurm.slurm.allocations import ScheduleRequest, schedule_nodes as schedule
-    from torc_slurm.slurm.backend import get_backend
     from torc_slurm.store.workflows import ensure_initialized, get_workflow
 
     db = app.db
     get_workflow(db, workflow_id)
-    backend = None if dry_run else get_backend()
+    backend = _backend_or_none() if dry_run else _backend()
     site_config = _site(site, backend)
     request = ScheduleRequest(workflow_id, scheduler, num_hpc_jobs, max_parallel_jobs, output_dir,
-                              keep_submission_scripts, dry_run)
+                              keep_submission_scripts, dry_run, force)
     if dry_run:
-        result = schedule(db, None, site_config, request)
+        result = schedule(db, backend, site_config, request)
         click.echo(result.script, nl=False)
-        app.note(f"(dry run: would submit {num_hpc_jobs} allocation(s) of scheduler {result.scheduler}, site {site_config.name})")
+        app.note(f"(dry run: would submit {num_hpc_jobs} allocation(s) of scheduler {result.scheduler}, "
+                 f"site {site_config.name})")
+        _print_test_only(app, backend, result.script, result.scheduler)
+        _print_problems(app, result.problems, result.cluster, force)
         return
     ensure_initialized(db, workflow_id, force=force)
     result = schedule(db, backend, site_config, request)
+    for problem in result.problems:
+        app.note(f"warning (--force): {problem}")
     app.console.print(f"Submitted {len(result.slurm_job_ids)} allocation(s) of scheduler {result.scheduler} "
                       f"(site {site_config.name}): {', '.join(result.slurm_job_ids)}")
+
+
+def _backend():  # noqa: ANN202
+    from torc_slurm.slurm.backend import get_backend
+
+    return get_backend()
+
+
+def _backend_or_none():  # noqa: ANN202
+    """The backend, or None where Slurm is not installed (a dry run still renders and checks)."""
+    from torc_slurm.errors import SlurmError
+
+    try:
+        return _backend()
+    except SlurmError:
+        return None
+
+
+def _print_test_only(app, backend, script: str, scheduler: str) -> None:  # noqa: ANN001
+    """Run ``sbatch --test-only`` on ``script`` and print Slurm's answer (or its refusal)."""
+    import tempfile
+
+    from torc_slurm.errors import SlurmError
+
+    if backend is None:
+        click.echo(f"sbatch --test-only ({scheduler}): not run: no Slurm here")
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="torc_test_only_") as handle:
+        handle.write(script)
+        handle.flush()
+        try:
+            answer = backend.test_only(Path(handle.name))
+        except SlurmError as exc:
+            answer = f"refused: {exc}"
+    click.echo(f"sbatch --test-only ({scheduler}): {answer}")
+
+
+def _print_problems(app, problems: list[str], cluster, force: bool) -> None:  # noqa: ANN001
+    if not problems:
+        return
+    origin = f" (partitions from {cluster.source})" if cluster else ""
+    click.echo(("would submit anyway (--force)" if force else "would refuse to submit") + origin + ":")
+    for problem in problems:
+        click.echo(f"  - {problem}")
+    if not force:
+        app.abort("the checks refuse this submission; --force submits anyway", 1)
+
+
+@slurm.command("plan")
+@click.argument("workflow_id", type=int)
+@click.option("--site", help="A site config name or file (default: detected from Slurm's ClusterName).")
+@format_option
+@click.pass_obj
+def plan(app, workflow_id: int, site, fmt: str) -> None:
+    """How many allocations of each scheduler WORKFLOW_ID's unfinished jobs need, stage by stage.
+
+    Simulates the runner's packer over the jobs' declared resources on one node of each
+    scheduler's partition for its walltime; stages follow the dependencies (a stage starts when the
+    one before it is done). Makespan leaves queue waits out."""
+    from torc_slurm.slurm.allocations import plan_workflow
+    from torc_slurm.store.workflows import get_workflow
+
+    get_workflow(app.db, workflow_id)
+    backend = _backend_or_none()
+    result, cluster = plan_workflow(app.db, workflow_id, backend, _site(site, backend))
+    data = {"workflow_id": workflow_id, "partitions_from": cluster.source if cluster else None, **result.to_dict()}
+    app.emit(data, fmt, _plan_table)
+
+
+def _plan_table(data):  # noqa: ANN001, ANN202
+    from rich.table import Table
+
+    from torc_slurm.slurm.fit import human_seconds
+
+    table = Table(title=f"Plan for workflow {data['workflow_id']}", title_justify="left", caption_justify="left",
+                  box=None, pad_edge=False, padding=(0, 2, 0, 0), header_style="bold")
+    for name, justify in (("scheduler", "left"), ("stage", "right"), ("jobs", "right"), ("node-hours", "right"),
+                          ("allocations", "right"), ("time", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for sched in data["schedulers"]:
+        for stage in sched["stages"]:
+            table.add_row(sched["scheduler"], str(stage["stage"]), str(stage["jobs"]), f"{stage['node_hours']:.2f}",
+                          f"{stage['allocations']} x {sched['nodes']} node(s)", human_seconds(stage["duration_s"]))
+    totals = ", ".join(f"{s['scheduler']}: {s['allocations']} allocation(s) of {s['nodes']} node(s), "
+                       f"walltime {human_seconds(s['walltime_s'])}" for s in data["schedulers"] if s["allocations"])
+    caption = [f"expected makespan {human_seconds(data['makespan_s'])} (queue waits not included)"]
+    if totals:
+        caption.append(totals)
+    if data["unplaceable_jobs"]:
+        caption.append(f"{data['unplaceable_jobs']} job(s) fit no scheduler and are not planned")
+    caption.append(f"partitions from {data['partitions_from'] or 'nowhere (node size: the biggest job)'}")
+    table.caption = "\n".join(caption)
+    return table
 
 
 @slurm.command("run-jobs")
@@ -202,30 +307,33 @@ def cancel(app, workflow_id: int) -> None:
 @click.argument("spec", type=click.Path(dir_okay=False, exists=True))
 @click.option("--site", help="A site config name or file (default: detected).")
 @click.option("--max-allocations", type=click.IntRange(min=1), default=10, show_default=True,
-              help="At most this many allocations per scheduler.")
+              help="At most this many allocations per scheduler (the plan may want more: it says so).")
 @click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--force", is_flag=True, help="Skip the check that input files no job produces exist.")
+@click.option("--force", is_flag=True,
+              help="Skip the checks: input files no job produces, the schedulers against their partitions, "
+                   "and jobs that cannot run in any allocation.")
 @click.option("--new", "new", is_flag=True,
               help="Create a new workflow even if one was created from this spec file.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan, the checks and `sbatch --test-only`'s answer for each scheduler; create and "
+                   "submit nothing (the plan is made in a temporary queue).")
 @click.pass_obj
-def submit(app, spec: str, site, max_allocations: int, output_dir, force, new) -> None:
+def submit(app, spec: str, site, max_allocations: int, output_dir, force, new, dry_run) -> None:
     """Create a workflow from SPEC and schedule Slurm allocations for each of its schedulers.
 
     When a workflow was already created from this spec file (same absolute path), it is RESUMED:
     updated from the spec and reinitialized, so only jobs that are out of date run (`torc run
-    SPEC` does the same); --new creates a new workflow. Each scheduler gets enough allocations to
-    hold the CPU-hours of the jobs still to run that are bound to it (jobs bound to none count for
-    the first scheduler), at least one; none when nothing is left to run."""
+    SPEC` does the same); --new creates a new workflow. Each scheduler gets the allocations the
+    plan (`torc slurm plan`) says its unfinished jobs need, summed over the stages, at most
+    --max-allocations; none when nothing is left to run. Nothing is submitted when a check
+    refuses (--force overrides)."""
     from torc_slurm.cli.run import create_or_resume
     from torc_slurm.compiler import compile_workflow
-    from torc_slurm.slurm.allocations import ScheduleRequest, allocations_needed, default_scheduler
-    from torc_slurm.slurm.allocations import schedule_nodes as schedule
-    from torc_slurm.slurm.backend import get_backend
+    from torc_slurm.slurm.allocations import default_scheduler
     from torc_slurm.spec.load import load_spec
-    from torc_slurm.states import UNFINISHED
-    from torc_slurm.store.workflows import initialize_workflow, list_jobs
+    from torc_slurm.store.workflows import initialize_workflow
 
-    backend = get_backend()
+    backend = _backend_or_none() if dry_run else _backend()
     site_config = _site(site, backend)
     compiled = compile_workflow(load_spec(spec), spec)
     if not compiled.spec.slurm_schedulers:  # e.g. an OSMO workflow: one scheduler from the site
@@ -233,18 +341,74 @@ def submit(app, spec: str, site, max_allocations: int, output_dir, force, new) -
         compiled = compile_workflow(compiled.spec.model_copy(update={"slurm_schedulers": [scheduler]}), spec)
         app.note(f"{spec} names no slurm_schedulers: using '{scheduler.name}' (site {site_config.name}: partition "
                  f"{scheduler.partition}, {scheduler.nodes} node(s), walltime {scheduler.walltime})")
+    if dry_run:
+        _submit_dry_run(app, spec, compiled, backend, site_config, max_allocations, output_dir, force)
+        return
     db = app.open_db(create=True)
     workflow_id, resumed = create_or_resume(app, db, Path(spec), compiled, new=new, force=force, stdout=True)
     if not resumed:
         initialize_workflow(db, workflow_id, force=force)
-    to_run = [job for job in list_jobs(db, workflow_id) if job["status"] in UNFINISHED]
-    if not to_run:
+    _submit_planned(app, db, workflow_id, compiled.spec, backend, site_config, max_allocations, output_dir,
+                    force, dry_run=False)
+
+
+def _submit_planned(app, db, workflow_id: int, spec, backend, site_config, max_allocations: int,  # noqa: ANN001
+                    output_dir, force: bool, *, dry_run: bool) -> None:
+    from torc_slurm.slurm.allocations import ScheduleRequest, job_shapes, plan_workflow, preflight, refuse
+    from torc_slurm.slurm.allocations import schedule_nodes as schedule
+
+    result, cluster = plan_workflow(db, workflow_id, backend, site_config, spec)
+    if not any(s.jobs for s in result.schedulers) and not result.unplaceable:
         app.console.print(f"Workflow {workflow_id} is complete: nothing to submit")
         return
-    sizing = allocations_needed(compiled.spec, to_run, site_config, max_allocations)
-    for name, count in sizing.items():
-        result = schedule(db, backend, site_config, ScheduleRequest(workflow_id, name, count, output_dir=output_dir))
-        app.console.print(f"Submitted {count} allocation(s) of scheduler {name}: {', '.join(result.slurm_job_ids)}")
+    wanted = {s.scheduler: s.allocations for s in result.schedulers if s.allocations}
+    source = db.read("SELECT spec_source FROM workflows WHERE id = ?", (workflow_id,))[0]["spec_source"]
+    chosen = [s for s in spec.slurm_schedulers if s.name in wanted] or list(spec.slurm_schedulers)
+    problems = preflight(spec, chosen, job_shapes(db, workflow_id), cluster, site_config, source)
+    if dry_run:
+        app.emit({"workflow_id": workflow_id, "partitions_from": cluster.source if cluster else None,
+                  **result.to_dict()}, "table", _plan_table)
+    elif not force:
+        refuse(problems, cluster)
+    for name, count in wanted.items():
+        if count > max_allocations:
+            app.note(f"the plan wants {count} allocation(s) of scheduler {name}; --max-allocations cuts it to "
+                     f"{max_allocations}")
+    for name, count in wanted.items():
+        count = min(count, max_allocations)
+        request = ScheduleRequest(workflow_id, name, count, output_dir=output_dir, dry_run=dry_run, force=True)
+        scheduled = schedule(db, backend, site_config, request)
+        if dry_run:
+            click.echo(f"would submit {count} allocation(s) of scheduler {name}")
+            _print_test_only(app, backend, scheduled.script, name)
+        else:
+            app.console.print(f"Submitted {count} allocation(s) of scheduler {name}: "
+                              f"{', '.join(scheduled.slurm_job_ids)}")
+    if dry_run:
+        _print_problems(app, problems, cluster, force)
+    else:
+        for problem in problems:
+            app.note(f"warning (--force): {problem}")
+
+
+def _submit_dry_run(app, spec: str, compiled, backend, site_config, max_allocations: int,  # noqa: ANN001
+                    output_dir, force: bool) -> None:
+    """The plan and the checks on a copy of the workflow in a temporary queue: nothing is created in
+    the real queue and nothing is submitted."""
+    import tempfile
+
+    from torc_slurm.store.db import Database
+    from torc_slurm.store.workflows import add_workflow, initialize_workflow
+
+    with tempfile.TemporaryDirectory(prefix="torc_dry_run_") as folder:
+        db = Database(Path(folder) / "torc.db", lock_kind=site_config.lock_kind, create=True)
+        try:
+            workflow_id = add_workflow(db, compiled, working_dir=Path.cwd(), source=str(Path(spec).absolute()))
+            initialize_workflow(db, workflow_id, force=True)
+            _submit_planned(app, db, workflow_id, compiled.spec, backend, site_config, max_allocations,
+                            output_dir or Path.cwd() / "torc_output", force, dry_run=True)
+        finally:
+            db.close()
 
 
 def run_jobs_main() -> None:

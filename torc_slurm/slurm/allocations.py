@@ -12,16 +12,20 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torc_slurm.compiler import CompiledWorkflow
-from torc_slurm.errors import LockKindMismatch, SpecError
+from torc_slurm.errors import LockKindMismatch, SlurmError, SpecError
 from torc_slurm.slurm.backend import SlurmBackend
+from torc_slurm.slurm.fit import JobShape, Offer, misfits, offer, scheduler_problems, serve_verdict
+from torc_slurm.slurm.partitions import ClusterInfo, from_site
+from torc_slurm.slurm.plan import Plan, make_plan
 from torc_slurm.slurm.render import render_sbatch
 from torc_slurm.slurm.sites import SiteConfig
 from torc_slurm.spec.models import SlurmScheduler, WorkflowSpec
+from torc_slurm.states import UNFINISHED
 from torc_slurm.store.allocations import (
     list_allocations,
     record_allocations,
@@ -43,6 +47,7 @@ class ScheduleRequest:
     output_dir: Path | None = None
     keep_scripts: bool = False
     dry_run: bool = False
+    force: bool = False        # submit even when the checks against the partitions and jobs refuse
 
 
 @dataclass
@@ -51,6 +56,8 @@ class ScheduleResult:
     script: str                         # the rendered text (all allocations share it)
     slurm_job_ids: list[str]
     script_dir: Path
+    cluster: ClusterInfo | None = None
+    problems: list[str] = field(default_factory=list)   # what --force overrode (or, in a dry run, would refuse)
 
 
 def pick_scheduler(spec: WorkflowSpec, name: str | None) -> SlurmScheduler:
@@ -87,6 +94,11 @@ def schedule_nodes(db: Database, backend: SlurmBackend | None, site: SiteConfig,
             f"site {site.name} says its compute nodes lock with {site.lock_kind!r}, but the queue {db.path} "
             f"was created with {db.lock.kind!r}; its runners could not open it. Create the workflow in a queue "
             f"made with --lock-kind {site.lock_kind}, or pick a site whose lock kind matches.")
+    cluster = cluster_info(db, request.workflow_id, backend, site)
+    source = db.read("SELECT spec_source FROM workflows WHERE id = ?", (request.workflow_id,))[0]["spec_source"]
+    problems = preflight(settings.spec, [scheduler], job_shapes(db, request.workflow_id), cluster, site, source)
+    if not request.force and not request.dry_run:
+        refuse(problems, cluster)
     output = (request.output_dir or settings.working_dir / "torc_output").absolute()
     script_dir = output / "slurm"
     script = render_sbatch(
@@ -95,7 +107,7 @@ def schedule_nodes(db: Database, backend: SlurmBackend | None, site: SiteConfig,
         runner_argv=runner_argv(db, request.workflow_id, output, scheduler.name, request.max_parallel_jobs),
         signal_buffer_seconds=max(settings.spec.compute_node_expiration_buffer_seconds, 10),
         account_fallback=site.default_account())
-    result = ScheduleResult(scheduler.name, script, [], script_dir)
+    result = ScheduleResult(scheduler.name, script, [], script_dir, cluster, problems)
     if request.dry_run:
         return result
     assert backend is not None
@@ -116,6 +128,145 @@ def schedule_nodes(db: Database, backend: SlurmBackend | None, site: SiteConfig,
             record_allocations(db, request.workflow_id, scheduler.name, scheduler.nodes, submitted)
     result.slurm_job_ids = [job_id for job_id, _ in submitted]
     return result
+
+
+# --- checks before submitting, and the plan ----------------------------------------------------
+
+def job_shapes(db: Database, workflow_id: int) -> list[JobShape]:
+    """The workflow's unfinished jobs as resource shapes with counts and dependency stages: one
+    grouped query over the jobs and one over the dependency sets' distinct member sets (``equal sets
+    are interned``, so this reads set-to-set links, not job-to-job edges)."""
+    marks = ",".join("?" * len(UNFINISHED))
+    with db.transaction(write=False) as conn:
+        groups = conn.execute(
+            f"SELECT depset_id, scheduler, num_nodes, num_gpus, memory_bytes, runtime_s, num_cpus, COUNT(*)"
+            f" FROM jobs WHERE workflow_id = ? AND status IN ({marks})"
+            f" GROUP BY depset_id, scheduler, num_nodes, num_gpus, memory_bytes, runtime_s, num_cpus",
+            (workflow_id, *UNFINISHED)).fetchall()
+        links = conn.execute(
+            f"SELECT DISTINCT m.set_id, j.depset_id FROM dependency_members m JOIN jobs j ON j.id = m.job_id"
+            f" WHERE j.workflow_id = ? AND j.status IN ({marks})", (workflow_id, *UNFINISHED)).fetchall()
+    stage = set_stages(links)
+    shapes: dict[tuple, int] = {}
+    for depset, *shape, count in groups:
+        key = (*shape, stage.get(depset, 1) if depset is not None else 1)
+        shapes[key] = shapes.get(key, 0) + count
+    return [JobShape(sched, nodes, gpus, memory, runtime, cpus, count, st)
+            for (sched, nodes, gpus, memory, runtime, cpus, st), count in sorted(
+                shapes.items(), key=lambda item: (item[0][-1], str(item[0][0]), item[0][1:-1]))]
+
+
+def set_stages(links: list[tuple[int, int | None]]) -> dict[int, int]:
+    """Dependency set -> the stage of the jobs that wait on it: 1 + the deepest stage among its
+    unfinished members (``links``: (set, a member's own set or None)); a set with no unfinished
+    member gives stage 1. Iterative, so a chain of any length is fine."""
+    members: dict[int, set[int | None]] = {}
+    for set_id, member_set in links:
+        members.setdefault(set_id, set()).add(member_set)
+    stage: dict[int, int] = {}
+    for root in members:
+        stack = [root]
+        while stack:
+            current = stack[-1]
+            if current in stage:
+                stack.pop()
+                continue
+            pending = [m for m in members[current] if m is not None and m in members and m not in stage]
+            if pending:
+                stack.extend(pending)
+                continue
+            stage[current] = 1 + max((stage.get(m, 1) if m is not None else 1) for m in members[current])
+            stack.pop()
+    return stage
+
+
+def scheduler_partition(spec: WorkflowSpec, scheduler: SlurmScheduler, site: SiteConfig) -> str | None:
+    """The partition an allocation of ``scheduler`` asks for, as the sbatch script renders it."""
+    default = spec.slurm_defaults.get("partition")
+    return scheduler.partition or (str(default) if default is not None else None) or site.default_partition
+
+
+def cluster_info(db: Database, workflow_id: int, backend: SlurmBackend | None,
+                 site: SiteConfig) -> ClusterInfo | None:
+    """What the partitions offer: the workflow's cached copy of what Slurm said; else ask Slurm now
+    and cache it for the workflow's life; else (no Slurm, or it cannot say) the site config's table,
+    not cached. None when neither is known."""
+    rows = db.read("SELECT data FROM partition_cache WHERE workflow_id = ?", (workflow_id,))
+    if rows:
+        return ClusterInfo.from_json(rows[0]["data"])
+    if backend is not None:
+        try:
+            info = backend.cluster_info()
+        except SlurmError as exc:
+            log.info("partitions from the site config %s: %s", site.name, exc)
+        else:
+            with db.transaction() as conn:
+                conn.execute("INSERT OR REPLACE INTO partition_cache (workflow_id, source, fetched_at, data)"
+                             " VALUES (?, 'slurm', ?, ?)", (workflow_id, time.time(), info.to_json()))
+            return info
+    return from_site(site)
+
+
+def _cluster_for(scheduler_partition_name: str | None, cluster: ClusterInfo | None,
+                 site: SiteConfig) -> ClusterInfo | None:
+    """A site entry that is a QOS/constraint selection, not a Slurm partition, is checked against
+    the site's table, since Slurm does not know its name."""
+    entry = site.partition(scheduler_partition_name) if scheduler_partition_name else None
+    if entry is not None and getattr(entry, "is_partition", True) is False:
+        return from_site(site)
+    return cluster
+
+
+def offers_for(spec: WorkflowSpec, schedulers: list[SlurmScheduler], cluster: ClusterInfo | None,
+               site: SiteConfig) -> dict[str, Offer]:
+    buffer_s = spec.compute_node_expiration_buffer_seconds
+    out = {}
+    for scheduler in schedulers:
+        name = scheduler_partition(spec, scheduler, site)
+        info = _cluster_for(name, cluster, site)
+        out[scheduler.name] = offer(scheduler, info.partition(name) if info else None, buffer_s)
+    return out
+
+
+def preflight(spec: WorkflowSpec, schedulers: list[SlurmScheduler], shapes: list[JobShape],
+              cluster: ClusterInfo | None, site: SiteConfig, source: str | None = None) -> list[str]:
+    """Every reason not to submit allocations of ``schedulers`` (empty: go ahead): scheduler
+    problems against the partitions, jobs too big for every node their scheduler allows, and a
+    scheduler none of whose jobs fit its allocation."""
+    problems: list[str] = []
+    for scheduler in schedulers:
+        name = scheduler_partition(spec, scheduler, site)
+        info = _cluster_for(name, cluster, site)
+        if info is not None:
+            problems += scheduler_problems(scheduler, name, info)
+    every = offers_for(spec, spec.slurm_schedulers or schedulers, cluster, site)
+    problems += misfits([s for s in shapes if s.scheduler is None or s.scheduler in every], every)
+    for scheduler in schedulers:
+        verdict = serve_verdict(shapes, every[scheduler.name])
+        if not verdict.ok:
+            problems.append(verdict.message())
+    where = f"{source}: " if source else ""
+    return [where + p for p in problems]
+
+
+def refuse(problems: list[str], cluster: ClusterInfo | None) -> None:
+    if problems:
+        origin = f" (partitions from {cluster.source})" if cluster else ""
+        raise SlurmError("refusing to submit" + origin + ":\n  - " + "\n  - ".join(problems)
+                         + "\n(--force submits anyway)")
+
+
+def plan_workflow(db: Database, workflow_id: int, backend: SlurmBackend | None, site: SiteConfig,
+                  spec: WorkflowSpec | None = None) -> tuple[Plan, ClusterInfo | None]:
+    """The workflow's plan (``slurm.plan``) over its unfinished jobs, with the partitions it used.
+    ``spec`` overrides the stored one (``torc submit`` adds a default scheduler to a spec with none)."""
+    spec = spec or workflow_settings(db, workflow_id).spec
+    if not spec.slurm_schedulers:
+        raise SpecError("the workflow defines no slurm_schedulers; add one to plan its allocations",
+                        field="slurm_schedulers")
+    cluster = cluster_info(db, workflow_id, backend, site)
+    offers = offers_for(spec, list(spec.slurm_schedulers), cluster, site)
+    return make_plan(job_shapes(db, workflow_id), [offers[s.name] for s in spec.slurm_schedulers]), cluster
 
 
 def refresh_allocations(db: Database, backend: SlurmBackend, workflow_id: int) -> list[dict[str, Any]]:

@@ -15,8 +15,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torc_slurm.errors import SlurmError
+
+if TYPE_CHECKING:
+    from torc_slurm.slurm.partitions import ClusterInfo
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +122,15 @@ class SlurmBackend(ABC):
     @abstractmethod
     def cluster_name(self) -> str | None:
         """Slurm's ``ClusterName``, or None when it is not set."""
+
+    def cluster_info(self) -> "ClusterInfo":
+        """The partitions and their nodes (MaxTime, MaxNodes, state, CPUs, memory, GRES)."""
+        raise SlurmError(f"the {self.name} backend cannot read partitions")
+
+    def test_only(self, script: Path) -> str:
+        """``sbatch --test-only``: Slurm's answer (start estimate) for the script; submits nothing.
+        A refusal is a SlurmError carrying Slurm's message."""
+        raise SlurmError(f"the {self.name} backend cannot run sbatch --test-only")
 
     def end_time(self, job_id: str) -> datetime | None:
         """When the allocation ``job_id`` will end (None: unknown, unlimited, or job gone)."""

@@ -16,10 +16,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torc_slurm.errors import SlurmError
 from torc_slurm.slurm.backend import JobInfo, SlurmBackend, SlurmState
 from torc_slurm.spec.units import parse_slurm_time
+
+if TYPE_CHECKING:
+    from torc_slurm.slurm.partitions import ClusterInfo
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,12 @@ def parse_squeue(stdout: str) -> dict[str, JobInfo]:
             end_time=parse_end_time(end_time),
         )
     return jobs
+
+
+def parse_test_only(text: str) -> str:
+    """``sbatch --test-only`` output -> Slurm's answer, without the ``sbatch:`` prefixes."""
+    lines = [line.strip().removeprefix("sbatch:").strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(lines) or "(sbatch --test-only printed nothing)"
 
 
 def parse_scontrol_config(text: str) -> dict[str, str]:
@@ -191,6 +201,22 @@ class CliBackend(SlurmBackend):
         config = parse_scontrol_config(self._run(["scontrol", "show", "config"]).stdout)
         name = config.get("ClusterName")
         return None if name in (None, "", "(null)") else name
+
+    def cluster_info(self) -> "ClusterInfo":
+        """``scontrol show partition -o`` and ``scontrol show node -o``, parsed."""
+        from torc_slurm.slurm.partitions import parse_cluster
+
+        partitions = self._run(["scontrol", "show", "partition", "--oneliner"]).stdout
+        nodes = self._run(["scontrol", "show", "node", "--oneliner"]).stdout
+        return parse_cluster(partitions, nodes)
+
+    def test_only(self, script: Path) -> str:
+        """``sbatch --test-only SCRIPT``: Slurm prints its estimate on stderr ("Job 12 to start at …")."""
+        script = Path(script)
+        if not script.is_file():
+            raise SlurmError(f"batch script {script} does not exist")
+        result = self._run(["sbatch", "--test-only", str(script)])
+        return parse_test_only(result.stderr + result.stdout)
 
     def slurm_version(self) -> tuple[int, int, int]:
         """The Slurm version of the installed commands (``scontrol --version``)."""

@@ -113,6 +113,12 @@ class PyslurmBackend(SlurmBackend):
     def cluster_name(self) -> str | None:
         return self._cli.cluster_name()
 
+    def cluster_info(self):  # noqa: ANN201 - partitions through scontrol, as the CLI backend reads them
+        return self._cli.cluster_info()
+
+    def test_only(self, script: Path) -> str:
+        return self._cli.test_only(script)
+
     def _is_gone(self, exc: Exception) -> bool:
         """True for pyslurm's 'Invalid job id' error; other exceptions are real failures."""
         rpc_error = getattr(self._pyslurm, "RPCError", None)
