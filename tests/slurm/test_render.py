@@ -179,6 +179,70 @@ def test_site_default_partition_and_account_fallback_come_last() -> None:
     assert "--account=fallback" not in directives(render(own, account_fallback="fallback"))
 
 
+
+# --- site entries that select nodes by QOS/constraint ------------------------------------------
+
+ENTRY = {"cpus_per_node": 64, "memory": "256G", "max_walltime": "2-00:00:00"}
+QOS_SITE = {
+    "partitions": [
+        {"name": "cpu", **ENTRY},
+        {"name": "gpu", **ENTRY, "gpus_per_node": 4, "qos": "regular", "constraint": "gpu", "is_partition": False},
+        {"name": "debug", **ENTRY, "qos": "debug", "is_partition": False},
+        {"name": "big", **ENTRY, "qos": "large"},
+    ]
+}
+
+
+def test_an_entry_that_is_no_partition_renders_its_qos_and_constraint_instead() -> None:
+    found = directives(render(SlurmScheduler(name="s", partition="gpu"), site=site(**QOS_SITE)))
+    assert "--constraint=gpu" in found and "--qos=regular" in found
+    assert not [d for d in found if d.startswith("--partition")]
+
+
+def test_a_real_partition_keeps_its_name_and_adds_its_qos() -> None:
+    found = directives(render(SlurmScheduler(name="s", partition="big"), site=site(**QOS_SITE)))
+    assert "--partition=big" in found and "--qos=large" in found
+    assert not [d for d in found if d.startswith("--constraint")]
+
+
+def test_entries_without_qos_or_constraint_change_nothing() -> None:
+    plain = render(SlurmScheduler(name="s", partition="cpu"), site=site(**QOS_SITE))
+    assert plain == render(SlurmScheduler(name="s", partition="cpu"))
+
+
+def test_the_scheduler_defaults_and_extra_win_over_the_entry() -> None:
+    with_site = site(**QOS_SITE)
+    own_qos = directives(render(SlurmScheduler(name="s", partition="gpu", qos="premium"), site=with_site))
+    assert "--qos=premium" in own_qos and "--qos=regular" not in own_qos and "--constraint=gpu" in own_qos
+    defaults = directives(render(SlurmScheduler(name="s", partition="gpu"), site=with_site, slurm_defaults={"qos": "low"}))
+    assert "--qos=low" in defaults and "--qos=regular" not in defaults
+    extra = directives(render(SlurmScheduler(name="s", partition="gpu", extra=["--constraint=gpu&hbm80g"]), site=with_site))
+    assert "--constraint='gpu&hbm80g'" in extra and "--constraint=gpu" not in extra
+    with pytest.raises(SlurmError, match="scheduler's own field"):
+        render(SlurmScheduler(name="s", partition="gpu", extra=["--partition=x"]), site=with_site)
+
+
+def test_a_qos_entry_as_the_default_partition() -> None:
+    found = directives(render(SlurmScheduler(name="s"), site=site(**QOS_SITE, default_partition="debug")))
+    assert "--qos=debug" in found and not [d for d in found if d.startswith("--partition")]
+    # slurm_defaults naming the entry work like the scheduler's field.
+    found = directives(render(SlurmScheduler(name="s"), site=site(**QOS_SITE), slurm_defaults={"partition": "gpu"}))
+    assert "--constraint=gpu" in found and not [d for d in found if d.startswith("--partition")]
+
+
+def test_shipped_hpc_sites_render_their_selections(tmp_path: Path) -> None:
+    perlmutter = directives(render(SlurmScheduler(name="s", partition="gpu"), site=load_site("perlmutter")))
+    assert {"--constraint=gpu", "--qos=regular"} <= set(perlmutter)
+    assert not [d for d in perlmutter if d.startswith("--partition")]
+    frontier = load_site("frontier")
+    debug = directives(render(SlurmScheduler(name="s", partition="debug", account="abc123"), site=frontier))
+    assert "--qos=debug" in debug and not [d for d in debug if d.startswith("--partition")]
+    batch = directives(render(SlurmScheduler(name="s", account="abc123"), site=frontier))
+    assert "--partition=batch" in batch and not [d for d in batch if d.startswith("--qos")]
+    assert frontier.missing_options([d[2:].split("=", 1)[0] for d in batch], environ={}) == []
+    kestrel = directives(render(SlurmScheduler(name="s", partition="short"), site=load_site("kestrel")))
+    assert load_site("kestrel").missing_options([d[2:].split("=", 1)[0] for d in kestrel], environ={}) == ["account"]
+
 # --- injection --------------------------------------------------------------------------------
 
 INJECTIONS = [

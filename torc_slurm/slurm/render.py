@@ -100,6 +100,7 @@ def render_sbatch(
     defaults = _defaults(slurm_defaults, fields)
     if scheduler.partition is None and "partition" not in defaults and site.default_partition:
         defaults["partition"] = site.default_partition
+    _apply_site_entry(site, options, defaults)
     extra = _extra_options(scheduler.extra, fields)
     for name in extra:
         defaults.pop(name, None)
@@ -138,6 +139,22 @@ def render_sbatch(
         multi_node=scheduler.nodes > 1,
         command=command,
     )
+
+
+def _apply_site_entry(site: SiteConfig, options: dict[str, str | None], defaults: dict[str, str | None]) -> None:
+    """What the site's entry for the chosen partition adds: its qos and constraint as defaults (the
+    scheduler's fields, ``slurm_defaults`` and ``extra`` win), and no ``--partition`` when the entry
+    is a QOS/constraint selection rather than a Slurm partition. Entries without these change nothing."""
+    chosen = options.get("partition") or defaults.get("partition")
+    entry = site.partition(chosen) if chosen else None
+    if entry is None:
+        return
+    if not entry.is_partition:
+        options.pop("partition", None)
+        defaults.pop("partition", None)
+    for name, value in entry.sbatch_options().items():
+        if name not in options and name not in defaults:
+            defaults[name] = value
 
 
 _Model = TypeVar("_Model", bound=BaseModel)
