@@ -67,7 +67,7 @@ class Verdict:
         return self.served == 0 or self.runnable > 0
 
     def message(self) -> str:
-        why = "; ".join(f"{text.format(n=n, jobs=_jobs(n))}" for text, n in
+        why = "; ".join(f"{text.format(n=n, jobs=_jobs(n), jobs_need=_jobs_need(n))}" for text, n in
                         sorted(self.reasons.items(), key=lambda item: -item[1]))
         return (f"none of the {self.served} unfinished job(s) scheduler `{self.scheduler}` would serve can run "
                 f"in its allocation: {why}")
@@ -75,6 +75,10 @@ class Verdict:
 
 def _jobs(n: int) -> str:
     return f"{n} job" + ("" if n == 1 else "s")
+
+
+def _jobs_need(n: int) -> str:
+    return f"{n} job needs" if n == 1 else f"{n} jobs need"
 
 
 def human_seconds(seconds: float) -> str:
@@ -167,21 +171,21 @@ def _biggest(nodes: Sequence[NodeShape]) -> NodeShape:
 
 def shortfalls(shape: JobShape, o: Offer) -> list[str]:
     """Why one job of ``shape`` cannot run in an allocation offering ``o`` (empty: it fits). Each
-    reason is a sentence with ``{jobs}`` for the count."""
+    reason is a sentence with ``{jobs_need}`` for the count ("3 jobs need")."""
     out = []
     if shape.runtime_s > o.usable_s:
-        out.append(f"{{jobs}} need {human_seconds(shape.runtime_s)}; scheduler `{o.scheduler}` gives "
+        out.append(f"{{jobs_need}} {human_seconds(shape.runtime_s)}; scheduler `{o.scheduler}` gives "
                    f"{human_seconds(o.walltime_s)}" + (f" less a {human_seconds(o.buffer_s)} end buffer"
                                                        if o.buffer_s else ""))
     if shape.num_nodes > o.nodes:
-        out.append(f"{{jobs}} need {shape.num_nodes} nodes; scheduler `{o.scheduler}` gives {o.nodes}")
+        out.append(f"{{jobs_need}} {shape.num_nodes} nodes; scheduler `{o.scheduler}` gives {o.nodes}")
     if shape.num_cpus > o.cpus:
-        out.append(f"{{jobs}} need {shape.num_cpus} CPUs; scheduler `{o.scheduler}`'s nodes have {o.cpus}")
+        out.append(f"{{jobs_need}} {shape.num_cpus} CPUs; scheduler `{o.scheduler}`'s nodes have {o.cpus}")
     if shape.num_gpus > o.gpus:
-        out.append(f"{{jobs}} need {shape.num_gpus} GPUs; scheduler `{o.scheduler}` gives {o.gpus} per node"
+        out.append(f"{{jobs_need}} {shape.num_gpus} GPUs; scheduler `{o.scheduler}` gives {o.gpus} per node"
                    + ("" if o.gpus else " (no gpu gres)"))
     if shape.memory_bytes > o.memory_bytes:
-        out.append(f"{{jobs}} need {gib(shape.memory_bytes)}; scheduler `{o.scheduler}` gives "
+        out.append(f"{{jobs_need}} {gib(shape.memory_bytes)}; scheduler `{o.scheduler}` gives "
                    f"{gib(o.memory_bytes)} per node")
     return out
 
@@ -220,5 +224,5 @@ def misfits(shapes: Iterable[JobShape], offers: dict[str, Offer]) -> list[str]:
             if len(allowed) > 1:
                 text += f" (and no other scheduler fits them: {', '.join(o.scheduler for o in allowed[1:])})"
             counts[text] = counts.get(text, 0) + shape.count
-    return [text.format(jobs=_jobs(n)) + " (bigger than every node their scheduler allows)"
+    return [text.format(jobs=_jobs(n), jobs_need=_jobs_need(n)) + " (bigger than every node their scheduler allows)"
             for text, n in counts.items()]
