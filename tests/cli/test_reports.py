@@ -537,3 +537,13 @@ def test_plot_without_the_extra_says_how_to_install_it(work: Path, monkeypatch: 
         assert "Traceback" not in result.output and not (work / name).exists()
     result = invoke(db, "reports", "plot", wf, "-o", work / "x.svg")
     assert result.exit_code == 2 and ".html or .png" in result.stderr
+
+
+
+def test_a_new_plot_file_is_the_users_only(diamond: tuple[Path, int, list[str]], tmp_path: Path) -> None:
+    import stat
+
+    db, wf, _ = diamond
+    result = invoke(db, "reports", "plot", wf, "--output", tmp_path / "plot.html")
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE((tmp_path / "plot.html").stat().st_mode) == 0o600

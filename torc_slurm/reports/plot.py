@@ -20,6 +20,7 @@ are drawn (the first ones recorded), and the subtitle says when some were left o
 from __future__ import annotations
 
 import heapq
+import os
 import textwrap
 import time
 from collections import defaultdict
@@ -352,6 +353,7 @@ def write_plot(db: Database, workflow_id: int, output: Path) -> PlotResult:
     data = plot_data(db, workflow_id)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(output, os.O_WRONLY | os.O_CREAT, 0o600))  # a new file is the user's only
         writer(data, output)
     except OSError as exc:
         raise TorcError(f"cannot write {output}: {exc.strerror or exc}") from exc
