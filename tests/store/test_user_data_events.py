@@ -392,3 +392,22 @@ def test_refreshing_from_slurm_posts_what_changed(db: Database, tmp_path: Path) 
             for kind, data, _ in kinds(db, wf, "allocation_started", "allocation_ended")]
     assert seen == [("allocation_started", "201", "RUNNING"), ("allocation_ended", "203", "gone"),
                     ("allocation_ended", "201", "canceled"), ("allocation_ended", "202", "canceled")]
+
+
+def test_a_workflow_update_keeps_user_data_written_while_it_ran(db: Database, tmp_path: Path) -> None:
+    """Entries created by `torc user-data put` (in no spec) and spec entries written at run time
+    survive `workflows update` (and so `torc run SPEC` resuming); an unwritten spec entry takes the
+    spec's new value."""
+    from torc_slurm.store.spec_update import update_workflow
+
+    queue = make(db, tmp_path)
+    put_user_data(db, queue.workflow_id, "made_at_runtime", '{"n": 1}')
+    put_user_data(db, queue.workflow_id, "shared", '{"by": "hand"}')
+    edited = json.loads(json.dumps(SPEC))
+    edited["user_data"] = [d for d in edited["user_data"] if d["name"] != "shared"] + [{"name": "extra", "data": 3}]
+    edited["user_data"][2]["data"] = {"lr": 0.1}  # params: never written at run time
+    update_workflow(db, queue.workflow_id, compile_workflow(WorkflowSpec.model_validate(edited)), source="s.yaml")
+    assert get_user_data(db, queue.workflow_id, "made_at_runtime").data == {"n": 1}
+    assert get_user_data(db, queue.workflow_id, "shared").data == {"by": "hand"}
+    assert get_user_data(db, queue.workflow_id, "params").data == {"lr": 0.1}
+    assert get_user_data(db, queue.workflow_id, "extra").data == 3

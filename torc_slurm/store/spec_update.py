@@ -288,6 +288,13 @@ def _merge_named(conn, table: str, workflow_id: int, entries: list[tuple], produ
         (workflow_id,))}
     wanted = {entry[0] for entry in entries}
     gone = [row_id for name, (row_id, _) in existing.items() if name not in wanted]
+    if table == "user_data" and gone:  # data written while the workflow ran is kept (no producer now)
+        kept = {row_id for (row_id,) in conn.execute(
+            "SELECT id FROM user_data WHERE id IN (SELECT value FROM json_each(?)) AND updated_at IS NOT NULL",
+            (json.dumps(gone),))}
+        conn.execute("UPDATE user_data SET producer_job_id = NULL WHERE id IN (SELECT value FROM json_each(?))",
+                     (json.dumps(sorted(kept)),))
+        gone = [row_id for row_id in gone if row_id not in kept]
     conn.execute(f"DELETE FROM {table} WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(gone),))
     fresh = [e for e in entries if e[0] not in existing]
     base = next_ids(conn, table, len(fresh)) if fresh else 0
@@ -299,10 +306,11 @@ def _merge_named(conn, table: str, workflow_id: int, entries: list[tuple], produ
                 stats = "" if rest[0] == entry[1] else ", st_mtime = NULL, st_size = NULL, sha256 = NULL"
                 conn.execute(f"UPDATE files SET path = ?, producer_job_id = ?{stats} WHERE id = ?",
                              (entry[1], producer, row_id))
-            else:  # data a job produced is its output: only spec-given data is replaced
-                conn.execute("UPDATE user_data SET data = CASE WHEN producer_job_id IS NULL AND ? IS NULL THEN ?"
-                             " ELSE data END, is_ephemeral = ?, producer_job_id = ? WHERE id = ?",
-                             (producer, entry[1], entry[2], producer, row_id))
+            else:  # data a job produced, or anyone wrote while the workflow ran, is kept: only
+                # data the spec gave (never written since) takes the spec's new value
+                conn.execute("UPDATE user_data SET data = CASE WHEN producer_job_id IS NULL AND ? IS NULL"
+                             " AND updated_at IS NULL THEN ? ELSE data END, is_ephemeral = ?, producer_job_id = ?"
+                             " WHERE id = ?", (producer, entry[1], entry[2], producer, row_id))
         else:
             row_id = base
             base += 1
