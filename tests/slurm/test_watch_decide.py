@@ -79,7 +79,7 @@ CASES = [
 
 @pytest.mark.parametrize(("demand", "allocations", "limits", "failures", "may_submit", "expected"),
                          [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_decide(demand, allocations, limits, failures, may_submit, expected) -> None:  # noqa: ANN001
+def test_decide(demand, allocations, limits, failures, may_submit, expected) -> None:
     state = WatchState(now=100.0, demand={"a": demand}, allocations=allocations, limits=limits, failures=failures,
                        may_submit=may_submit)
     assert summary(decide(state)) == expected

@@ -36,7 +36,9 @@ Rules (where the issue left the choice open):
   ``timeout_s`` on the newcomer's own monotonic clock does it take the row over (an UPDATE that
   checks holder and seq in the same transaction). If the seq moves, the holder is alive and the
   newcomer exits with a message. The holder renews every round (seq + 1); it submits only while its
-  last renewal is younger than half the timeout (self-fencing), and a holder that finds the row
+  last renewal is younger than half the timeout (self-fencing), and if an sbatch returns after that
+  (a slow controller) it scancels what it just submitted: a takeover needs a whole timeout after the
+  renewal, so a submission kept is always one made by the only holder. A holder that finds the row
   taken stops submitting and exits. The row is deleted on exit.
 """
 
@@ -117,7 +119,7 @@ class Failures:
     (monotonic seconds), and whether it is paused (with why)."""
 
     consecutive: int = 0
-    next_try_at: float = 0.0
+    next_try_at: float = float("-inf")  # monotonic clocks may start anywhere, even below 0
     paused: bool = False
     last_error: str = ""
 
@@ -588,6 +590,11 @@ class Watcher:
                                 action.scheduler, f.consecutive, f.next_try_at - self.clock(), exc)
                     return
                 self.failures[action.scheduler] = after_success(failures)
+                if not self.lease.fresh():
+                    # sbatch took so long that another watcher may have taken the lease over in the
+                    # meantime: the late submission is withdrawn, never left to double the queue.
+                    self._cancel(ids, "submitted after this watcher's lease went stale (a slow sbatch); withdrawn")
+                    return
                 self.submitted += ids
                 self.say(f"submitted allocation {', '.join(ids)} of scheduler {action.scheduler} ({action.reason})")
 
