@@ -4,6 +4,7 @@ idle round, and Slurm states it does not know (UNKNOWN) or cannot get (no sacct)
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 from pathlib import Path
@@ -74,7 +75,7 @@ def test_failed_submissions_back_off_then_pause_the_scheduler_with_an_event(db) 
     said: list[str] = []
     watcher = make(db, failing, clock=clock, said=said, backoff_first=2.0, backoff_max=8.0)
     summary = watcher.run()
-    gaps = [b - a for a, b in zip(tries, tries[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
     assert len(tries) == 5 and gaps == [2.0, 4.0, 8.0, 8.0], tries
     assert summary.exit_code == 1 and "paused" in summary.message
     assert any("paused after 5 consecutive failed submissions" in s and "invalid partition" in s for s in said)
