@@ -166,3 +166,32 @@ def test_submit_refuses_before_submitting(tmp_path: Path, slurm: FakeSlurm, monk
     result = invoke(tmp_path / "torc.db", "submit", barrier(tmp_path, runtime="PT1H"), "--site", "localhost")
     assert result.exit_code != 0 and not slurm.submitted
     assert "need 1 h; scheduler `short` gives 10 min" in result.output
+
+
+def test_a_misfit_bound_to_another_scheduler_does_not_block_this_one(tmp_path: Path, slurm: FakeSlurm) -> None:
+    db = tmp_path / "torc.db"
+    spec = write_spec(tmp_path, """
+        name: two
+        jobs:
+          - {name: small, command: "true"}
+          - {name: huge, command: "true", resource_requirements: huge, scheduler: gpus}
+        resource_requirements: [{name: huge, num_cpus: 64}]
+        slurm_schedulers:
+          - {name: short, partition: cpu, walltime: "00:10:00"}
+          - {name: gpus, partition: gpu, walltime: "00:10:00", gres: "gpu:4"}
+        """)
+    wf = create(db, spec)
+    assert invoke(db, "slurm", "schedule-nodes", wf, "-s", "short", "--site", "localhost").exit_code == 0
+    refused = invoke(db, "slurm", "schedule-nodes", wf, "-s", "gpus", "--site", "localhost")
+    assert refused.exit_code != 0 and "1 job needs 64 CPUs; scheduler `gpus`'s nodes have 16" in refused.output
+    assert len(slurm.submitted) == 1
+
+
+def test_plan_without_schedulers_is_a_clean_error(tmp_path: Path, slurm: FakeSlurm) -> None:
+    db = tmp_path / "torc.db"
+    wf = create(db, write_spec(tmp_path, """
+        name: none
+        jobs: [{name: a, command: "true"}]
+        """))
+    result = invoke(db, "slurm", "plan", wf, "--site", "localhost")
+    assert result.exit_code != 0 and "defines no slurm_schedulers" in result.output and "Traceback" not in result.output

@@ -240,7 +240,9 @@ def preflight(spec: WorkflowSpec, schedulers: list[SlurmScheduler], shapes: list
         if info is not None:
             problems += scheduler_problems(scheduler, name, info)
     every = offers_for(spec, spec.slurm_schedulers or schedulers, cluster, site)
-    problems += misfits([s for s in shapes if s.scheduler is None or s.scheduler in every], every)
+    names = {scheduler.name for scheduler in schedulers}
+    # the jobs these allocations would serve: bound to one of them, or to none (those may go anywhere)
+    problems += misfits([s for s in shapes if s.scheduler is None or s.scheduler in names], every)
     for scheduler in schedulers:
         verdict = serve_verdict(shapes, every[scheduler.name])
         if not verdict.ok:
