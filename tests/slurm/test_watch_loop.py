@@ -14,7 +14,7 @@ import pytest
 from torc_slurm.compiler import compile_workflow
 from torc_slurm.errors import SlurmError
 from torc_slurm.slurm.backend import JobInfo, SlurmState
-from torc_slurm.slurm.watch import Limits, Watcher, WatchOptions, query_states
+from torc_slurm.slurm.watch import Demand, Limits, Watcher, WatchOptions, query_states
 from torc_slurm.spec.models import WorkflowSpec
 from torc_slurm.store.allocations import record_allocations
 from torc_slurm.store.db import Database
@@ -150,3 +150,28 @@ def test_an_unknown_state_from_another_backend_breaks_nothing() -> None:
             raise SlurmError("unknown Slurm job state 'X': this Slurm version reports a state …")
 
     assert query_states(Strict(), ["9"]) == {"9": "UNKNOWN"}
+
+
+def test_soon_ready_is_the_last_tenth_of_a_set_with_one_member_done(tmp_path: Path) -> None:
+    spec = {"name": "soon", "jobs": [
+        {"name": "one_{i}", "command": "true", "parameters": {"i": "1:20"}},
+        {"name": "two", "command": "true", "depends_on_regexes": ["^one_"]},
+        {"name": "three", "command": "true", "depends_on": ["two"]}],
+        "slurm_schedulers": [{"name": "s", "partition": "cpu", "walltime": "00:10:00"}]}
+    with Database(tmp_path / "torc.db") as db:
+        wf = add_workflow(db, compile_workflow(WorkflowSpec.model_validate(spec), "soon"), working_dir=tmp_path)
+        initialize_workflow(db, wf)
+        watcher = Watcher(db, wf, Fake(), options=WatchOptions(), say=lambda t: None)
+
+        def finish(n: int) -> None:
+            with db.transaction() as conn:
+                names = [f"one_{i}" for i in range(1, n + 1)]
+                conn.execute(f"UPDATE jobs SET status = 'completed' WHERE name IN ({','.join('?' * n)})", names)
+                conn.execute("UPDATE dependency_sets SET remaining = ? WHERE size = 20", (20 - n,))
+
+        assert watcher.read().demand["s"] == Demand(ready=20, capacity=watcher.read().demand["s"].capacity)
+        finish(17)
+        assert (watcher.read().demand["s"].ready, watcher.read().demand["s"].soon) == (3, 0)
+        finish(18)   # 2 of 20 left: 10 %
+        assert (watcher.read().demand["s"].ready, watcher.read().demand["s"].soon) == (2, 1), \
+            "`two` is soon; `three` (waiting on one job) is not"

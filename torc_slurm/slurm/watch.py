@@ -14,8 +14,10 @@ Two halves, kept apart:
 Rules (where the issue left the choice open):
 
 * **Soon ready**: a blocked job whose dependency set has at most ``max(1, soon_fraction x size)``
-  unfinished members (``soon_fraction`` 0.1): the last tenth of a stage. Later stages are submitted
-  on readiness: their allocations are queued while the stage before is finishing, not up front.
+  unfinished members (``soon_fraction`` 0.1), and at least one finished: the last tenth of a stage
+  (a job waiting on one job is never "soon": it is ready as soon as that one ends). Later stages
+  are submitted on readiness: their allocations are queued while the stage before is finishing,
+  not up front.
 * **Demand**: per scheduler, ``ready + soon + held`` jobs (held: pending/running in a runner). Jobs
   bound to no scheduler count for the first scheduler of the spec with enough nodes for them. One
   allocation is assumed to take ``capacity`` jobs: its CPU slots (nodes x CPUs per node, from the
@@ -270,7 +272,7 @@ UNION ALL
 SELECT j.scheduler, j.num_nodes, 'soon', COUNT(*), SUM(j.num_cpus), SUM(j.runtime_s)
   FROM jobs j JOIN dependency_sets d ON d.id = j.depset_id
  WHERE j.workflow_id = :wf AND j.status = 'blocked'
-   AND d.remaining <= MAX(1, CAST(d.size * :soon AS INTEGER))
+   AND d.remaining < d.size AND d.remaining <= MAX(1, CAST(d.size * :soon AS INTEGER))
  GROUP BY j.scheduler, j.num_nodes
 """
 
