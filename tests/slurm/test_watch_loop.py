@@ -175,3 +175,18 @@ def test_soon_ready_is_the_last_tenth_of_a_set_with_one_member_done(tmp_path: Pa
         finish(18)   # 2 of 20 left: 10 %
         assert (watcher.read().demand["s"].ready, watcher.read().demand["s"].soon) == (2, 1), \
             "`two` is soon; `three` (waiting on one job) is not"
+
+
+def test_recover_reruns_an_oom_failure_with_more_memory_and_the_loop_schedules_it(db) -> None:
+    with db.transaction() as conn:
+        conn.execute("UPDATE jobs SET status = 'failed', reason = 'oom', attempt = 1 WHERE name = 'a'")
+        conn.execute("UPDATE jobs SET status = 'canceled' WHERE name = 'b'")
+    before = db.read("SELECT memory_bytes FROM jobs WHERE name = 'a'")[0][0]
+    said: list[str] = []
+    submitted: list[str] = []
+    watcher = make(db, lambda s, c: submitted.append(s) or ["900"], said=said, recover=True)
+    watcher.round()
+    row = db.read("SELECT status, memory_bytes FROM jobs WHERE name = 'a'")[0]
+    assert row["status"] == "ready" and row["memory_bytes"] == int(before * 1.5)
+    assert any(s.startswith("recover: 1 job(s)") for s in said), said
+    assert submitted == ["s"], "the rerun got an allocation in the same round"
