@@ -99,7 +99,7 @@ def test_killing_a_member_runner_requeues_the_whole_job(e2e: E2E) -> None:
     def lost() -> list[dict]:
         return [r for r in e2e.results(workflow_id) if r["job_name"] == "mpi" and r["status"] == "lost"]
     [record] = wait_for(lost, timeout=120, what="the attempt lost", describe=lambda: e2e.describe(workflow_id))
-    assert "a node of this multi-node job was lost" in record["message"]
+    assert "a node of this job or of its group was lost" in record["message"]
     pids = [int((ranks / f"pid_1_{rank}").read_text()) for rank in (0, 1)]
     wait_for(lambda: not any(_alive(pid) for pid in pids), timeout=60, what="attempt 1's tasks killed on both nodes")
     e2e.wait_allocations_ended([first], timeout=180)
@@ -118,3 +118,42 @@ def _alive(pid: int) -> bool:
             return stat.read().split()[2] != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+def test_a_group_larger_than_a_node_spreads_over_the_allocation(e2e: E2E) -> None:
+    """Three 4-CPU members on 8-CPU nodes: two start on the claiming node, one on the other node
+    (its share booked there), all at once; each sees the real host of every rank; the lead's exit
+    ends the remote member through srun, recorded terminated_by_lead."""
+    scheduler = e2e.scheduler("2n")
+    ranks = e2e.path / "ranks"
+    ranks.mkdir()
+    record = f'echo "$SLURMD_NODENAME $TORC_GROUP_RANK $TORC_GROUP_HOSTS" > {ranks}/"$TORC_GROUP_RANK"'
+    spec = {
+        "name": f"spread_{e2e.tag}",
+        "compute_node_wait_for_new_jobs_seconds": 5,
+        "resource_requirements": [{"name": "four", "num_cpus": 4, "memory": "100m", "runtime": "PT2M"}],
+        "slurm_schedulers": [{"name": scheduler, "partition": "cpu", "nodes": 2, "walltime": "00:10:00"}],
+        "groups": [{"name": "trio", "lead": "lead"}],
+        "jobs": [
+            {"name": "lead", "group": "trio", "resource_requirements": "four",
+             "command": f"{record}; until [ -e {ranks}/1 ] && [ -e {ranks}/2 ]; do sleep 0.1; done"},
+            {"name": "second", "group": "trio", "resource_requirements": "four",
+             "command": f"{record}; while :; do sleep 0.2; done"},
+            {"name": "third", "group": "trio", "resource_requirements": "four",
+             "command": f"{record}; while :; do sleep 0.2; done"},
+        ],
+    }
+    workflow_id = e2e.create(spec)
+    wait_idle_nodes("cpu", 2)
+    [allocation] = e2e.schedule(workflow_id, scheduler, 1)
+    e2e.wait_workflow_done(workflow_id, timeout=300)
+    e2e.wait_allocations_ended([allocation], timeout=120)
+    rows = {r["job_name"]: r for r in e2e.results(workflow_id)}
+    assert rows["lead"]["status"] == "completed", e2e.describe(workflow_id)
+    assert {(rows[n]["status"], rows[n]["reason"]) for n in ("second", "third")} == {("completed", "terminated_by_lead")}
+    seen = [(ranks / str(rank)).read_text().split() for rank in range(3)]
+    hosts = seen[0][2].split(",")
+    assert all(line[2].split(",") == hosts for line in seen)          # every member sees the same map
+    assert [line[0] for line in seen] == hosts                       # … and it is where each one ran
+    assert sorted(set(hosts)) == ["cpu1", "cpu2"]                    # spread over both nodes
+    assert e2e.query("SELECT COUNT(*) AS n FROM gang_shares")[0]["n"] == 0

@@ -96,7 +96,7 @@ def test_a_dead_member_ends_the_jobs_attempt(db: Database, tmp_path: Path) -> No
     row = job_row(db, claimed.id)
     assert (row["status"], row["interrupted"]) == ("ready", 1)
     lost = db.read("SELECT status, message FROM results WHERE job_id = ?", (claimed.id,))
-    assert [r["status"] for r in lost] == ["lost"] and "a node of this multi-node job was lost" in lost[0]["message"]
+    assert [r["status"] for r in lost] == ["lost"] and "a node of this job or of its group was lost" in lost[0]["message"]
     assert queue.cycle(launcher, held={claimed.id: claimed.lease_token}).revoked == [claimed.id]
 
 

@@ -53,7 +53,7 @@ from torc_slurm.store.db import Database
 from torc_slurm.store.events import add_event
 from torc_slurm.runner.multinode import launch, node_gpu_map
 from torc_slurm.store.gangs import Free, Member, Share
-from torc_slurm.store.queue import ClaimedJob, Limits, NodeUse, Outcome, Queue, ReadyJob, Started
+from torc_slurm.store.queue import Choice, ClaimedJob, Limits, NodeUse, Outcome, Queue, ReadyJob, Started
 
 log = logging.getLogger(__name__)
 MAX_PREFETCH = 512  # adaptive claim-ahead never exceeds this many jobs
@@ -165,6 +165,7 @@ class Runner:
         # Shares of other runners' multi-node jobs this one set aside (job id -> what it holds), and
         # the member nodes of its own multi-node jobs (job id -> members), both from the last cycle.
         self._image_warned = False
+        self._group_hosts: dict[int, list[str]] = {}  # group id -> the node of each member, by rank
         self._shares: dict[int, Placement] = {}
         self._gangs: dict[int, list[Member]] = {}
         # Group members a lead's exit is ending: job id -> (lead name, lead outcome, KILL deadline).
@@ -404,7 +405,7 @@ class Runner:
             self.pool.signal(live, signal.SIGKILL)
             self.failures.lose(live)
 
-    def _chooser(self, now: float) -> Callable[[list[ReadyJob]], list[int]] | None:
+    def _chooser(self, now: float) -> Callable[[list[ReadyJob]], Choice] | None:
         """Claim what fits the free resources now, plus up to ``prefetch`` more jobs that fit the
         node and the time left, so the next ones start without waiting for the lock."""
         cfg = self.config
@@ -414,12 +415,15 @@ class Runner:
         end = cfg.end_time.current(now)
         capacity = self.node.capacity
 
-        def choose(ready: list[ReadyJob]) -> list[int]:
+        def choose(ready: list[ReadyJob]) -> Choice:
             candidates, members = compose(
                 [Candidate(r.job_id, r.num_cpus, r.num_gpus, r.memory_bytes, r.runtime_s, r.priority, r.num_nodes)
                  for r in ready
                  if r.job_id not in self._backlog and r.job_id not in self.running],
                 {r.job_id: r.group_id for r in ready if r.group_id is not None})
+            elsewhere: set[int] = set()
+            if cfg.allocation_nodes > 1 and cfg.max_parallel_jobs is None and members:
+                candidates, elsewhere = self._split_groups(candidates, members)
             chosen = [p.job_id for p in self._pack(candidates, now, end)][:room]
             taken = set(chosen)
             for c in plan_order(capacity, candidates):  # claim ahead: the next that fit the node and time left
@@ -428,7 +432,8 @@ class Runner:
                 if c.job_id not in taken and (cfg.max_parallel_jobs is not None or fits_node(capacity, c)) \
                         and fits_time(c, now=now, end_time=end, buffer_s=cfg.buffer_s):
                     chosen.append(c.job_id)
-            return expand(chosen, members)
+            picked = expand(chosen, members)
+            return Choice(picked, elsewhere.intersection(picked))
 
         return choose
 
@@ -438,15 +443,29 @@ class Runner:
                 or not self.leases.may_start(time.monotonic()):
             return
         cfg = self.config
+        backlog = list(self._backlog.values())
+        # group members placed on another node: their group starts once every such share is set aside
+        elsewhere = {j.id for j in backlog if j.num_nodes <= 1 and self._gangs.get(j.id)}
+        waiting = {j.group.id for j in backlog if j.id in elsewhere and j.group is not None
+                   and not all(m.acked for m in self._gangs[j.id])}
         candidates, members = compose(
             [Candidate(j.id, j.num_cpus, j.num_gpus, j.memory_bytes, j.runtime_s, j.priority, j.num_nodes)
-             for j in self._backlog.values()
-             if j.num_nodes <= 1 or self._gang_ready(j)],
-            {j.id: j.group.id for j in self._backlog.values() if j.group is not None})
+             for j in backlog if j.id not in elsewhere and (j.group is None or j.group.id not in waiting)
+             and (j.num_nodes <= 1 or self._gang_ready(j))],
+            {j.id: j.group.id for j in backlog if j.group is not None})
         for placement in self._pack(candidates, now, cfg.end_time.current(now)):
             parts = members.get(placement.job_id)
-            for part in split(placement, parts) if parts else [placement]:  # a group starts whole
-                self._start(self._backlog.pop(part.job_id), part)
+            starting = [self._backlog[p.job_id] for p in parts] if parts else []
+            group = starting[0].group if starting else None
+            if group is not None:  # a group starts whole: its members here, and those on other nodes
+                remote = [j for j in backlog if j.id in elsewhere and j.group is not None and j.group.id == group.id]
+                self._group_hosts[group.id] = self._hosts_of([*starting, *remote])
+                for job, part in zip(starting, split(placement, parts)):
+                    self._start(self._backlog.pop(job.id), part)
+                for job in remote:
+                    self._start(self._backlog.pop(job.id), Placement(job.id, (), (), 0, placement.expected_end))
+                continue
+            self._start(self._backlog.pop(placement.job_id), placement)
 
     def _pack(self, candidates: Sequence[Candidate], now: float, end: float | None) -> list[Placement]:
         """``pack`` into the free resources; exactly its answer, but cheap with a long candidate
@@ -501,6 +520,41 @@ class Runner:
                     answers[share.job_id] = None
             return answers
         return accept
+
+    def _hosts_of(self, members: list[ClaimedJob]) -> list[str]:
+        """The node of each group member, by group rank (its own, or the one its share is on)."""
+        hosts = [self.config.node_name] * (members[0].group.size if members and members[0].group else 0)
+        for job in members:
+            booked = self._gangs.get(job.id) if job.num_nodes <= 1 else None
+            if job.group is not None and job.group.rank < len(hosts):
+                hosts[job.group.rank] = booked[0].node if booked else self.config.node_name
+        return hosts
+
+    def _split_groups(self, candidates: list[Candidate], members: dict[int, list[Candidate]]
+                      ) -> tuple[list[Candidate], set[int]]:
+        """In a multi-node allocation, a group larger than this node keeps here the members that
+        fit together (in rank order, the first one always), and places the others on other nodes
+        (returned: their ids; the queue books them a share each)."""
+        capacity = self.node.capacity
+        elsewhere: set[int] = set()
+        result = []
+        for cand in candidates:
+            parts = members.get(cand.job_id)
+            if not parts or fits_node(capacity, cand) or not fits_node(capacity, parts[0]):
+                result.append(cand)
+                continue
+            local: list[Candidate] = []
+            for part in parts:
+                trial = Candidate(0, sum(p.num_cpus for p in local) + part.num_cpus,
+                                  sum(p.num_gpus for p in local) + part.num_gpus,
+                                  sum(p.memory_bytes for p in local) + part.memory_bytes, 0)
+                if fits_node(capacity, trial):
+                    local.append(part)
+                else:
+                    elsewhere.add(part.job_id)
+            result.append(Candidate(cand.job_id, sum(p.num_cpus for p in local), sum(p.num_gpus for p in local),
+                                    sum(p.memory_bytes for p in local), cand.runtime_s, cand.priority))
+        return result, elsewhere
 
     def _gang_ready(self, job: ClaimedJob) -> bool:
         """A multi-node job starts once every other node acknowledged its share."""
@@ -654,12 +708,14 @@ class Runner:
         if job.image is not None:
             command = self._in_image(job, command)
         gang_env: dict[str, str] = {}
-        if job.num_nodes > 1:
-            members = self._gangs.get(job.id, [])
-            nodes = [cfg.node_name, *(m.node for m in members)]
-            gpus = node_gpu_map(nodes, [placement.gpu_ids, *(m.gpu_ids for m in members)])
+        members = self._gangs.get(job.id, [])
+        if job.num_nodes > 1 or members:  # a multi-node job, or a group member placed on another node
+            local = job.num_nodes > 1
+            nodes = [cfg.node_name, *(m.node for m in members)] if local else [m.node for m in members]
+            gpus = node_gpu_map(nodes, [placement.gpu_ids, *(m.gpu_ids for m in members)] if local else
+                                [m.gpu_ids for m in members])
             hostfile = stdio / f"{stem}.hosts"
-            start = launch(job.launcher, command, nodes=nodes, cpus_per_node=job.num_cpus,
+            start = launch(job.launcher if local else None, command, nodes=nodes, cpus_per_node=job.num_cpus,
                            memory_bytes=job.memory_bytes, gpus=gpus,
                            gpu_variable=cfg.gpu_variable, hostfile=hostfile)
             stdio.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -699,9 +755,10 @@ class Runner:
         })
         if job.group is not None:
             group = job.group
+            hosts = self._group_hosts.get(group.id) or [cfg.node_name] * group.size
             env.update(TORC_GROUP=group.name, TORC_GROUP_RANK=str(group.rank), TORC_GROUP_SIZE=str(group.size),
-                       TORC_GROUP_HOSTS=",".join([cfg.node_name] * group.size))  # one runner holds the group
-            env.update((f"TORC_GROUP_HOST_{rank}", cfg.node_name) for rank in range(group.size))
+                       TORC_GROUP_HOSTS=",".join(hosts))
+            env.update((f"TORC_GROUP_HOST_{rank}", host) for rank, host in enumerate(hosts))
         if cfg.max_parallel_jobs is None:
             env["TORC_CPU_IDS"] = ",".join(map(str, placement.cpu_ids))
             if self.node.capacity.gpu_ids or job.num_gpus:
@@ -877,6 +934,12 @@ class Runner:
         for members in groups.values():
             cpus, gpus = sum(m["num_cpus"] for m in members), sum(m["num_gpus"] for m in members)
             memory = sum(m["memory_bytes"] for m in members)
+            if nodes > 1:  # spread over the allocation's nodes: only a member larger than a node cannot run
+                members = [m for m in members if not fits_node(cap, Candidate(0, m["num_cpus"], m["num_gpus"],
+                                                                                 m["memory_bytes"], 0))]
+                if members:
+                    found.append(f"{', '.join(m['name'] for m in members)} (group members larger than a node)")
+                continue
             if not fits_node(cap, Candidate(0, cpus, gpus, memory, 0)):
                 found.append(f"{', '.join(m['name'] for m in members)} (a group that starts together: needs "
                              f"{cpus} CPUs, {gpus} GPUs, {memory / 2**30:.1f} GiB at once)")

@@ -148,6 +148,16 @@ def jobs_with_member(conn: sqlite3.Connection, runner_id: int) -> list[tuple[int
         (runner_id,)).fetchall()
 
 
+def with_group(conn: sqlite3.Connection, job_id: int, attempt: int, token: int,
+               launcher: int) -> list[tuple[int, int, int]]:
+    """(job id, attempt, lease token) of the job and of the other members of its group that the
+    same launcher holds (a group's attempt ends whole)."""
+    siblings = conn.execute(
+        f"SELECT id, attempt, lease_token FROM jobs WHERE group_id = (SELECT group_id FROM jobs WHERE id = ?)"
+        f" AND id != ? AND runner_id = ? AND status IN {sql_list(HELD)}", (job_id, job_id, launcher)).fetchall()
+    return [(job_id, attempt, token), *((row[0], row[1], row[2]) for row in siblings)]
+
+
 def give_up_unanswered(conn: sqlite3.Connection, runner_id: int) -> int:
     """A member that ends (or is swept) before answering its bookings refuses them: their jobs go
     back to ready (they never started) instead of waiting for an answer that will not come."""

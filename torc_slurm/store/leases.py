@@ -101,10 +101,11 @@ def sweep(conn: sqlite3.Connection, workflow_id: int, requests: Sequence[SweepRe
             gave_up += len(ended)
         taken += gangs.give_up_unanswered(conn, request.runner_id)
         for job_id, attempt, token, launcher in gangs.jobs_with_member(conn, request.runner_id):
-            # a multi-node job with a share on the dead runner: its attempt is over (its launcher,
-            # told so at its next cycle, kills what is left of it)
-            finished += interrupt(conn, workflow_id, launcher, job_id, attempt, token, "lost",
-                                  f"a node of this multi-node job was lost: {message}")
+            # a multi-node job (or a group member) with a share on the dead runner: its attempt is
+            # over, and its group's (their launcher, told so at its next cycle, kills what is left)
+            for member in gangs.with_group(conn, job_id, attempt, token, launcher):
+                finished += interrupt(conn, workflow_id, launcher, *member, "lost",
+                                      f"a node of this job or of its group was lost: {message}")
         # jobs_returned: back to ready; jobs_failed: out of attempts (both were taken from the runner)
         add_event(conn, workflow_id, "runner_swept", f"{message}; {len(held)} of its jobs taken back",
                   data={"runner_id": request.runner_id, "hostname": host, "reason": request.reason,

@@ -19,7 +19,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -158,6 +158,16 @@ class CycleResult:
     gangs: dict[int, list[Member]] = field(default_factory=dict)  # its own pending multi-node jobs' members
 
 
+class Choice(list):
+    """What a chooser picks (job ids, in claim order), and the group members among them it places
+    on other nodes of its allocation (``remote``): each of those gets a share booked on another
+    runner, as a multi-node job's other nodes do, and its launcher starts it there."""
+
+    def __init__(self, ids: Iterable[int] = (), remote: Iterable[int] = ()) -> None:
+        super().__init__(ids)
+        self.remote = frozenset(remote)
+
+
 Chooser = Callable[[list[ReadyJob]], Sequence[int]]
 # Given the shares other runners booked on this one, the GPU ids it sets aside for each (None: refused).
 ShareAcceptor = Callable[[list[Share]], Mapping[int, Sequence[str] | None]]
@@ -292,16 +302,18 @@ class Queue:
                 changed += refused
             if choose is not None:
                 ready = self._ready_window(conn, limits, scheduler, strict_scheduler, window)
-                chosen = list(choose(ready)) if ready else []
-                result.claimed = self._claim(conn, runner_id, chosen)
-                if any(job.num_nodes > 1 for job in result.claimed):
-                    result.claimed = self._book_gangs(conn, runner_id, result.claimed)
+                chosen = choose(ready) if ready else []
+                remote: frozenset[int] = getattr(chosen, "remote", frozenset())
+                result.claimed = self._claim(conn, runner_id, list(chosen))
+                if remote or any(job.num_nodes > 1 for job in result.claimed):
+                    result.claimed = self._book_gangs(conn, runner_id, result.claimed, remote)
             if free is not None:
                 for job in result.claimed:
-                    free = free.minus(job.num_cpus, job.num_gpus, job.memory_bytes)
+                    if job.id not in remote:
+                        free = free.minus(job.num_cpus, job.num_gpus, job.memory_bytes)
                 gangs.publish(conn, runner_id, free)
             if free is not None or accept is not None:  # a runner in a multi-node allocation
-                result.gangs = gangs.members(conn, [*(held or {}), *(j.id for j in result.claimed if j.num_nodes > 1)])
+                result.gangs = gangs.members(conn, [*(held or {}), *(j.id for j in result.claimed)])
             if want_counts:
                 result.counts = _counts(conn, self.workflow_id)
         if changed:
@@ -348,16 +360,26 @@ class Queue:
         result.shares = gangs.shares(conn, runner_id)
         return free, refused
 
-    def _book_gangs(self, conn: sqlite3.Connection, runner_id: int, claimed: list[ClaimedJob]) -> list[ClaimedJob]:
-        """Book the other nodes of each claimed multi-node job; a job whose nodes cannot all be
-        booked now goes back to ready (its claim never started)."""
+    def _book_gangs(self, conn: sqlite3.Connection, runner_id: int, claimed: list[ClaimedJob],
+                    remote: frozenset[int] = frozenset()) -> list[ClaimedJob]:
+        """Book the other nodes of each claimed multi-node job, and a node for each group member
+        placed elsewhere (``remote``); a job whose nodes cannot all be booked now goes back to
+        ready (its claim never started), with the rest of its group."""
+        failed_groups: set[int] = set()
         kept = []
         for job in claimed:
-            if job.num_nodes <= 1 or gangs.book(conn, self.workflow_id, runner_id, job.id, job.lease_token,
-                                                job.num_nodes, job.num_cpus, job.num_gpus, job.memory_bytes):
+            nodes = job.num_nodes if job.num_nodes > 1 else 2 if job.id in remote else 1
+            if nodes == 1 or gangs.book(conn, self.workflow_id, runner_id, job.id, job.lease_token, nodes,
+                                        job.num_cpus, job.num_gpus, job.memory_bytes):
                 kept.append(job)
-            else:
-                leases.hand_back(conn, runner_id, [job.id])
+                continue
+            leases.hand_back(conn, runner_id, [job.id])
+            if job.group is not None:
+                failed_groups.add(job.group.id)
+        if failed_groups:
+            back = [job for job in kept if job.group is not None and job.group.id in failed_groups]
+            leases.hand_back(conn, runner_id, [job.id for job in back])  # their shares go stale and are cleaned
+            kept = [job for job in kept if job.group is None or job.group.id not in failed_groups]
         return kept
 
     def _add_samples(self, conn: sqlite3.Connection, runner_id: int, samples: Sequence[NodeUse]) -> None:
