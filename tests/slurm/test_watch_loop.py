@@ -190,3 +190,35 @@ def test_recover_reruns_an_oom_failure_with_more_memory_and_the_loop_schedules_i
     assert row["status"] == "ready" and row["memory_bytes"] == int(before * 1.5)
     assert any(s.startswith("recover: 1 job(s)") for s in said), said
     assert submitted == ["s"], "the rerun got an allocation in the same round"
+
+
+def test_a_just_submitted_job_squeue_does_not_list_yet_is_not_gone(db) -> None:
+    class Empty(Fake):
+        def status(self, job_ids):
+            return {}
+
+    record_allocations(db, db.wf, "s", 1, [("801", None), ("802", None)])
+    with db.transaction() as conn:
+        conn.execute("UPDATE allocations SET submitted_at = submitted_at - 3600 WHERE slurm_job_id = '802'")
+    watcher = make(db, lambda s, c: [])
+    watcher.backend = Empty()
+    watcher.round()
+    states = {r[0]: r[1] for r in db.read("SELECT slurm_job_id, state FROM allocations")}
+    assert states == {"801": "submitted", "802": "gone"}
+
+
+def test_the_command_reports_a_workflow_without_schedulers_without_a_traceback(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from torc_slurm.cli import torc
+
+    spec = {"name": "plain", "jobs": [{"name": "a", "command": "true"}]}
+    with Database(tmp_path / "torc.db") as database:
+        wf = add_workflow(database, compile_workflow(WorkflowSpec.model_validate(spec), "plain"), working_dir=tmp_path)
+    result = CliRunner().invoke(torc, ["--db", str(tmp_path / "torc.db"), "slurm", "watch", str(wf), "--site",
+                                       "localhost", "--once"])
+    assert result.exit_code == 1, result.output
+    assert "defines no slurm_schedulers" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(torc, ["--db", str(tmp_path / "torc.db"), "slurm", "watch", "99", "--site",
+                                       "localhost"])
+    assert result.exit_code != 0 and "Traceback" not in result.output and "99" in result.output

@@ -71,6 +71,7 @@ DEFAULT_MAX_RUNNING = 10
 PAUSE_AFTER = 5
 BACKOFF_FIRST = 2.0
 BACKOFF_MAX = 300.0
+SUBMIT_GRACE = 60.0   # seconds a just-submitted job may be missing from squeue
 
 # Allocation states (as the queue records them) in which the allocation waits for nodes.
 QUEUED_STATES = frozenset({"submitted", "PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
@@ -113,6 +114,7 @@ class Allocation:
     slurm_job_id: str
     scheduler: str
     state: str          # as recorded: submitted | PENDING | RUNNING | UNKNOWN | … | gone | canceled
+    submitted_at: float = 0.0   # wall clock, this host's (only compared with this host's clock)
 
 
 @dataclass(frozen=True)
@@ -518,8 +520,9 @@ class Watcher:
                                                                 "soon": self.options.soon_fraction})]
             counts = {r[0]: r[1] for r in conn.execute(
                 "SELECT status, n FROM status_counts WHERE workflow_id = ?", (self.workflow_id,))}
-            allocations = [Allocation(r[0], r[1], r[2]) for r in conn.execute(
-                "SELECT slurm_job_id, scheduler, state FROM allocations WHERE workflow_id = ? ORDER BY id",
+            allocations = [Allocation(r[0], r[1], r[2], r[3]) for r in conn.execute(
+                "SELECT slurm_job_id, scheduler, state, submitted_at FROM allocations WHERE workflow_id = ?"
+                " ORDER BY id",
                 (self.workflow_id,))]
         return QueueView(demand_from_rows(rows, self.shapes), counts, allocations)
 
@@ -533,7 +536,10 @@ class Watcher:
         except SlurmError as exc:
             log.warning("could not ask Slurm about the allocations this round: %s", exc)
             return
-        changed = {a.slurm_job_id: states[a.slurm_job_id] for a in live if states[a.slurm_job_id] != a.state}
+        # A job sbatch just accepted that squeue does not list yet is not gone (a busy controller).
+        young = {a.slurm_job_id for a in live if a.state == "submitted" and time.time() - a.submitted_at < SUBMIT_GRACE}
+        changed = {a.slurm_job_id: states[a.slurm_job_id] for a in live if states[a.slurm_job_id] != a.state
+                   and not (states[a.slurm_job_id] == "gone" and a.slurm_job_id in young)}
         if changed:
             from torc_slurm.store.allocations import update_allocation_states
 
