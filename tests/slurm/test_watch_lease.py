@@ -187,3 +187,19 @@ def test_two_watchers_never_both_submit(tmp_path_factory: pytest.TempPathFactory
             late = [t for _, who, t in kept if who == other and t >= since]
             assert not late, f"{other} submitted (and kept) at {late} after {name} took the lease at {since}"
     assert len(kept) <= 2, (kept, world.slurm.submissions)
+
+
+def test_a_holder_whose_process_is_gone_from_this_host_is_replaced_at_once(world: World) -> None:
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    a, b = world.watcher("a", 0.0), world.watcher("b", 0.0)
+    a.round()
+    with Database(world.path, create=False) as db, db.transaction() as conn:
+        conn.execute("UPDATE watchers SET pid = ?", (int(gone),))
+    b.round()
+    assert b.lease.held and lease_row(world)["holder"] == "b"
+    with pytest.raises(WatchLeaseLost, match="took the lease over"):
+        a.round()

@@ -36,7 +36,8 @@ Rules (where the issue left the choice open):
 * **Lease**: one row per workflow in ``watchers``. Absent: insert it. Held by another: the
   newcomer watches its ``lease_seq``; only if the value did not change for the holder's
   ``timeout_s`` on the newcomer's own monotonic clock does it take the row over (an UPDATE that
-  checks holder and seq in the same transaction). If the seq moves, the holder is alive and the
+  checks holder and seq in the same transaction), or at once when the holder ran on this host and
+  its pid is gone (hard evidence beats the timeout). If the seq moves, the holder is alive and the
   newcomer exits with a message. The holder renews every round (seq + 1); it submits only while its
   last renewal is younger than half the timeout (self-fencing), and if an sbatch returns after that
   (a slow controller) it scancels what it just submitted: a takeover needs a whole timeout after the
@@ -323,7 +324,7 @@ class Lease:
         now = self.clock()
         wall = time.time()
         data = json.dumps(state or {}, separators=(",", ":"), default=str)
-        row = conn.execute("SELECT holder, lease_seq, timeout_s FROM watchers WHERE workflow_id = ?",
+        row = conn.execute("SELECT holder, lease_seq, timeout_s, hostname, pid FROM watchers WHERE workflow_id = ?",
                            (self.workflow_id,)).fetchone()
         if row is None:
             if self.held:  # our row vanished (deleted by hand): we lost it
@@ -341,13 +342,18 @@ class Lease:
         self.other = holder
         if self.held:
             return self._lose(f"watcher {holder} took the lease over")
-        if self.seen != (holder, seq):
-            self.alive = self.seen is not None  # it moved while we watched: the holder is alive
-            self.seen, self.seen_at = (holder, seq), now
-            return False
-        if now - self.seen_at < timeout_s:
-            return False
-        log.warning("watcher %s did not renew its lease for %.0f s (our clock): taking over", holder, now - self.seen_at)
+        dead = row[3] == self.hostname and not _pid_alive(int(row[4]))
+        if dead:  # hard evidence beats the timeout: its process is gone from this host
+            log.warning("watcher %s: its process %s is gone from this host; taking over", holder, row[4])
+        else:
+            if self.seen != (holder, seq):
+                self.alive = self.seen is not None  # it moved while we watched: the holder is alive
+                self.seen, self.seen_at = (holder, seq), now
+                return False
+            if now - self.seen_at < timeout_s:
+                return False
+            log.warning("watcher %s did not renew its lease for %.0f s (our clock): taking over", holder,
+                        now - self.seen_at)
         cursor = conn.execute(
             "UPDATE watchers SET holder = ?, hostname = ?, pid = ?, lease_seq = lease_seq + 1, timeout_s = ?,"
             " started_at = ?, heartbeat_at = ?, state = ? WHERE workflow_id = ? AND holder = ? AND lease_seq = ?",
@@ -370,6 +376,17 @@ class Lease:
 
     lost_reason: str = ""
     alive = False   # another holder renewed while we watched
+
+
+def _pid_alive(pid: int) -> bool:
+    """False only when this host has no process ``pid`` (a reused pid looks alive: the timeout decides)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------
