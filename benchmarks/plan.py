@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, run_timed, torc_env  # noqa: E402
+from _common import machine, run_timed, torc_env
 
 
 def spec(n: int) -> dict:

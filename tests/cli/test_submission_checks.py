@@ -31,16 +31,16 @@ class FakeSlurm(SlurmBackend):
         self.submitted.append(Path(script).read_text())
         return str(1000 + len(self.submitted))
 
-    def status(self, job_ids):  # noqa: ANN001, ANN201
+    def status(self, job_ids):
         return {}
 
-    def cancel(self, job_ids) -> None:  # noqa: ANN001
+    def cancel(self, job_ids) -> None:
         pass
 
     def cluster_name(self) -> str | None:
         return "torc"
 
-    def cluster_info(self):  # noqa: ANN201
+    def cluster_info(self):
         self.asked += 1
         if not self.partitions:
             raise SlurmError("scontrol: cannot reach the controller")

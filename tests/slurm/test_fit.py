@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from torc_slurm.slurm.fit import (JobShape, human_seconds, misfits, offer, parse_gres_request, parse_slurm_size,
-                                  scheduler_problems, serve_verdict)
+from torc_slurm.slurm.fit import (
+    JobShape,
+    human_seconds,
+    misfits,
+    offer,
+    parse_gres_request,
+    parse_slurm_size,
+    scheduler_problems,
+    serve_verdict,
+)
 from torc_slurm.slurm.partitions import ClusterInfo, NodeShape, PartitionInfo
 from torc_slurm.spec.models import SlurmScheduler
 

@@ -10,8 +10,16 @@ import pytest
 
 from torc_slurm.errors import SlurmError
 from torc_slurm.slurm.cli_backend import parse_test_only
-from torc_slurm.slurm.partitions import (ClusterInfo, NodeShape, from_site, parse_cluster, parse_gres,
-                                         parse_max_nodes, parse_max_time, parse_one_liner)
+from torc_slurm.slurm.partitions import (
+    ClusterInfo,
+    NodeShape,
+    from_site,
+    parse_cluster,
+    parse_gres,
+    parse_max_nodes,
+    parse_max_time,
+    parse_one_liner,
+)
 from torc_slurm.slurm.sites import load_site
 
 DATA = Path(__file__).parent / "data"

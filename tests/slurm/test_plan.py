@@ -16,7 +16,7 @@ from torc_slurm.store.db import Database
 from torc_slurm.store.workflows import add_workflow, initialize_workflow
 
 GIB = 2**30
-NODE = dict(cpus=8, gpus=0, memory_bytes=8 * GIB)
+NODE = {"cpus": 8, "gpus": 0, "memory_bytes": 8 * GIB}
 
 
 def offer(name: str = "s", nodes: int = 1, walltime: int = 600, buffer: int = 60, **node: int) -> Offer:

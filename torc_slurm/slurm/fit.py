@@ -123,7 +123,7 @@ def parse_slurm_size(text: str | None) -> int | None:
     return value * 2 ** {"K": 10, "M": 20, "G": 30, "T": 40}[unit]
 
 
-def scheduler_problems(scheduler, partition_name: str | None, cluster: ClusterInfo) -> list[str]:  # noqa: ANN001
+def scheduler_problems(scheduler, partition_name: str | None, cluster: ClusterInfo) -> list[str]:
     """What is wrong with ``scheduler`` on ``cluster`` (empty: nothing known to be wrong).
     ``partition_name`` is the partition it would use (its own, the spec's default, or None: the
     cluster's default)."""
@@ -152,7 +152,7 @@ def scheduler_problems(scheduler, partition_name: str | None, cluster: ClusterIn
     return problems
 
 
-def offer(scheduler, partition: PartitionInfo | None, buffer_s: int) -> Offer:  # noqa: ANN001
+def offer(scheduler, partition: PartitionInfo | None, buffer_s: int) -> Offer:
     """What one allocation of ``scheduler`` gives one job. Without partition data, CPUs and memory
     are not limited (and GPUs only by the scheduler's gres)."""
     biggest = _biggest(partition.nodes) if partition and partition.nodes else None

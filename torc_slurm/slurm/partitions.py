@@ -63,7 +63,7 @@ class ClusterInfo:
         return json.dumps({"source": self.source, "partitions": [asdict(p) for p in self.partitions]})
 
     @classmethod
-    def from_json(cls, text: str) -> "ClusterInfo":
+    def from_json(cls, text: str) -> ClusterInfo:
         data = json.loads(text)
         parts = []
         for p in data["partitions"]:
