@@ -195,3 +195,19 @@ def test_plan_without_schedulers_is_a_clean_error(tmp_path: Path, slurm: FakeSlu
         """))
     result = invoke(db, "slurm", "plan", wf, "--site", "localhost")
     assert result.exit_code != 0 and "defines no slurm_schedulers" in result.output and "Traceback" not in result.output
+
+
+def test_a_partition_cached_as_down_is_asked_about_again(tmp_path: Path, slurm: FakeSlurm,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "torc.db"
+    wf = create(db, barrier(tmp_path))
+    down = (DATA / "scontrol_show_partition.txt").read_text().replace("State=UP", "State=DOWN", 1)
+    nodes = (DATA / "scontrol_show_node.txt").read_text()
+    monkeypatch.setattr(FakeSlurm, "cluster_info", lambda self: (setattr(self, "asked", self.asked + 1),
+                                                                  parse_cluster(down, nodes))[1])
+    result = invoke(db, "slurm", "schedule-nodes", wf, "--site", "localhost")
+    assert result.exit_code != 0 and "partition cpu is DOWN, not UP" in result.output and not slurm.submitted
+    monkeypatch.undo()
+    monkeypatch.setattr("torc_slurm.slurm.backend.get_backend", lambda *a, **k: slurm)
+    assert invoke(db, "slurm", "schedule-nodes", wf, "--site", "localhost").exit_code == 0
+    assert slurm.asked == 2 and len(slurm.submitted) == 1

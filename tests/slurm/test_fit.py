@@ -51,6 +51,12 @@ def test_scheduler_problems(fields: dict, partition: str | None, expected: list[
     assert got == [f"scheduler `s`: {text}" for text in expected]
 
 
+def test_a_partition_that_is_not_up_is_a_problem() -> None:
+    down = ClusterInfo("slurm", (PartitionInfo("cpu", False, None, None, (NodeShape(8, GIB, {}, 1),), state="DRAIN"),))
+    assert scheduler_problems(sched(), "cpu", down) == [
+        "scheduler `s`: partition cpu is DRAIN, not UP: its allocations would wait until the site brings it back"]
+
+
 def test_the_seed_barrier_verdict_with_an_hour_runtime_on_ten_minutes() -> None:
     o = offer(sched(), CLUSTER.partition("cpu"), 60)
     verdict = serve_verdict([shape(200, runtime=3600), shape(2, runtime=3600)], o)

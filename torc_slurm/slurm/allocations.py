@@ -189,11 +189,15 @@ def scheduler_partition(spec: WorkflowSpec, scheduler: SlurmScheduler, site: Sit
 def cluster_info(db: Database, workflow_id: int, backend: SlurmBackend | None,
                  site: SiteConfig) -> ClusterInfo | None:
     """What the partitions offer: the workflow's cached copy of what Slurm said; else ask Slurm now
-    and cache it for the workflow's life; else (no Slurm, or it cannot say) the site config's table,
-    not cached. None when neither is known."""
+    and cache it for the workflow's life (asked again only while the copy shows a partition that is
+    not UP); else (no Slurm, or it cannot say) the site config's table, not cached. None when
+    neither is known."""
     rows = db.read("SELECT data FROM partition_cache WHERE workflow_id = ?", (workflow_id,))
     if rows:
-        return ClusterInfo.from_json(rows[0]["data"])
+        cached = ClusterInfo.from_json(rows[0]["data"])
+        # Limits last; a partition's state does not: one cached as not UP is asked about again.
+        if backend is None or all(p.up for p in cached.partitions):
+            return cached
     if backend is not None:
         try:
             info = backend.cluster_info()

@@ -135,6 +135,9 @@ def scheduler_problems(scheduler, partition_name: str | None, cluster: ClusterIn
         known = ", ".join(p.name for p in cluster.partitions)
         return [f"{where}: partition {partition_name!r} does not exist ({cluster.source} lists: {known})"]
     problems = []
+    if not partition.up:
+        problems.append(f"{where}: partition {partition.name} is {partition.state}, not UP: its allocations "
+                        "would wait until the site brings it back")
     if partition.max_time_s is not None and scheduler.walltime_seconds > partition.max_time_s:
         problems.append(f"{where}: walltime {scheduler.walltime} is over partition {partition.name}'s MaxTime "
                         f"{human_seconds(partition.max_time_s)} (field `walltime`)")
