@@ -104,7 +104,7 @@ def _print_test_only(app, backend, script: str, scheduler: str) -> None:  # noqa
         try:
             answer = backend.test_only(Path(handle.name))
         except SlurmError as exc:
-            answer = f"refused: {exc}"
+            answer = f"error: {exc}"
     click.echo(f"sbatch --test-only ({scheduler}): {answer}")
 
 
