@@ -153,11 +153,13 @@ def test_submit_uses_the_plan_and_says_when_max_allocations_cuts_it(tmp_path: Pa
     spec = barrier(tmp_path)
     dry = invoke(tmp_path / "torc.db", "submit", spec, "--site", "localhost", "--dry-run")
     assert dry.exit_code == 0, dry.output
-    assert "would submit 6 allocation(s) of scheduler short" in dry.output and "sbatch --test-only" in dry.output
+    # stage 1 needs 4 allocations and the barrier fits after it in their walltime; the final job does not
+    assert "would submit 5 allocation(s) of scheduler short" in dry.output and "sbatch --test-only" in dry.output
+    assert "waves: stages 1-2, 3" in dry.output
     assert not slurm.submitted and not (tmp_path / "torc.db").exists()
     result = invoke(tmp_path / "torc.db", "submit", spec, "--site", "localhost", "--max-allocations", "2")
     assert result.exit_code == 0, result.output
-    assert "the plan wants 6 allocation(s) of scheduler short; --max-allocations cuts it to 2" in result.output
+    assert "the plan wants 5 allocation(s) of scheduler short; --max-allocations cuts it to 2" in result.output
     assert len(slurm.submitted) == 2
 
 

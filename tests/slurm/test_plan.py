@@ -61,11 +61,20 @@ def test_three_stages_and_the_makespan() -> None:
     plan = make_plan(shapes, [offer()])
     (sched,) = plan.schedulers
     assert [(s.stage, s.jobs, s.allocations) for s in sched.stages] == [(1, 100, 2), (2, 1, 1), (3, 16, 1)]
-    assert sched.allocations == 4 and plan.stages == 3 and plan.unplaceable == 0
+    # 390 s + 60 s fit the 540 usable seconds: stages 1 and 2 share their allocations; stage 3 does not fit after them
+    assert sched.waves() == [sched.stages[:2], sched.stages[2:]]
+    assert sched.allocations == 2 + 1 and plan.stages == 3 and plan.unplaceable == 0
     assert plan.makespan_s == pytest.approx(sum(s.duration_s for s in sched.stages))
     assert plan.to_dict()["schedulers"][0]["stages"][2] == {"stage": 3, "jobs": 16, "node_runs": 1, "allocations": 1,
                                                            "node_hours": pytest.approx(0.133, abs=0.01),
                                                            "duration_s": 480.0}
+
+
+def test_small_stages_share_one_allocation_on_a_long_walltime() -> None:
+    plan = make_plan([shape(10, stage=1), shape(10, stage=2), shape(10, stage=3)], [offer(walltime=4 * 3600)])
+    (sched,) = plan.schedulers
+    assert [s.allocations for s in sched.stages] == [1, 1, 1] and sched.allocations == 1
+    assert plan.to_dict()["schedulers"][0]["waves"] == [[1, 2, 3]]
 
 
 def test_jobs_go_to_their_scheduler_or_the_first_that_fits_and_misfits_are_counted() -> None:

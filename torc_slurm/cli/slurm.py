@@ -129,7 +129,8 @@ def plan(app, workflow_id: int, site, fmt: str) -> None:
 
     Simulates the runner's packer over the jobs' declared resources on one node of each
     scheduler's partition for its walltime; stages follow the dependencies (a stage starts when the
-    one before it is done). Makespan leaves queue waits out."""
+    one before it is done). Consecutive stages whose times fit one walltime share allocations (a
+    wave); the total per scheduler is what `torc submit` submits. Makespan leaves queue waits out."""
     from torc_slurm.slurm.allocations import plan_workflow
     from torc_slurm.store.workflows import get_workflow
 
@@ -138,6 +139,13 @@ def plan(app, workflow_id: int, site, fmt: str) -> None:
     result, cluster = plan_workflow(app.db, workflow_id, backend, _site(site, backend))
     data = {"workflow_id": workflow_id, "partitions_from": cluster.source if cluster else None, **result.to_dict()}
     app.emit(data, fmt, _plan_table)
+
+
+def _waves(waves: list[list[int]]) -> str:
+    """' (waves: stages 1-2, 3)': the stages that share allocations, one after the other."""
+    if sum(len(w) for w in waves) < 2:
+        return ""
+    return " (waves: stages " + ", ".join(f"{w[0]}-{w[-1]}" if len(w) > 1 else f"{w[0]}" for w in waves) + ")"
 
 
 def _plan_table(data):  # noqa: ANN001, ANN202
@@ -154,8 +162,9 @@ def _plan_table(data):  # noqa: ANN001, ANN202
         for stage in sched["stages"]:
             table.add_row(sched["scheduler"], str(stage["stage"]), str(stage["jobs"]), f"{stage['node_hours']:.2f}",
                           f"{stage['allocations']} x {sched['nodes']} node(s)", human_seconds(stage["duration_s"]))
-    totals = ", ".join(f"{s['scheduler']}: {s['allocations']} allocation(s) of {s['nodes']} node(s), "
-                       f"walltime {human_seconds(s['walltime_s'])}" for s in data["schedulers"] if s["allocations"])
+    totals = "; ".join(f"{s['scheduler']}: {s['allocations']} allocation(s) of {s['nodes']} node(s), "
+                       f"walltime {human_seconds(s['walltime_s'])}" + _waves(s["waves"])
+                       for s in data["schedulers"] if s["allocations"])
     caption = [f"expected makespan {human_seconds(data['makespan_s'])} (queue waits not included)"]
     if totals:
         caption.append(totals)

@@ -20,6 +20,9 @@ Model, stage by stage (a stage starts when the one before it has finished, as a 
   of its node runs (the work spread over the nodes running in parallel), at least its longest job.
   Node-hours = the node time the runs keep busy. Makespan = sum over stages of the longest stage
   time among the schedulers (queue waits not included).
+* Consecutive stages whose times add up to at most the usable walltime share allocations (a
+  *wave*): the scheduler's total is, per wave, the allocations of its widest stage. That total is
+  what ``torc submit`` submits.
 """
 
 from __future__ import annotations
@@ -50,11 +53,27 @@ class SchedulerPlan:
     scheduler: str
     nodes: int
     walltime_s: int
+    usable_s: int = 0                  # walltime less the end buffer
     stages: list[StagePlan] = field(default_factory=list)
+
+    def waves(self) -> list[list[StagePlan]]:
+        """Consecutive stages that one set of allocations runs one after the other: a stage joins
+        the current wave while the wave's stage times, its own included, fit the usable walltime."""
+        waves: list[list[StagePlan]] = []
+        elapsed = 0.0
+        for stage in self.stages:
+            if waves and elapsed + stage.duration_s <= self.usable_s:
+                waves[-1].append(stage)
+                elapsed += stage.duration_s
+            else:
+                waves.append([stage])
+                elapsed = stage.duration_s
+        return waves
 
     @property
     def allocations(self) -> int:
-        return sum(s.allocations for s in self.stages)
+        """Per wave, as many allocations as its widest stage needs."""
+        return sum(max(s.allocations for s in wave) for wave in self.waves())
 
     @property
     def jobs(self) -> int:
@@ -72,6 +91,7 @@ class Plan:
         return {"makespan_s": round(self.makespan_s, 1), "unplaceable_jobs": self.unplaceable, "stages": self.stages,
                 "schedulers": [{"scheduler": s.scheduler, "nodes": s.nodes, "walltime_s": s.walltime_s,
                                 "allocations": s.allocations, "jobs": s.jobs,
+                                "waves": [[st.stage for st in wave] for wave in s.waves()],
                                 "stages": [{"stage": st.stage, "jobs": st.jobs, "node_runs": st.node_runs,
                                             "allocations": st.allocations, "node_hours": round(st.node_hours, 3),
                                             "duration_s": round(st.duration_s, 1)} for st in s.stages]}
@@ -103,7 +123,7 @@ def make_plan(shapes: Sequence[JobShape], offers: Sequence[Offer]) -> Plan:
     plans = []
     stage_time: dict[int, float] = {}
     for o in offers:
-        plan = SchedulerPlan(o.scheduler, o.nodes, o.walltime_s)
+        plan = SchedulerPlan(o.scheduler, o.nodes, o.walltime_s, o.usable_s)
         mine = assigned[o.scheduler]
         for stage in stages:
             pool = [s for s in mine if s.stage == stage]
