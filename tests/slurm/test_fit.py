@@ -119,3 +119,17 @@ def test_slurm_sizes(text: str | None, size: int | None) -> None:
                                                (5400, "1 h 30 min"), (7200, "2 h")])
 def test_human_seconds(seconds: int, text: str) -> None:
     assert human_seconds(seconds) == text
+
+
+def test_a_sites_walltime_bins_by_node_count() -> None:
+    from torc_slurm.slurm.partitions import from_site
+    from torc_slurm.slurm.sites import load_site
+
+    site = from_site(load_site("frontier"))
+    assert site is not None
+    name = next(p.name for p in site.partitions if p.max_time_by_nodes)
+    assert scheduler_problems(sched(partition=name, nodes=4, walltime="06:00:00"), name, site) == [
+        f"scheduler `s`: walltime 06:00:00 is over partition {name}'s MaxTime 2 h for 4 nodes (field `walltime`)"]
+    assert scheduler_problems(sched(partition=name, nodes=200, walltime="12:00:00"), name, site) == []
+    assert scheduler_problems(sched(partition=name, nodes=100, walltime="06:00:00"), name, site) == []
+    assert ClusterInfo.from_json(site.to_json()) == site

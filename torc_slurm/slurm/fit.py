@@ -138,13 +138,16 @@ def scheduler_problems(scheduler, partition_name: str | None, cluster: ClusterIn
     if not partition.up:
         problems.append(f"{where}: partition {partition.name} is {partition.state}, not UP: its allocations "
                         "would wait until the site brings it back")
-    if partition.max_time_s is not None and scheduler.walltime_seconds > partition.max_time_s:
+    limit = partition.max_time_for(scheduler.nodes)
+    if limit is not None and scheduler.walltime_seconds > limit:
+        binned = f" for {scheduler.nodes} nodes" if limit != partition.max_time_s else ""
         problems.append(f"{where}: walltime {scheduler.walltime} is over partition {partition.name}'s MaxTime "
-                        f"{human_seconds(partition.max_time_s)} (field `walltime`)")
+                        f"{human_seconds(limit)}{binned} (field `walltime`)")
     if partition.max_nodes is not None and scheduler.nodes > partition.max_nodes:
         problems.append(f"{where}: {scheduler.nodes} nodes is more than partition {partition.name}'s "
                         f"MaxNodes {partition.max_nodes} (field `nodes`)")
-    elif partition.nodes and scheduler.nodes > partition.total_nodes:
+    elif cluster.source == "slurm" and partition.nodes and scheduler.nodes > partition.total_nodes:
+        # (a site table lists one node of each shape, not how many there are)
         problems.append(f"{where}: {scheduler.nodes} nodes is more than partition {partition.name} has "
                         f"({partition.total_nodes}) (field `nodes`)")
     for name, count in parse_gres_request(scheduler.gres).items():

@@ -42,6 +42,13 @@ class PartitionInfo:
     nodes: tuple[NodeShape, ...]
     default: bool = False
     state: str = "UP"
+    # (min_nodes, seconds): a lower limit for jobs of at least min_nodes nodes (a site's walltime bins)
+    max_time_by_nodes: tuple[tuple[int, int], ...] = ()
+
+    def max_time_for(self, nodes: int) -> int | None:
+        """The walltime limit of a job of ``nodes`` nodes: its bin, else MaxTime."""
+        bins = [(low, seconds) for low, seconds in self.max_time_by_nodes if low <= nodes]
+        return max(bins)[1] if bins else self.max_time_s
 
     @property
     def total_nodes(self) -> int:
@@ -69,7 +76,8 @@ class ClusterInfo:
         for p in data["partitions"]:
             nodes = tuple(NodeShape(n["cpus"], n["memory_bytes"], dict(n["gres"]), n["count"]) for n in p["nodes"])
             parts.append(PartitionInfo(p["name"], p["up"], p["max_time_s"], p["max_nodes"], nodes,
-                                       p.get("default", False), p.get("state", "UP")))
+                                       p.get("default", False), p.get("state", "UP"),
+                                       tuple((low, seconds) for low, seconds in p.get("max_time_by_nodes", ()))))
         return cls(data["source"], tuple(parts))
 
 
@@ -184,7 +192,8 @@ def from_site(site: Any) -> ClusterInfo | None:
     parts = []
     for p in site.partitions:
         gres = {"gpu": p.gpus_per_node} if p.gpus_per_node else {}
+        bins = tuple((b.min_nodes, b.max_walltime_seconds) for b in getattr(p, "walltime_by_nodes", []))
         parts.append(PartitionInfo(p.name, True, p.max_walltime_seconds, getattr(p, "max_nodes", None),
                                    (NodeShape(p.cpus_per_node, p.memory_bytes, gres, 1),),
-                                   p.name == site.default_partition))
+                                   p.name == site.default_partition, "UP", bins))
     return ClusterInfo(f"site config {site.name}", tuple(parts))
