@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from torc_slurm.slurm.partitions import ClusterInfo
 
 log = logging.getLogger(__name__)
+_UNKNOWN_SEEN: set[str] = set()  # unknown state names already logged
 
 BACKEND_ENV = "TORC_SLURM_BACKEND"
 
@@ -54,17 +55,23 @@ class SlurmState(str, enum.Enum):
     STOPPED = "STOPPED"
     SUSPENDED = "SUSPENDED"
     TIMEOUT = "TIMEOUT"
+    # A state this torc_slurm does not know (a newer Slurm): shown as such, never taken as finished
+    # (so nothing is swept or resubmitted on it), and no command breaks on it.
+    UNKNOWN = "UNKNOWN"
 
     @classmethod
     def parse(cls, text: str) -> "SlurmState":
-        """The state named by ``text``; an unknown name is a SlurmError, never a guess."""
+        """The state named by ``text``; a name this version does not know is UNKNOWN (logged once
+        per name), never a guess."""
+        name = text.strip().upper()
         try:
-            return cls(text.strip().upper())
+            return cls(name)
         except ValueError:
-            raise SlurmError(
-                f"unknown Slurm job state {text!r}: this Slurm version reports a state torc_slurm does"
-                " not know; please report it"
-            ) from None
+            if name not in _UNKNOWN_SEEN:
+                _UNKNOWN_SEEN.add(name)
+                log.warning("unknown Slurm job state %r: shown as UNKNOWN (this Slurm reports a state "
+                            "torc_slurm does not know; please report it)", text)
+            return cls.UNKNOWN
 
     @property
     def is_finished(self) -> bool:
