@@ -25,13 +25,13 @@ The mapping
 - ``environment`` -> ``env`` (numbers and booleans become text, as OSMO does).
 - ``workflow.resources`` (named profiles) -> ``resource_requirements`` of the same names;
   a task's ``resource: NAME`` selects one, and without it the task uses the ``default`` profile,
-  or torc's built-in default (1 CPU, 0 GPUs, 1 GiB, runtime PT1H) when no ``default`` is given.
+  or torc's built-in default (1 CPU, 0 GPUs, 1 GiB, runtime PT1M) when no ``default`` is given.
   A task may give its own profile inline under ``resources`` (not together with ``resource``).
   ``cpu`` -> ``num_cpus`` (a whole number >= 1), ``gpu`` -> ``num_gpus``, ``memory`` -> ``memory``
   (binary units: ``Ki``, ``Mi``, ``Gi``, ``Ti``, with or without a trailing ``B``, or a number of
   bytes). ``G``/``M``/``K``/``T`` alone are refused as ambiguous (Kubernetes reads ``1G`` as 10^9
   bytes, OSMO as 2^30), and so are decimal units (``GB``, ``MB``) and ``m``. The runtime is always
-  torc's default (PT1H): OSMO has no per-task runtime.
+  torc's default (PT1M): OSMO has no per-task runtime.
 
 Substitutions (in ``command`` and ``args``)
 -------------------------------------------
