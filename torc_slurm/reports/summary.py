@@ -21,10 +21,8 @@ import json
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
 from torc_slurm.store.db import Database
-from torc_slurm.store.workflows import get_workflow, status_counts
+from torc_slurm.store.views import status_counts
 
 # Attempt outcomes other than 'completed' (results.status).
 NOT_COMPLETED = ("failed", "terminated", "lost", "canceled")
@@ -33,77 +31,22 @@ FAILURE_PAGE = 5_000  # failed attempts counted per locked read
 LIVE_RUNNER = ("active", "fencing")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_MODELS = ("ReasonCount", "ExitCount", "Failures", "WallTime", "Usage", "Allocation", "LongJob", "Summary")
 
 
-class ReasonCount(_Model):
-    status: str  # the attempts' outcome: failed | terminated | lost | canceled
-    reason: str  # results.reason ('exit code', 'signal', 'oom', 'timeout', …), or the status when none
-    attempts: int
+def __getattr__(name: str) -> Any:
+    """The pydantic models of the JSON output live in ``summary_model`` (imported on first use:
+    pydantic costs a tenth of a second that `torc reports summary` itself does not need)."""
+    if name in _MODELS:
+        from torc_slurm.reports import summary_model
 
-
-class ExitCount(_Model):
-    return_code: int | None
-    signal: int | None
-    attempts: int
-
-
-class Failures(_Model):
-    attempts: int  # attempts that did not complete (late outcomes excluded)
-    by_reason: list[ReasonCount]
-    by_exit_code: list[ExitCount]  # failed attempts only, by exit code or signal
-
-
-class WallTime(_Model):
-    started_at: float | None  # first runner start
-    ended_at: float | None  # last runner end, or now while one is live
-    running: bool
-    seconds: float | None
-
-
-class Usage(_Model):
-    """Resource-hours of one kind: what the runners had, what their jobs held, what they used."""
-
-    allocated_hours: float
-    held_hours: float
-    used_hours: float | None  # None: not measured (GPU without a sampler)
-    held_percent: float | None  # of allocated
-    used_percent: float | None  # of allocated
-
-
-class Allocation(_Model):
-    runners: int
-    live_runners: int
-    cpu: Usage
-    gpu: Usage
-    gpu_sampled: bool  # a runner with GPUs sampled them (nvidia-smi / NVML)
-    gpu_samplers: list[str]
-
-
-class LongJob(_Model):
-    job: str
-    job_id: int
-    attempt: int
-    status: str
-    exec_s: float
-    node: str | None
-
-
-class Summary(_Model):
-    workflow_id: int
-    name: str
-    jobs_total: int
-    jobs_by_status: dict[str, int]
-    failures: Failures
-    wall: WallTime
-    allocation: Allocation
-    longest: list[LongJob]
+        return getattr(summary_model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def summary(db: Database, workflow_id: int, *, now: float | None = None) -> dict[str, Any]:
     """The summary as plain data (validates against `Summary`)."""
-    workflow = get_workflow(db, workflow_id)
+    workflow = _workflow(db, workflow_id)
     now = time.time() if now is None else now
     by_status = {s: n for s, n in status_counts(db, workflow_id).items() if n}
     runners = [dict(r) for r in db.read(
@@ -111,7 +54,7 @@ def summary(db: Database, workflow_id: int, *, now: float | None = None) -> dict
         " gpu_sampler FROM runners WHERE workflow_id = ?", (workflow_id,))]
     return {
         "workflow_id": workflow_id,
-        "name": workflow.name,
+        "name": workflow["name"],
         "jobs_total": sum(by_status.values()),
         "jobs_by_status": by_status,
         "failures": _failures(db, workflow_id),
@@ -119,6 +62,17 @@ def summary(db: Database, workflow_id: int, *, now: float | None = None) -> dict
         "allocation": _allocation(db, runners, now),
         "longest": _longest(db, workflow_id),
     }
+
+
+def _workflow(db: Database, workflow_id: int) -> Any:
+    """The workflow's row, or the error naming the nearest ids (one short read)."""
+    with db.transaction(write=False) as conn:
+        row = conn.execute("SELECT id, name, status FROM workflows WHERE id = ?", (workflow_id,)).fetchone()
+        if row is None:
+            from torc_slurm.reports.status import no_workflow
+
+            raise no_workflow(conn, workflow_id, db.path)
+        return row
 
 
 def _failures(db: Database, workflow_id: int) -> dict[str, Any]:
