@@ -134,3 +134,15 @@ def test_timeouts_oom_kills_and_walltime_stops_are_posted(db: Database, tmp_path
     assert [e["data"]["job"] for e in events(db, queue.workflow_id, "job_oom")] == ["greedy"]
     [walltime] = events(db, queue.workflow_id, "job_walltime_terminated")
     assert walltime["data"]["jobs"] == ["cut_1", "cut_2"] and walltime["data"]["count"] == 2
+
+
+def test_finish_runner_returns_the_work_left_sentence_for_the_log(db: Database, tmp_path: Path) -> None:  # noqa: F811
+    queue = make_queue(db, tmp_path, [job("a"), job("b")])
+    runner = queue.register_runner(hostname="n1", pid=1)
+    left = queue.finish_runner(runner, report={"exit_reason": "walltime"}, time_left_s=None)
+    assert left == f"runner {runner} ended (walltime) with 2 ready job(s) left"
+    other = make_queue(db, tmp_path, [job("c")])
+    runner2 = other.register_runner(hostname="n1", pid=2)
+    claimed = other.cycle(runner2, choose=take_all).claimed
+    other.cycle(runner2, started=started(db, claimed[0].id))
+    assert other.finish_runner(runner2, outcomes=[done(db, claimed[0].id)]) is None

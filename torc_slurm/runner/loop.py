@@ -874,9 +874,11 @@ class Runner:
         delay = 0.1
         while True:
             try:
-                self.queue.finish_runner(self.runner_id, outcomes=outcomes, report=self._report(), samples=samples,
-                                         time_left_s=self.config.end_time.seconds_left(time.time(),
-                                                                                       self.config.buffer_s))
+                left = self.queue.finish_runner(
+                    self.runner_id, outcomes=outcomes, report=self._report(), samples=samples,
+                    time_left_s=self.config.end_time.seconds_left(time.time(), self.config.buffer_s))
+                if left:
+                    log.warning("%s", left)  # also the runner_exit_with_work_left event
                 return
             except (QueueError, sqlite3.Error) as exc:
                 if time.monotonic() + delay > deadline:

@@ -209,10 +209,11 @@ class Queue:
 
     def finish_runner(self, runner_id: int, *, outcomes: Sequence[Outcome] = (),
                       report: Mapping[str, object] | None = None, time_left_s: float | None = None,
-                      samples: Sequence[NodeUse] = ()) -> None:
+                      samples: Sequence[NodeUse] = ()) -> str | None:
         """The runner's last cycle: record outcomes, hand back anything it still holds, sign off.
         ``report`` (its counts and exit reason) goes into the ``runner_ended`` event, with the
-        ready jobs it leaves behind and how many of those need more than ``time_left_s``."""
+        ready jobs it leaves behind and how many of those need more than ``time_left_s``; that
+        last sentence is returned (None when no ready job is left), for the runner's log."""
         now = time.time()
         with self.db.transaction() as conn:
             changed = self._record(conn, runner_id, outcomes)
@@ -221,12 +222,13 @@ class Queue:
             changed += gangs.give_up_unanswered(conn, runner_id)
             conn.execute("UPDATE runners SET status = 'finished', ended_at = ?, heartbeat_at = ? WHERE id = ?",
                          (now, now, runner_id))
-            self._post_runner_ended(conn, runner_id, dict(report or {}), time_left_s)
+            left = self._post_runner_ended(conn, runner_id, dict(report or {}), time_left_s)
         if changed:
             self.db.notify()
+        return left
 
     def _post_runner_ended(self, conn: sqlite3.Connection, runner_id: int, report: dict[str, object],
-                           time_left_s: float | None) -> None:
+                           time_left_s: float | None) -> str | None:
         """``runner_ended``, and ``runner_exit_with_work_left`` when ready jobs remain (counted up
         to a cap through the status index, so a huge queue costs no scan)."""
         reason = report.get("exit_reason") or "stopped"
@@ -236,7 +238,7 @@ class Queue:
         ready = conn.execute("SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE workflow_id = ? AND status = 'ready'"
                              " LIMIT ?)", (self.workflow_id, WORK_LEFT_CAP)).fetchone()[0]
         if not ready:
-            return
+            return None
         shown = f"{ready}+" if ready >= WORK_LEFT_CAP else str(ready)
         data: dict[str, object] = {"runner_id": runner_id, "ready": ready, "exit_reason": reason}
         message = f"runner {runner_id} ended ({reason}) with {shown} ready job(s) left"
@@ -250,6 +252,7 @@ class Queue:
                             f"{_minutes(time_left_s)} left")
         add_event(conn, self.workflow_id, "runner_exit_with_work_left", message, data=data,
                   source=f"runner {runner_id}")
+        return message
 
     # -- the cycle --------------------------------------------------------------------------
     def cycle(self, runner_id: int, *, started: Sequence[Started] = (), outcomes: Sequence[Outcome] = (),
