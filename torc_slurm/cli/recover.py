@@ -152,9 +152,10 @@ def _allocations(db, spec, recovery, site_config, max_allocations: int) -> dict[
     grown = {g.job_id: g.new for g in recovery.rerun if g.field == "runtime"}
     ids = [c["job_id"] for c in recovery.changes()]
     marks = ",".join("?" * len(ids))
-    rows = db.read(f"SELECT id, scheduler, num_cpus, runtime_s FROM jobs WHERE id IN ({marks})", tuple(ids))
-    jobs = [{"scheduler": r["scheduler"], "num_cpus": r["num_cpus"], "runtime_s": grown.get(r["id"], r["runtime_s"])}
-            for r in rows]
+    rows = db.read(f"SELECT id, name, scheduler, num_cpus, num_nodes, runtime_s FROM jobs WHERE id IN ({marks})",
+                   tuple(ids))
+    jobs = [{"name": r["name"], "scheduler": r["scheduler"], "num_cpus": r["num_cpus"], "num_nodes": r["num_nodes"],
+             "runtime_s": grown.get(r["id"], r["runtime_s"])} for r in rows]
     return allocations_needed(spec, jobs, site_config, max_allocations)
 
 
