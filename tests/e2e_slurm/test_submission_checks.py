@@ -64,8 +64,8 @@ def test_a_job_too_big_for_any_node_is_refused(e2e: E2E) -> None:
 def test_dry_run_prints_what_sbatch_test_only_says(e2e: E2E) -> None:
     workflow_id = e2e.create(_bare_barrier(e2e, partition="cpu", walltime="00:10:00"))
     proc = e2e.torc("slurm", "schedule-nodes", workflow_id, "--dry-run")
-    assert "#SBATCH" in proc.stdout
-    answer = next(line for line in proc.stdout.splitlines() if line.startswith("sbatch --test-only"))
+    assert proc.stdout.startswith("#!/bin/bash") and "#SBATCH" in proc.stdout  # the script alone
+    answer = next(line for line in proc.stderr.splitlines() if line.startswith("sbatch --test-only"))
     assert "to start at" in answer and "in partition cpu" in answer, answer
     assert not e2e.allocations(workflow_id)
     assert not squeue(e2e.own_job_ids())

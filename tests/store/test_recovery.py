@@ -138,7 +138,7 @@ def test_recover_refuses_a_job_that_moved_on_since_the_plan(db: Database, tmp_pa
     finish(queue, runner, {"a": ("failed", "timeout")})
     with pytest.raises(RecoverConflict):
         apply_recovery(db, recovery)
-    assert rows(db, queue.workflow_id)["a"]["runtime_s"] == 5400  # PT1H grown once, not twice
+    assert rows(db, queue.workflow_id)["a"]["runtime_s"] == 90  # the default PT1M grown once (x 1.5), not twice
 
 
 def test_a_retry_under_a_lease_that_ended_is_late_and_changes_nothing(db: Database, tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ def test_add_workflow_writes_everything(db: Database, tmp_path: Path) -> None:
     assert all(j["status"] == "uninitialized" for j in jobs.values())
     assert jobs["pre"]["depset_id"] is None and json.loads(jobs["pre"]["env"]) == {"A": "1"}
     assert jobs["post"]["priority"] == 3 and jobs["post"]["rank"] == 0
-    assert (jobs["left"]["num_cpus"], jobs["left"]["memory_bytes"], jobs["left"]["runtime_s"]) == (1, 2**30, 3600)
+    assert (jobs["left"]["num_cpus"], jobs["left"]["memory_bytes"], jobs["left"]["runtime_s"]) == (1, 2**30, 60)  # the defaults: torc's one minute
 
     def members(job: str) -> set[str]:
         return {r[0] for r in db.read(

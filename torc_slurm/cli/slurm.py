@@ -62,8 +62,9 @@ def schedule_nodes(app, workflow_id: int, scheduler, num_hpc_jobs, max_parallel_
         click.echo(result.script, nl=False)
         app.note(f"(dry run: would submit {num_hpc_jobs} allocation(s) of scheduler {result.scheduler}, "
                  f"site {site_config.name})")
-        _print_test_only(app, backend, result.script, result.scheduler)
-        _print_problems(app, result.problems, result.cluster, force)
+        # stdout holds the script alone (so it can be piped or saved); Slurm's answer goes to stderr
+        _print_test_only(app, backend, result.script, result.scheduler, err=True)
+        _print_problems(app, result.problems, result.cluster, force, err=True)
         return
     ensure_initialized(db, workflow_id, force=force)
     result = schedule(db, backend, site_config, request)
@@ -89,14 +90,14 @@ def _backend_or_none():  # noqa: ANN202
         return None
 
 
-def _print_test_only(app, backend, script: str, scheduler: str) -> None:  # noqa: ANN001
+def _print_test_only(app, backend, script: str, scheduler: str, *, err: bool = False) -> None:  # noqa: ANN001
     """Run ``sbatch --test-only`` on ``script`` and print Slurm's answer (or its refusal)."""
     import tempfile
 
     from torc_slurm.errors import SlurmError
 
     if backend is None:
-        click.echo(f"sbatch --test-only ({scheduler}): not run: no Slurm here")
+        click.echo(f"sbatch --test-only ({scheduler}): not run: no Slurm here", err=err)
         return
     with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="torc_test_only_") as handle:
         handle.write(script)
@@ -105,16 +106,16 @@ def _print_test_only(app, backend, script: str, scheduler: str) -> None:  # noqa
             answer = backend.test_only(Path(handle.name))
         except SlurmError as exc:
             answer = f"error: {exc}"
-    click.echo(f"sbatch --test-only ({scheduler}): {answer}")
+    click.echo(f"sbatch --test-only ({scheduler}): {answer}", err=err)
 
 
-def _print_problems(app, problems: list[str], cluster, force: bool) -> None:  # noqa: ANN001
+def _print_problems(app, problems: list[str], cluster, force: bool, *, err: bool = False) -> None:  # noqa: ANN001
     if not problems:
         return
     origin = f" (partitions from {cluster.source})" if cluster else ""
-    click.echo(("would submit anyway (--force)" if force else "would refuse to submit") + origin + ":")
+    click.echo(("would submit anyway (--force)" if force else "would refuse to submit") + origin + ":", err=err)
     for problem in problems:
-        click.echo(f"  - {problem}")
+        click.echo(f"  - {problem}", err=err)
     if not force:
         app.abort("the checks refuse this submission; --force submits anyway", 1)
 
