@@ -220,7 +220,8 @@ def run_jobs(app, db_path: Path, workflow_id: int, output_dir: Path, scheduler, 
     db = Database(db_path, lock_kind=app.lock_kind, create=False)
     options: dict[str, object] = dict(
         scheduler=scheduler, strict_scheduler=strict_scheduler, max_parallel_jobs=max_parallel_jobs,
-        end_time=_end_time(end_time, slurm_job), monitor_interval_s=monitor_interval, gpu_variable=gpu_variable,
+        end_time=_end_time(end_time, slurm_job, db_path), monitor_interval_s=monitor_interval,
+        gpu_variable=gpu_variable,
         slurm_job_id=slurm_job, slurm_probe=default_probe(),
         allocation_nodes=int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or 1))
     if wait_for_new_jobs is not None:
@@ -232,20 +233,16 @@ def run_jobs(app, db_path: Path, workflow_id: int, output_dir: Path, scheduler, 
         summary.exit_reason or runner.stop_reason, summary.completed, summary.failed, summary.terminated)
 
 
-def _end_time(fixed: float | None, slurm_job: str | None):  # noqa: ANN202
+def _end_time(fixed: float | None, slurm_job: str | None, db_path: Path):  # noqa: ANN202
     from torc_slurm.runner.walltime import EndTime
 
     if fixed is not None or slurm_job is None:
         return EndTime(fixed)
     from torc_slurm.slurm.backend import get_backend
 
-    backend = get_backend()
+    from torc_slurm.slurm.allocations import end_time_source
 
-    def read() -> float | None:
-        end = backend.end_time(slurm_job)
-        return end.timestamp() if end else None
-
-    return EndTime(source=read, refresh_s=300.0)
+    return EndTime(source=end_time_source(db_path, slurm_job, get_backend()), refresh_s=300.0)
 
 
 @slurm.command("status")

@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from torc_slurm.compiler import CompiledWorkflow
@@ -27,8 +28,10 @@ from torc_slurm.slurm.sites import SiteConfig
 from torc_slurm.spec.models import SlurmScheduler, WorkflowSpec
 from torc_slurm.states import UNFINISHED
 from torc_slurm.store.allocations import (
+    allocation_end,
     list_allocations,
     record_allocations,
+    record_end_times,
     runners_by_allocation,
     update_allocation_states,
 )
@@ -275,12 +278,38 @@ def plan_workflow(db: Database, workflow_id: int, backend: SlurmBackend | None, 
     return make_plan(job_shapes(db, workflow_id), [offers[s.name] for s in spec.slurm_schedulers]), cluster
 
 
+def end_time_source(db_path: Path, slurm_job_id: str, backend: SlurmBackend) -> Callable[[], float | None]:
+    """A runner's end time, without every runner polling Slurm: read from the queue, where the
+    allocation's first runner records what Slurm said (one squeue call per allocation) and
+    `torc slurm status` records changes. Slurm is asked again only for an allocation this queue
+    does not record (a runner started by hand). Each read opens its own connection: refreshes run
+    in a background thread."""
+    asked: list[float] = []
+
+    def read() -> float | None:
+        with Database(db_path, create=False) as db:
+            known, end = allocation_end(db, slurm_job_id)
+            if end is not None:
+                return end
+            if known and asked:
+                return asked[-1]  # Slurm told us already; nothing newer recorded since
+            info = backend.end_time(slurm_job_id)
+            if info is None:
+                return None
+            asked.append(info.timestamp())
+            record_end_times(db, {slurm_job_id: info.timestamp()})
+            return info.timestamp()
+
+    return read
+
+
 def refresh_allocations(db: Database, backend: SlurmBackend, workflow_id: int) -> list[dict[str, Any]]:
     """Ask Slurm (one squeue call) about the workflow's live allocations, mark those it no longer
     knows as gone, and return every allocation with its runners, state and time left. Never
     sweeps: a status command changes no job (`torc workflows sync-status` does, on evidence)."""
     active = list_allocations(db, workflow_id, active_only=True)
     infos = backend.status([a["slurm_job_id"] for a in active]) if active else {}
+    record_end_times(db, {job_id: info.end_time.timestamp() for job_id, info in infos.items() if info.end_time})
     update_allocation_states(db, workflow_id, {
         a["slurm_job_id"]: infos[a["slurm_job_id"]].state.value if a["slurm_job_id"] in infos else "gone"
         for a in active})

@@ -42,6 +42,22 @@ def list_allocations(db: Database, workflow_id: int, *, active_only: bool = Fals
 STARTED_STATES = ("RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESIZING")
 
 
+def record_end_times(db: Database, ends: Mapping[str, float]) -> int:
+    """slurm_job_id -> when Slurm says it ends (epoch seconds), in one transaction; returns the
+    allocations this queue knows that were updated."""
+    if not ends:
+        return 0
+    with db.transaction() as conn:
+        return conn.executemany("UPDATE allocations SET end_at = ? WHERE slurm_job_id = ? AND end_at IS NOT ?",
+                                [(end, job_id, end) for job_id, end in ends.items()]).rowcount
+
+
+def allocation_end(db: Database, slurm_job_id: str) -> tuple[bool, float | None]:
+    """(whether this queue records the allocation, when it ends if known): one short read."""
+    rows = db.read("SELECT end_at FROM allocations WHERE slurm_job_id = ? ORDER BY id DESC LIMIT 1", (slurm_job_id,))
+    return (bool(rows), rows[0]["end_at"] if rows else None)
+
+
 def update_allocation_states(db: Database, workflow_id: int, states: Mapping[str, str]) -> None:
     """slurm_job_id -> new state, for this workflow's allocations, in one transaction. A change
     into RUNNING (or another state that holds nodes) posts ``allocation_started``; a change into a
