@@ -244,6 +244,7 @@ class Runner:
                 idle_since, idle_wait = None, 0.05
                 self._collect(self.pool.wait(self._wait_timeout(now, left)), summary)
                 self.failures.check(time.monotonic())
+                self._check_group_ends(time.monotonic())
                 continue
             if self._backlog or self._outcomes or self._last_claimed:
                 idle_since, idle_wait = None, 0.05
@@ -611,11 +612,15 @@ class Runner:
             self._ended_by_lead[job_id] = (lead.job.name, outcome.status, deadline)
         self.pool.signal(siblings, signal.SIGTERM)
 
-    def _check_group_ends(self, mono: float) -> float | None:
-        """KILL members still running past their grace period; seconds to the next such deadline."""
+    def _check_group_ends(self, mono: float) -> None:
+        """KILL the members a lead ended that are still running past their grace period (beside
+        ``failures.check``, which does the same for runtime limits)."""
         overdue = [j for j, (_, _, due) in self._ended_by_lead.items() if due <= mono and j in self.running]
         if overdue:
             self.pool.signal(overdue, signal.SIGKILL)
+
+    def _next_group_end(self, mono: float) -> float | None:
+        """Seconds to the next such KILL (the loop must wake for it), or None."""
         waiting = [due for j, (_, _, due) in self._ended_by_lead.items() if due > mono and j in self.running]
         return min(waiting) - mono if waiting else None
 
@@ -673,7 +678,7 @@ class Runner:
         due = self.failures.next_due(mono)  # a runtime limit or a recovery script's timeout
         if due is not None:
             timeout = min(timeout, due)
-        group_due = self._check_group_ends(mono)
+        group_due = self._next_group_end(mono)
         if group_due is not None:
             timeout = min(timeout, group_due)
         return max(timeout, 0.0)
