@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, field_validator,
                       model_validator)
 
+from torc_slurm.spec.actions import ActionSpec
 from torc_slurm.spec.limits import (MAX_ARGUMENT_BYTES, MAX_COUNT, MAX_MEMORY_BYTES, MAX_SECONDS, SQLITE_INT_MAX,
                                     SQLITE_INT_MIN, short_repr)
 from torc_slurm.spec.parameters import parse_values
@@ -325,6 +326,16 @@ class SourceLines:
         return "SourceLines(…)" if callable(self._jobs) else f"SourceLines({len(self._jobs)} jobs)"
 
 
+class ResourceMonitorSpec(StrictModel):
+    """torc's resource_monitor: whether the runner samples its jobs' CPU and memory, how often, and
+    whether it keeps every sample per job (time_series) or only each attempt's peak and average."""
+
+    enabled: bool = True
+    granularity: Literal["summary", "time_series"] = "summary"
+    sample_interval_seconds: Annotated[int, _whole_number(1, 3600, "sample_interval_seconds")] = 5
+    generate_plots: bool = False
+
+
 class WorkflowSpec(StrictModel):
     name: str
     description: str | None = None
@@ -348,6 +359,8 @@ class WorkflowSpec(StrictModel):
     # 1.5x as long, or at once with proof of death (see runner.liveness).
     heartbeat_timeout_seconds: LeaseSeconds = 120
     failure_handlers: list[FailureHandler] = []
+    actions: list[ActionSpec] = []
+    resource_monitor: ResourceMonitorSpec = ResourceMonitorSpec()
     # runtime is a request (packing, walltime fitting); with enforce_runtime a job still running
     # at runtime x runtime_grace is killed and recorded as timed out.
     enforce_runtime: bool = False
