@@ -7,18 +7,25 @@ Three dispatchers, in the same run, each in a fresh temp dir:
           that same command). Each job is `bash -c true` (torc runs every command through bash).
   hq      HyperQueue's Python API: a LocalCluster (server + one worker with C cores, in a child
           process), one job of N tasks `true` (executed directly, no shell), stdout/stderr to files.
-  xargs   `seq N | xargs -P C -I{} bash -c 'true >"$1.out" 2>"$1.err"' _ D/out/{}`: the spawn floor
-          (the same bash + two created files per job as torc, with no bookkeeping at all).
+  xargs   `seq N | xargs -P C -n 1 true >D/out/xargs.out 2>D/out/xargs.err`: the exec floor (`true`
+          exec'd directly, no shell, stdout/stderr in files, no bookkeeping at all).
+  xargs-bash (only with --only) the older reference: `bash -c 'true >"$1.out" 2>"$1.err"'` per job.
+
+Each round runs the tools back to back (the order rotates by round); the summary gives each tool's
+median, best, worst and spread (max/min over rounds), the ratios, and torc's runner CPU per job
+(user+sys of the runner process during Runner.run, divided by the jobs: see TORC_WRAPPER). The raw
+per-round figures go to benchmarks/dispatch_<date>.json.
 
 For each: wall time from just before the process is created to its exit ("total"), and the job
 phase: the span of the output files' modification times (first file written to last), measured the
 same way for all three; for torc also first job start to last job end from its results table.
 
-    python benchmarks/dispatch.py                  # 10,000 jobs, all three
+    python benchmarks/dispatch.py --jobs 5000 --repeat 5   # issue 13's figures
     python benchmarks/dispatch.py --jobs 2000      # smaller
     python benchmarks/dispatch.py --only torc --profile   # cProfile the torc runner (top 30)
 
-Targets (from the issue): torc jobs/s >= 1.5 x HyperQueue's, and >= 30 % of the xargs floor.
+Targets (issue 13): median torc jobs/s >= 3 x HyperQueue's, torc's spread <= 1.3, >= 50 % of the xargs
+floor, and runner CPU per job halved.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import json
 import os
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +47,38 @@ from _common import machine, run_timed, tail, torc_env, write_spec  # noqa: E402
 
 
 PROFILE = Path(tempfile.gettempdir()) / "torc-dispatch.prof"
+
+# `torc` run in-process under a small wrapper that records the CPU time of the runner process itself
+# (getrusage(RUSAGE_SELF): every thread of the process, the monitor and lease threads included; never
+# the jobs, which are its children and count under RUSAGE_CHILDREN) at Runner.run's start and end and
+# at exit. "runner" = Runner.run only (claim -> spawn -> reap -> report); "process" adds start-up,
+# compile, store and init of the spec. A child's work between fork and exec (vfork/posix_spawn) is
+# the child's; the wall-clock rates include it. The guardian process (a separate process that only
+# sleeps on a pipe) is not counted.
+TORC_WRAPPER = r"""
+import atexit, json, os, resource, sys, time
+from torc_slurm.runner import loop
+_run, rec = loop.Runner.run, {}
+def run(self):
+    a, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    try:
+        return _run(self)
+    finally:
+        b = resource.getrusage(resource.RUSAGE_SELF)
+        rec.update(runner_user=b.ru_utime - a.ru_utime, runner_sys=b.ru_stime - a.ru_stime,
+                   runner_wall=time.perf_counter() - t, ctx_vol=b.ru_nvcsw - a.ru_nvcsw,
+                   ctx_invol=b.ru_nivcsw - a.ru_nivcsw)
+loop.Runner.run = run
+def dump():
+    s = resource.getrusage(resource.RUSAGE_SELF)
+    rec.update(process_user=s.ru_utime, process_sys=s.ru_stime)
+    with open(os.environ["TORC_BENCH_CPU"], "w") as f:
+        json.dump(rec, f)
+atexit.register(dump)
+from torc_slurm.cli import main
+sys.argv[0] = "torc"
+main()
+"""
 
 
 def file_span(directory: Path) -> tuple[int, float]:
@@ -55,10 +95,12 @@ def run_torc(n: int, cores: int, tmp: Path, profile: bool) -> dict:
                       "parameters": {"i": f"1:{n}"}}]}
     spec_path = write_spec(tmp / "spec.yaml", spec)
     db, out = tmp / "torc.db", tmp / "out"
-    argv = ["torc", "--db", str(db), "run", str(spec_path), "--num-cpus", str(cores), "--output", str(out)]
+    cpu_file = tmp / "cpu.json"
+    args = ["--db", str(db), "run", str(spec_path), "--num-cpus", str(cores), "--output", str(out)]
+    argv = [sys.executable, "-c", TORC_WRAPPER, *args]
     if profile:
-        argv = [sys.executable, "-m", "cProfile", "-o", str(PROFILE), "-m", "torc_slurm", *argv[1:]]
-    timed = run_timed(argv, cwd=tmp, env=torc_env())
+        argv = [sys.executable, "-m", "cProfile", "-o", str(PROFILE), "-m", "torc_slurm", *args]
+    timed = run_timed(argv, cwd=tmp, env=torc_env(TORC_BENCH_CPU=str(cpu_file)))
     result = {"total": timed.seconds, "rc": timed.returncode}
     if timed.returncode != 0:
         result["error"] = tail(timed.stderr + timed.stdout)
@@ -72,6 +114,11 @@ def run_torc(n: int, cores: int, tmp: Path, profile: bool) -> dict:
     files, span = file_span(out / "job_stdio")
     result.update(completed=done, distinct=distinct, job_phase=last - first, runner_life=r_end - r_start,
                   files=files, file_span=span)
+    if cpu_file.exists():
+        cpu = json.loads(cpu_file.read_text())
+        result.update(cpu)
+        result["runner_cpu_us_per_job"] = 1e6 * (cpu["runner_user"] + cpu["runner_sys"]) / n
+        result["process_cpu_us_per_job"] = 1e6 * (cpu["process_user"] + cpu["process_sys"]) / n
     if profile:
         import pstats
 
@@ -117,6 +164,21 @@ def run_hq(n: int, cores: int, tmp: Path) -> dict:
 
 # -- xargs ----------------------------------------------------------------------------------
 def run_xargs(n: int, cores: int, tmp: Path) -> dict:
+    """The floor: ``xargs -P C -n 1 true`` (``true`` exec'd directly, no shell), stdout and stderr
+    of xargs and so of every ``true`` sent to two files."""
+    out = tmp / "out"
+    out.mkdir()
+    stdin = "".join(f"{i}\n" for i in range(1, n + 1))
+    with open(out / "xargs.out", "w") as o, open(out / "xargs.err", "w") as e:
+        t0 = time.perf_counter()
+        proc = subprocess.run(["xargs", "-P", str(cores), "-n", "1", "true"], input=stdin, text=True,
+                              stdout=o, stderr=e)
+        total = time.perf_counter() - t0
+    return {"total": total, "rc": proc.returncode, "files": 2, "file_span": total}
+
+
+def run_xargs_bash(n: int, cores: int, tmp: Path) -> dict:
+    """The older reference: bash per job, and two files per job created by it."""
     out = tmp / "out"
     out.mkdir()
     timed = run_timed(["xargs", "-P", str(cores), "-I{}", "bash", "-c", 'true >"$1.out" 2>"$1.err"', "_",
@@ -127,28 +189,57 @@ def run_xargs(n: int, cores: int, tmp: Path) -> dict:
 
 def describe(name: str, n: int, r: dict) -> str:
     if "error" in r:
-        return f"  {name:6s} FAILED / unavailable: {r['error']}"
-    line = f"  {name:6s} total {r['total']:7.2f} s  {n / r['total']:7.1f} jobs/s"
-    line += f"  | file span {r['file_span']:7.2f} s  {n / max(r['file_span'], 1e-9):7.1f} jobs/s"
-    line += f"  ({r['files']:,} files)"
+        return f"  {name:10s} FAILED / unavailable: {r['error']}"
+    line = f"  {name:10s} total {r['total']:7.2f} s  {n / r['total']:7.1f} jobs/s"
+    if name != "xargs":
+        line += f"  | file span {r['file_span']:7.2f} s  {n / max(r['file_span'], 1e-9):7.1f} jobs/s"
+        line += f"  ({r['files']:,} files)"
     if name == "torc":
-        line += (f"\n         job phase (first start -> last end, results) {r['job_phase']:.2f} s"
-                 f" = {n / r['job_phase']:.1f} jobs/s; runner alive {r['runner_life']:.2f} s;"
-                 f" {r['completed']:,} completed results for {r['distinct']:,} distinct jobs")
+        line += (f"\n             job phase (results) {r['job_phase']:.2f} s = {n / r['job_phase']:.1f} jobs/s;"
+                 f" {r['completed']:,} completed for {r['distinct']:,} distinct jobs")
+        if "runner_cpu_us_per_job" in r:
+            line += (f"\n             runner CPU {r['runner_cpu_us_per_job']:.0f} us/job"
+                     f" (user {r['runner_user']:.2f} s + sys {r['runner_sys']:.2f} s over {r['runner_wall']:.2f} s;"
+                     f" ctx switches {r['ctx_vol']:,} vol / {r['ctx_invol']:,} invol);"
+                     f" whole process {r['process_cpu_us_per_job']:.0f} us/job")
     if name == "hq":
-        line += f"\n         submit -> wait returned {r['job_phase']:.2f} s = {n / r['job_phase']:.1f} jobs/s"
+        line += f"\n             submit -> wait returned {r['job_phase']:.2f} s = {n / r['job_phase']:.1f} jobs/s"
     return line
+
+
+def summarize(n: int, which: list[str], rounds: list[dict]) -> dict:
+    """Median, best, worst and spread (max/min) of jobs/s per tool; the ratios of medians, and the
+    median of the per-round ratios (each round's tools ran back to back, in the same load)."""
+    out: dict = {}
+    for name in which:
+        rates = [n / r[name]["total"] for r in rounds if "error" not in r[name]]
+        if rates:
+            out[name] = {"median": statistics.median(rates), "best": max(rates), "worst": min(rates),
+                         "spread": max(rates) / min(rates), "rounds": rates}
+        if name == "torc":
+            cpu = [r["torc"]["runner_cpu_us_per_job"] for r in rounds if "runner_cpu_us_per_job" in r["torc"]]
+            if cpu:
+                out["torc"]["runner_cpu_us_per_job_median"] = statistics.median(cpu)
+    for other in ("hq", "xargs"):
+        if "torc" in out and other in out:
+            per_round = [(n / r["torc"]["total"]) / (n / r[other]["total"]) for r in rounds
+                         if "error" not in r["torc"] and "error" not in r[other]]
+            out[f"torc/{other}"] = {"of_medians": out["torc"]["median"] / out[other]["median"],
+                                    "per_round_median": statistics.median(per_round), "per_round": per_round}
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--only", choices=["torc", "hq", "xargs"], action="append")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="rounds (torc, hq, xargs interleaved); the summary uses each one's best and median")
+    parser.add_argument("--only", choices=["torc", "hq", "xargs", "xargs-bash"], action="append")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds (the tools interleaved in each)")
     parser.add_argument("--profile", action="store_true", help="cProfile the torc process (top 30 by own time)")
     parser.add_argument("--tmpdir", help="where the temp dirs go (default: $TMPDIR or /tmp)")
+    parser.add_argument("--json", type=Path, help="write the raw per-round figures here "
+                        "(default: benchmarks/dispatch_<UTC date and time>.json)")
+    parser.add_argument("--label", default="", help="a note stored in the JSON (e.g. the commit)")
     parser.add_argument("--hq-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -160,40 +251,45 @@ def main() -> int:
     which = args.only or ["torc", "hq", "xargs"]
     print(f"dispatch: {n:,} jobs of `true`, stdout/stderr to files, {cores} cores, temp dirs in"
           f" {args.tmpdir or tempfile.gettempdir()}; {machine()}", flush=True)
-    runs: dict[str, list[dict]] = {name: [] for name in which}
+    started = time.strftime("%Y-%m-%d_%H%M", time.gmtime())
+    rounds: list[dict] = []
     for round_ in range(args.repeat):
-        if args.repeat > 1:
-            print(f" round {round_ + 1}/{args.repeat}  (load average {os.getloadavg()[0]:.1f})", flush=True)
-        for name in which:
+        load = os.getloadavg()
+        print(f" round {round_ + 1}/{args.repeat}  (load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f},"
+              f" {time.strftime('%H:%M:%S', time.gmtime())} UTC)", flush=True)
+        record: dict = {"load_before": list(load), "utc": time.strftime("%H:%M:%S", time.gmtime())}
+        # rotate the order each round, so no tool always runs first (or after the same one)
+        order = which[round_ % len(which):] + which[:round_ % len(which)]
+        for name in order:
             with tempfile.TemporaryDirectory(prefix=f"torc-dispatch-{name}-", dir=args.tmpdir) as tmp:
                 r = {"torc": lambda: run_torc(n, cores, Path(tmp), args.profile),
                      "hq": lambda: run_hq(n, cores, Path(tmp)),
-                     "xargs": lambda: run_xargs(n, cores, Path(tmp))}[name]()
-            runs[name].append(r)
+                     "xargs": lambda: run_xargs(n, cores, Path(tmp)),
+                     "xargs-bash": lambda: run_xargs_bash(n, cores, Path(tmp))}[name]()
+            record[name] = r
             print(describe(name, n, r), flush=True)
+        rounds.append(record)
 
-    def rates(name: str, key: str) -> list[float]:
-        return sorted(n / r[key] for r in runs.get(name, []) if "error" not in r)
-
-    print(f" summary over {args.repeat} round(s): jobs/s as best / median")
+    summary = summarize(n, which, rounds)
+    print(f" summary over {args.repeat} round(s), process start to exit, jobs/s:")
     for name in which:
-        for key, label in (("total", "process start to exit"), ("file_span", "job phase (file span)")):
-            got = rates(name, key)
-            if got:
-                print(f"  {name:6s} {label:22s} {got[-1]:7.1f} / {statistics.median(got):7.1f}")
-    for key, label in (("total", "process start to exit"), ("file_span", "job phase (file span)")):
-        for pick, how in ((lambda v: v[-1], "best"), (statistics.median, "median")):
-            got = {name: rates(name, key) for name in ("torc", "hq", "xargs")}
-            torc, hq, xargs = (pick(got[k]) if got[k] else None for k in ("torc", "hq", "xargs"))
-            parts = []
-            if torc and hq:
-                parts.append(f"torc/HQ = {torc / hq:.2f} (target >= 1.5)")
-            elif torc and "hq" in which:
-                parts.append("torc/HQ = n/a (HQ did not run)")
-            if torc and xargs:
-                parts.append(f"torc/xargs = {torc / xargs:.2f} (target >= 0.30)")
-            if parts:
-                print(f"  {label}, {how}: " + ", ".join(parts))
+        if name in summary:
+            s = summary[name]
+            print(f"  {name:10s} median {s['median']:7.1f}  best {s['best']:7.1f}  worst {s['worst']:7.1f}"
+                  f"  spread (max/min) {s['spread']:.2f}  rounds: " + " ".join(f"{v:.0f}" for v in s["rounds"]))
+    if "torc" in summary and "runner_cpu_us_per_job_median" in summary["torc"]:
+        print(f"  torc runner CPU, median: {summary['torc']['runner_cpu_us_per_job_median']:.0f} us/job")
+    for other, target in (("hq", 3.0), ("xargs", 0.5)):
+        key = f"torc/{other}"
+        if key in summary:
+            print(f"  {key}: ratio of medians {summary[key]['of_medians']:.2f}, median of per-round ratios"
+                  f" {summary[key]['per_round_median']:.2f} (target >= {target})")
+    if "torc" in summary:
+        print(f"  torc spread {summary['torc']['spread']:.2f} (target <= 1.3)")
+    path = args.json or Path(__file__).resolve().parent / f"dispatch_{started}.json"
+    path.write_text(json.dumps({"jobs": n, "cores": cores, "machine": machine(), "label": args.label,
+                                "started_utc": started, "rounds": rounds, "summary": summary}, indent=1))
+    print(f" raw figures: {path}")
     return 0
 
 
