@@ -20,8 +20,9 @@ from torc_slurm.states import DONE
 @click.option("--output", "output_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where job stdout/stderr go (default: <working dir>/torc_output).")
 @click.option("--force", is_flag=True, help="Skip the check that input files no job produces exist.")
-@click.option("--monitor-interval", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="Seconds between CPU/memory samples of running jobs (0 = off).")
+@click.option("--monitor-interval", type=click.FloatRange(min=0),
+              help="Seconds between CPU/memory samples of running jobs (0 = off; default: the spec's "
+                   "resource_monitor.sample_interval_seconds, 5).")
 @click.option("--termination-grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="On Ctrl-C/SIGTERM: seconds jobs that support termination get to exit after SIGTERM "
                    "before every job still running is killed.")

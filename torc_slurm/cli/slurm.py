@@ -190,7 +190,8 @@ def _plan_table(data):  # noqa: ANN001, ANN202
 @click.option("--end-time", type=float, help="Epoch seconds when this runner must be done (default: from Slurm).")
 @click.option("--wait-for-new-jobs", type=click.FloatRange(min=0),
               help="Idle seconds before exiting (default: the spec's compute_node_wait_for_new_jobs_seconds).")
-@click.option("--monitor-interval", type=click.FloatRange(min=0), default=5.0, show_default=True)
+@click.option("--monitor-interval", type=click.FloatRange(min=0),
+              help="Seconds between samples (default: the spec's resource_monitor.sample_interval_seconds).")
 @click.pass_obj
 def run_jobs(app, db_path: Path, workflow_id: int, output_dir: Path, scheduler, strict_scheduler,
              max_parallel_jobs, num_cpus, num_gpus, memory_gb, end_time, wait_for_new_jobs,

@@ -81,6 +81,7 @@ class RunnerConfig:
     termination_grace_s: float = 30.0
     monitor_interval_s: float = 5.0
     node_sample_s: float = DEFAULT_EVERY_S  # one runner_samples row per this long (the monitor's passes averaged)
+    job_samples: bool = False               # resource_monitor granularity time_series: keep every job sample
     gpu_variable: str = "CUDA_VISIBLE_DEVICES"
     slurm_job_id: str | None = None
     allocation_nodes: int = 1               # nodes of its allocation: multi-node jobs span up to this many
@@ -135,7 +136,7 @@ class Runner:
         gpus = node.capacity.gpu_ids
         self.monitor = ResourceMonitor(config.monitor_interval_s or None, on_over_limit=lambda _job: self.pool.wake(),
                                        gpu_sampler=detect_gpu_sampler() if gpus and config.monitor_interval_s else None,
-                                       node_gpu_ids=gpus)
+                                       node_gpu_ids=gpus, series=config.job_samples)
         self.usage = UsageBuckets(len(node.capacity.cpu_ids), config.node_sample_s)
         self.failures = FailureHandling(self)
         if config.heartbeat_interval_s is None:
@@ -744,7 +745,8 @@ class Runner:
         self._started.append(Started(job.id, job.lease_token, launched))
         entry = self.running[job.id] = _Running(job, placement, stdout, stderr, oom_kills=oom_kills())
         self.failures.started(entry, time.monotonic())
-        self.monitor.track(job.id, launched, self.failures.memory_limit(job.memory_bytes), gpu_ids=placement.gpu_ids)
+        self.monitor.track(job.id, launched, self.failures.memory_limit(job.memory_bytes), gpu_ids=placement.gpu_ids,
+                           attempt=job.attempt)
 
     def _environment(self, job: ClaimedJob, placement: Placement) -> dict[str, str]:
         cfg = self.config
@@ -828,7 +830,7 @@ class Runner:
         """wait4's peak RSS counts the runner's own pages that the child had mapped between fork and
         exec, so a figure at or below the runner's own peak (which never shrinks, unlike its RSS now)
         says nothing about the job: drop it (the monitor's sampled tree peak remains)."""
-        if not peak:
+        if not peak or not self.monitor.enabled:  # resource_monitor disabled: no memory figures at all
             return None
         own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RSS_UNIT
         return peak if peak > own_peak else None
@@ -957,9 +959,13 @@ class Runner:
         return started
 
     def _take_samples(self, now: float, *, flush: bool = False) -> list[NodeUse]:
-        """Node use to write with this cycle: the finished time buckets (all of them at the end)."""
+        """Node use to write with this cycle: the finished time buckets (all of them at the end), then
+        the jobs' time-series rows when the workflow keeps them (`store.samples`; the queue tells them
+        apart by type)."""
         self.usage.add(self.monitor.drain_node_samples())
         samples, self._unsent_samples = self._unsent_samples + self.usage.take(now, flush=flush), []
+        if self.monitor.series:
+            samples += self.monitor.drain_job_samples()  # type: ignore[arg-type]
         return samples
 
     def _take_outcomes(self) -> list[Outcome]:

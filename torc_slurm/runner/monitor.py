@@ -18,6 +18,13 @@ GPUs: given a `torc_slurm.runner.gpu.GpuSampler`, each pass reads every device o
 tracked with ``gpu_ids`` gets the mean utilisation over its devices (averaged over the passes) and
 the peak of their summed memory. Without a sampler those figures stay None ("not sampled"), never 0.
 
+Time series (``series=True``, the workflow's ``resource_monitor.granularity: time_series``): each
+pass of a job also feeds its attempt's series, which turns every ``stride`` passes into one
+`torc_slurm.store.samples.JobSample` row (and, at `MAX_ROWS` rows, a `Thin` mark and a doubled
+stride: the bound is explained in `torc_slurm.store.samples`). Rows wait in a bounded list that the
+runner drains with `drain_job_samples` and writes with its queue cycles, as it does node samples.
+Without ``series`` nothing of this runs: summary granularity costs what it did.
+
 Node samples: each pass also records one `NodeSample` (summed CPU and RSS of all tracked trees, and
 the node's GPUs), kept in a bounded deque that the runner drains with `drain_node_samples` and
 writes with its queue cycles. A pass with nothing tracked skips the process table but still records
@@ -39,6 +46,7 @@ from pathlib import Path
 import psutil
 
 from torc_slurm.runner.gpu import GpuReading, GpuSampler
+from torc_slurm.store.samples import MAX_ROWS, Item, JobSample, Thin
 
 __all__ = ["NodeSample", "ResourceMonitor", "TreeStats"]
 
@@ -75,6 +83,61 @@ class NodeSample:
 
 
 MAX_NODE_SAMPLES = 10_000  # bounded: a runner that stops draining loses the oldest, not its memory
+MAX_PENDING_ROWS = 200_000  # job rows waiting for a cycle; past this, new rows are dropped (Thin marks kept)
+
+
+@dataclass
+class _Series:
+    """One attempt's time series in the making: a row per ``stride`` passes (mean CPU and GPU,
+    peak RSS, process count and GPU memory), thinned at ``max_rows`` (see `torc_slurm.store.samples`)."""
+
+    job_id: int
+    attempt: int
+    start: float
+    max_rows: int = MAX_ROWS
+    stride: int = 1
+    kept: int = 0       # rows handed out (what the table holds for the attempt, at most)
+    passes: int = 0     # in the open row
+    t: float = 0.0      # the open row's first pass, seconds after start
+    cpu_sum: float = 0.0
+    cpu_n: int = 0
+    mem: int = 0
+    procs: int = 0
+    gpu_sum: float = 0.0
+    gpu_n: int = 0
+    gpu_mem: int | None = None
+
+    def add(self, at: float, cpu: float | None, mem: int, procs: int,
+            gpu: tuple[float, int] | None) -> list[Item]:
+        if not self.passes:
+            self.t = max(0.0, at - self.start)
+        self.passes += 1
+        if cpu is not None:
+            self.cpu_sum += cpu
+            self.cpu_n += 1
+        self.mem, self.procs = max(self.mem, mem), max(self.procs, procs)
+        if gpu is not None:
+            self.gpu_sum += gpu[0]
+            self.gpu_n += 1
+            self.gpu_mem = max(self.gpu_mem or 0, gpu[1])
+        return self.close() if self.passes >= self.stride else []
+
+    def close(self) -> list[Item]:
+        """The open row (if any), and a Thin mark when the attempt reached ``max_rows``."""
+        if not self.passes:
+            return []
+        items: list[Item] = [JobSample(self.job_id, self.attempt, self.t,
+                                       self.cpu_sum / self.cpu_n if self.cpu_n else None, self.mem, self.procs,
+                                       self.gpu_sum / self.gpu_n if self.gpu_n else None, self.gpu_mem)]
+        self.passes = self.cpu_n = self.gpu_n = self.mem = self.procs = 0
+        self.cpu_sum = self.gpu_sum = 0.0
+        self.gpu_mem = None
+        self.kept += 1
+        if self.kept >= self.max_rows:  # drop every second row; each new one covers twice the passes
+            items.append(Thin(self.job_id, self.attempt))
+            self.kept = (self.kept + 1) // 2
+            self.stride *= 2
+        return items
 
 
 @dataclass
@@ -92,6 +155,7 @@ class _Job:
     gpu_samples: int = 0
     gpu_sum: float = 0.0
     gpu_mem_peak: int = 0
+    series: _Series | None = None
 
     def stats(self) -> TreeStats:
         if not self.samples:
@@ -107,19 +171,24 @@ class _Job:
             avg_gpu_percent=self.gpu_sum / self.gpu_samples if gpu else None,
             peak_gpu_memory_bytes=self.gpu_mem_peak if gpu else None)
 
-    def add_gpu(self, readings: dict[str, GpuReading]) -> None:
-        """One pass's readings of this job's devices (those the sampler saw)."""
+    def add_gpu(self, readings: dict[str, GpuReading]) -> tuple[float, int] | None:
+        """One pass's readings of this job's devices (those the sampler saw): (mean util, memory)."""
         seen = [readings[i] for i in self.gpu_ids if i in readings]
         if seen:
+            util, memory = sum(r.util_percent for r in seen) / len(seen), sum(r.memory_bytes for r in seen)
             self.gpu_samples += 1
-            self.gpu_sum += sum(r.util_percent for r in seen) / len(seen)
-            self.gpu_mem_peak = max(self.gpu_mem_peak, sum(r.memory_bytes for r in seen))
+            self.gpu_sum += util
+            self.gpu_mem_peak = max(self.gpu_mem_peak, memory)
+            return util, memory
+        return None
 
 
 class ResourceMonitor:
     """Samples the process trees of tracked jobs from one background thread. Thread-safe.
 
     ``interval_s`` of 0 or None disables sampling: no thread, and `untrack` returns empty stats.
+    ``series`` keeps every pass of every attempt as `JobSample` rows (`drain_job_samples`);
+    ``max_rows`` is the per-attempt bound (tests shrink it).
     ``gpu_sampler`` (from `torc_slurm.runner.gpu.detect_gpu_sampler`) adds GPU figures;
     ``node_gpu_ids`` limits the node samples' GPU figures to this runner's devices (default: every
     device the sampler sees).
@@ -127,7 +196,8 @@ class ResourceMonitor:
 
     def __init__(self, interval_s: float | None = 5.0, on_over_limit: Callable[[int], None] | None = None,
                  gpu_sampler: GpuSampler | None = None, node_gpu_ids: Iterable[str] | None = None, *,
-                 max_node_samples: int = MAX_NODE_SAMPLES, clock: Callable[[], float] = time.time) -> None:
+                 max_node_samples: int = MAX_NODE_SAMPLES, clock: Callable[[], float] = time.time,
+                 series: bool = False, max_rows: int = MAX_ROWS, max_pending_rows: int = MAX_PENDING_ROWS) -> None:
         self.interval_s = interval_s or 0.0
         self.on_over_limit = on_over_limit
         self.gpu_sampler = gpu_sampler
@@ -136,6 +206,12 @@ class ResourceMonitor:
         self._over: list[int] = []
         self._jobs: dict[int, _Job] = {}
         self._node_samples: deque[NodeSample] = deque(maxlen=max_node_samples)
+        self.series = series and self.interval_s > 0
+        self.max_rows = max(2, max_rows)
+        self.max_pending_rows = max_pending_rows
+        self._job_rows: list[Item] = []
+        self._pending_rows = 0
+        self.dropped_rows = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -168,13 +244,39 @@ class ResourceMonitor:
             self._stop.set()
             thread.join()
 
-    def track(self, job_id: int, pid: int, limit_bytes: int | None = None, gpu_ids: Collection[str] = ()) -> None:
+    def track(self, job_id: int, pid: int, limit_bytes: int | None = None, gpu_ids: Collection[str] = (),
+              attempt: int = 1) -> None:
         """Start sampling the tree rooted at ``pid`` for ``job_id`` (cheap: no /proc access here);
         a tree RSS above ``limit_bytes`` reports the job once (`take_over_limit`). ``gpu_ids``: the
-        device indexes the job was given (its ``CUDA_VISIBLE_DEVICES``)."""
+        device indexes the job was given (its ``CUDA_VISIBLE_DEVICES``); ``attempt`` names its rows
+        in the time series (its t counts from now)."""
         if self.enabled:
+            job = _Job(pid, limit_bytes, tuple(str(i) for i in gpu_ids))
+            if self.series:
+                job.series = _Series(job_id, attempt, self._clock(), self.max_rows)
             with self._lock:
-                self._jobs[job_id] = _Job(pid, limit_bytes, tuple(str(i) for i in gpu_ids))
+                self._jobs[job_id] = job
+
+    def drain_job_samples(self) -> list[Item]:
+        """The time-series rows and Thin marks since the last call, in order (and forget them)."""
+        if not self.series:
+            return []
+        with self._lock:
+            rows, self._job_rows, self._pending_rows = self._job_rows, [], 0
+            return rows
+
+    def _add_rows(self, items: list[Item]) -> None:
+        """Queue rows for the runner (under ``_lock``); past the bound, rows are dropped, marks kept."""
+        for item in items:
+            if isinstance(item, JobSample):
+                if self._pending_rows >= self.max_pending_rows:
+                    if not self.dropped_rows:
+                        log.warning("job samples are not being written (the queue is unreachable?): "
+                                    "dropping new ones past %d", self.max_pending_rows)
+                    self.dropped_rows += 1
+                    continue
+                self._pending_rows += 1
+            self._job_rows.append(item)
 
     def drain_node_samples(self) -> list[NodeSample]:
         """The node samples recorded since the last call, oldest first (and forget them)."""
@@ -193,7 +295,11 @@ class ResourceMonitor:
         """Stop sampling ``job_id`` and return its final stats (empty if unknown)."""
         with self._lock:
             job = self._jobs.pop(job_id, None)
-            return job.stats() if job is not None else EMPTY_STATS
+            if job is None:
+                return EMPTY_STATS
+            if job.series is not None:
+                self._add_rows(job.series.close())
+            return job.stats()
 
     def stats(self, job_id: int) -> TreeStats | None:
         """The stats so far of a tracked job, or None if it is not tracked."""
@@ -208,6 +314,7 @@ class ResourceMonitor:
             jobs = list(self._jobs.items())
         readings = self.gpu_sampler.sample() if self.gpu_sampler is not None else None
         node_cpu, node_mem = 0.0, 0
+        at = self._clock() if self.series else 0.0
         children = _children_map() if jobs else {}
         for job_id, job in jobs:
             try:
@@ -217,14 +324,15 @@ class ResourceMonitor:
                 continue
             if measured is None:
                 continue
-            cpu, mem = measured
+            cpu, mem, procs = measured
             node_cpu += cpu or 0.0
             node_mem += mem
             with self._lock:
                 if self._jobs.get(job_id) is not job:  # untracked meanwhile
                     continue
-                if readings and job.gpu_ids:
-                    job.add_gpu(readings)
+                gpu = job.add_gpu(readings) if readings and job.gpu_ids else None
+                if job.series is not None:
+                    self._add_rows(job.series.add(at, cpu, mem, procs, gpu))
                 job.samples += 1
                 job.mem_sum += mem
                 job.mem_peak = max(job.mem_peak, mem)
@@ -267,8 +375,9 @@ def _children_map() -> dict[int, list[int]]:
     return children
 
 
-def _measure(job: _Job, children: dict[int, list[int]]) -> tuple[float | None, int] | None:
-    """One sample of ``job``'s tree: (summed cpu percent or None on the first sample, summed RSS).
+def _measure(job: _Job, children: dict[int, list[int]]) -> tuple[float | None, int, int] | None:
+    """One sample of ``job``'s tree: (summed cpu percent or None on the first sample, summed RSS,
+    processes measured).
 
     Returns None when the root process is gone. Only called from the sampling thread, so the
     job's `procs` cache needs no lock.
@@ -296,7 +405,7 @@ def _measure(job: _Job, children: dict[int, list[int]]) -> tuple[float | None, i
             continue
         new[pid] = proc
     job.procs = new
-    return (None if first else cpu_total), mem_total
+    return (None if first else cpu_total), mem_total, len(new)
 
 
 _CGROUP_ROOT = Path("/sys/fs/cgroup")

@@ -29,8 +29,9 @@ def check_private(folder: Path) -> None:
 
 def make_runner(db: Database, workflow_id: int, node: DetectedNode, *, output_dir: Path | None,
                 **options: object) -> Runner:
-    """A runner with the workflow's own settings (working dir, end-time buffer, idle wait) filled
-    in; ``options`` override RunnerConfig fields."""
+    """A runner with the workflow's own settings (working dir, end-time buffer, idle wait, the
+    resource_monitor's sampling) filled in; ``options`` override RunnerConfig fields, except that a
+    ``monitor_interval_s`` of None keeps the spec's interval and ``enabled: false`` keeps it off."""
     settings = workflow_settings(db, workflow_id)
     output = (output_dir or settings.working_dir / "torc_output").absolute()
     output.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -42,8 +43,13 @@ def make_runner(db: Database, workflow_id: int, node: DetectedNode, *, output_di
         wait_for_new_jobs_s=settings.spec.compute_node_wait_for_new_jobs_seconds,
         # The whole wind-down must fit in the buffer Slurm leaves after its warning signal.
         termination_grace_s=min(30.0, max(1.0, settings.spec.compute_node_expiration_buffer_seconds / 2)))
+    monitor = settings.spec.resource_monitor  # the sampler: its interval, and whether every sample is kept
+    config.monitor_interval_s = float(monitor.sample_interval_seconds) if monitor.enabled else 0.0
+    config.job_samples = monitor.enabled and monitor.granularity == "time_series"
     for key, value in options.items():
         if not hasattr(config, key):
             raise TypeError(f"unknown runner option {key}")
+        if key == "monitor_interval_s" and (value is None or not monitor.enabled):
+            continue  # not given (the spec's interval holds), or the spec turned monitoring off
         setattr(config, key, value)
     return Runner(db, node, config)

@@ -386,6 +386,14 @@ class Queue:
         return kept
 
     def _add_samples(self, conn: sqlite3.Connection, runner_id: int, samples: Sequence[NodeUse]) -> None:
+        """``samples``: node use and (time_series workflows) the jobs' rows and Thin marks
+        (`torc_slurm.store.samples`, applied in their order), written in this same transaction."""
+        node = [s for s in samples if isinstance(s, NodeUse)]
+        if len(node) < len(samples):
+            from torc_slurm.store import samples as job_samples
+
+            job_samples.write(conn, self.workflow_id, [s for s in samples if not isinstance(s, NodeUse)])
+            samples = node
         conn.executemany(
             "INSERT OR REPLACE INTO runner_samples (workflow_id, runner_id, at, cpu_percent, memory_bytes, gpu_percent,"
             " gpu_memory_bytes) VALUES (?,?,?,?,?,?,?)",

@@ -225,7 +225,7 @@ def delete_workflow(db: Database, workflow_id: int) -> None:
         conn.execute("DELETE FROM dependency_members WHERE set_id IN"
                      " (SELECT id FROM dependency_sets WHERE workflow_id = ?)", (workflow_id,))
         conn.execute("DELETE FROM job_io WHERE job_id IN (SELECT id FROM jobs WHERE workflow_id = ?)", (workflow_id,))
-        for table in ("results", "runner_samples", "runners", "allocations", "events", "jobs", "files",
+        for table in ("results", "runner_samples", "job_samples", "runners", "allocations", "events", "jobs", "files",
                       "user_data", "dependency_sets", "job_groups", "partition_cache", "watchers"):
             conn.execute(f"DELETE FROM {table} WHERE workflow_id = ?", (workflow_id,))
         conn.execute("DELETE FROM workflows WHERE id = ?", (workflow_id,))
