@@ -40,6 +40,7 @@ from torc_slurm.spec.parameters import (
     parse_values,
     referenced_names,
 )
+from torc_slurm.spec.actions import CompiledAction, resolve_actions
 from torc_slurm.spec.regexes import NameIndex
 
 _MAX_MESSAGE = 2000
@@ -116,6 +117,7 @@ class CompiledWorkflow:
     user_data: list[CompiledUserData]
     external_inputs: dict[int, list[int]] = field(default_factory=dict)  # file -> consumer jobs
     groups: list[CompiledGroup] = field(default_factory=list)
+    actions: list[CompiledAction] = field(default_factory=list)  # spec order, job triggers resolved
 
     @property
     def schedulers(self) -> list[SlurmScheduler]:
@@ -248,7 +250,13 @@ class _Compiler:
                        for i, (d, entry) in enumerate(data)],
             external_inputs=external,
             groups=groups,
+            actions=self._actions(names),
         )
+
+    def _actions(self, names: dict[str, int]) -> list[CompiledAction]:
+        if not self.spec.actions:
+            return []
+        return resolve_actions(self.spec.actions, names, self._scheduler_names, NameIndex(names).matches, SpecError)
 
     # -- expansion -------------------------------------------------------------------------
     def _parameters_for(self, own: Mapping[str, Any], texts: Sequence[str], label: str,

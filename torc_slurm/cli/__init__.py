@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 import torc_slurm.cli.watch  # noqa: F401  (registers torc slurm watch)
+import torc_slurm.cli.actions  # noqa: F401  (registers torc workflows actions)
 from torc_slurm import __version__
 from torc_slurm.cli.app import App, error
 from torc_slurm.cli.events import events

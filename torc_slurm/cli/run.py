@@ -57,9 +57,17 @@ def run(app, spec_or_id: str, num_cpus, num_gpus, memory_gb, max_parallel_jobs, 
         runner = make_runner(db, workflow_id, node, output_dir=output_dir, max_parallel_jobs=max_parallel_jobs,
                              wait_for_new_jobs_s=None, monitor_interval_s=monitor_interval,
                              termination_grace_s=termination_grace, dry_execute=dry_execute,
-                             on_progress=progress.update)
+                             on_progress=progress.update, actions=_action_performer())
         summary = runner.run()
     _report(app, db, workflow_id, summary, runner.stop_reason)
+
+
+def _action_performer():  # noqa: ANN202
+    """Workflow actions under `torc run`: run_commands run here; schedule_nodes are not applicable."""
+    from torc_slurm.runner.actions import ActionPerformer
+
+    return ActionPerformer(can_schedule=False, no_slurm_reason="`torc run` runs the jobs on this machine; "
+                           "no Slurm allocation is submitted")
 
 
 def _warn_multi_node(app, db, workflow_id: int) -> None:

@@ -227,11 +227,34 @@ def run_jobs(app, db_path: Path, workflow_id: int, output_dir: Path, scheduler, 
         allocation_nodes=int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or 1))
     if wait_for_new_jobs is not None:
         options["wait_for_new_jobs_s"] = wait_for_new_jobs
+    options["actions"] = _action_performer(db_path, output_dir)
     runner = make_runner(db, workflow_id, node, output_dir=output_dir, **options)
     summary = runner.run()
     logging.getLogger("torc_slurm.runner").info(
         "runner %d done (%s): %d completed, %d failed, %d returned to ready", summary.runner_id,
         summary.exit_reason or runner.stop_reason, summary.completed, summary.failed, summary.terminated)
+
+
+def _action_performer(db_path: Path, output_dir: Path):  # noqa: ANN202
+    """The workflow actions this runner performs: run_commands always; schedule_nodes when the
+    allocation's site (TORC_SITE, set by the sbatch script) lets compute nodes submit."""
+    import os
+
+    from torc_slurm.runner.actions import ActionPerformer
+    from torc_slurm.slurm.actions import make_schedule, site_allows_compute_submit
+    from torc_slurm.slurm.backend import get_backend
+    from torc_slurm.slurm.sites import load_site
+
+    try:
+        site = load_site(os.environ["TORC_SITE"]) if os.environ.get("TORC_SITE") else None
+    except Exception as exc:  # an unknown site: actions that need it are left to the login node
+        logging.getLogger(__name__).warning("site %s: %s; schedule_nodes actions are left to `torc slurm watch`",
+                                            os.environ.get("TORC_SITE"), exc)
+        return ActionPerformer(can_schedule=False)
+    if site is None:
+        site = load_site("generic")
+    return ActionPerformer(schedule=make_schedule(db_path, site, get_backend(), output_dir.absolute()),
+                           can_schedule=site_allows_compute_submit(site))
 
 
 def _end_time(fixed: float | None, slurm_job: str | None, db_path: Path):  # noqa: ANN202

@@ -83,6 +83,9 @@ def init(app: App, workflow_id: int, force: bool) -> None:
     counts = status_counts(app.db, workflow_id)
     app.console.print(f"Initialized workflow {workflow_id}: {counts['ready']:,} ready, "
                       f"{counts['blocked']:,} blocked")
+    from torc_slurm.cli.actions import perform_due
+
+    perform_due(app, workflow_id, "init")
 
 
 @workflows.command("reset-status")

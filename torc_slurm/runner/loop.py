@@ -98,6 +98,7 @@ class RunnerConfig:
     # detect; the kernel or Slurm's cgroup limit does the killing). TORC_MEMORY_KILL_FACTOR sets it.
     memory_kill_factor: float | None = field(default_factory=lambda: memory_kill_factor(os.environ))
     recovery_timeout_s: float = 600.0       # a failure handler's recovery script is killed after this
+    actions: object | None = None           # runner.actions.ActionPerformer: the workflow actions this runner performs
 
 
 @dataclass
@@ -198,6 +199,7 @@ class Runner:
             raise
         self.leases.renewed(before)
         self.failures.load(self._failure_handlers())
+        self._attach_actions()
         summary = self._summary = RunSummary(self.runner_id)
         log.info("runner %d on %s: %d CPUs, GPUs %s, %.1f GiB (%s)", self.runner_id, cfg.node_name,
                  len(capacity.cpu_ids), list(capacity.gpu_ids) or "none", capacity.memory_bytes / 2**30,
@@ -867,6 +869,7 @@ class Runner:
                     self._collect(self.pool.wait(5.0), summary)
         summary.exit_reason = summary.exit_reason or (self.stop_reason or "")
         self._backlog = {}
+        self._finish_actions()
         self._sign_off()
 
     def _sign_off(self) -> None:
@@ -895,6 +898,24 @@ class Runner:
                 log.warning("runner %d: sign-off failed (%s); retrying in %.1f s", self.runner_id, exc, delay)
                 time.sleep(delay)
                 delay = min(2 * delay, 5.0)
+
+    # -- workflow actions (runner.actions; claimed in the queue's cycle, performed in threads) -----------
+    def _attach_actions(self) -> None:
+        performer = self.config.actions
+        if performer is None:
+            return
+        performer.attach(db=self.db, queue=self.queue, runner_id=self.runner_id, working_dir=self.config.working_dir,
+                         output_dir=self.config.output_dir, identity=self.leases.identity())
+        performer.worker_actions(self.db, "on_worker_start")
+
+    def _finish_actions(self) -> None:
+        """Before signing off: the claims in flight finish while this runner's lease is renewed
+        (so nobody takes them over meanwhile), then this runner's on_worker_complete actions."""
+        performer = self.config.actions
+        if performer is None or self.stop_reason == "workflow deleted":
+            return
+        performer.drain(lambda: self.queue.cycle(self.runner_id), self.config.heartbeat_interval_s or 5.0)
+        performer.worker_actions(self.db, "on_worker_complete")
 
     def _report(self) -> dict[str, object]:
         """What this runner did, for its ``runner_ended`` event."""

@@ -51,6 +51,7 @@ class ScheduleRequest:
     keep_scripts: bool = False
     dry_run: bool = False
     force: bool = False        # submit even when the checks against the partitions and jobs refuse
+    job_name: str | None = None  # Slurm's job name (default torc_wf<ID>_<scheduler>); actions tag theirs
 
 
 @dataclass
@@ -106,7 +107,7 @@ def schedule_nodes(db: Database, backend: SlurmBackend | None, site: SiteConfig,
     script_dir = output / "slurm"
     script = render_sbatch(
         scheduler=scheduler, site=site, slurm_defaults=settings.spec.slurm_defaults,
-        job_name=f"torc_wf{request.workflow_id}_{scheduler.name}", output_dir=script_dir,
+        job_name=request.job_name or f"torc_wf{request.workflow_id}_{scheduler.name}", output_dir=script_dir,
         runner_argv=runner_argv(db, request.workflow_id, output, scheduler.name, request.max_parallel_jobs),
         signal_buffer_seconds=max(settings.spec.compute_node_expiration_buffer_seconds, 10),
         account_fallback=site.default_account())

@@ -138,6 +138,9 @@ class SiteConfig(StrictModel):
     # Long sbatch option names every allocation at this site must carry ("account"): the centre
     # rejects jobs without them. See missing_options().
     required_options: list[str] = []
+    # Whether sbatch works from compute nodes. When it does not, runners leave schedule_nodes
+    # actions to `torc slurm watch` on the login node (see the README's Actions section).
+    compute_nodes_can_submit: bool = True
 
     @field_validator("name")
     @classmethod

@@ -25,7 +25,7 @@ from typing import Literal
 
 from torc_slurm.errors import QueueError
 from torc_slurm.states import HELD, JobStatus, sql_list
-from torc_slurm.store import leases
+from torc_slurm.store import actions, leases
 from torc_slurm.store.db import Database
 from torc_slurm.store import gangs
 from torc_slurm.store.events import add_event
@@ -179,6 +179,7 @@ class Queue:
     def __init__(self, db: Database, workflow_id: int) -> None:
         self.db = db
         self.workflow_id = workflow_id
+        self.action_observer = None  # runner.actions.ActionPerformer: claims workflow actions in cycles
 
     # -- runners ---------------------------------------------------------------------------
     def register_runner(self, *, hostname: str, pid: int, slurm_job_id: str | None = None,
@@ -319,9 +320,20 @@ class Queue:
                 result.gangs = gangs.members(conn, [*(held or {}), *(j.id for j in result.claimed)])
             if want_counts:
                 result.counts = _counts(conn, self.workflow_id)
+            claims = self._observe_actions(conn)
         if changed:
             self.db.notify()
+        if claims:  # committed: now the runner performs them (store/actions.py, runner/actions.py)
+            self.action_observer.deliver(claims)
         return result
+
+    def _observe_actions(self, conn: sqlite3.Connection) -> list:
+        """Workflow actions this cycle's changes made due (or whose claimant died), claimed in this
+        transaction; one partial-index probe when none is."""
+        observer = self.action_observer
+        if observer is None or not observer.accepting:
+            return []
+        return actions.observe(conn, self.workflow_id, observer.observer)
 
     def peers(self) -> list[PeerLease]:
         """Every live runner of the workflow (one locked read; never sweeps)."""

@@ -16,6 +16,7 @@ from torc_slurm.errors import QueueError, SpecError
 from torc_slurm.spec.models import WorkflowSpec
 from torc_slurm.states import ALL as JOB_STATUSES
 from torc_slurm.states import HELD, UNFINISHED, sql_list
+from torc_slurm.store import actions
 from torc_slurm.store.db import Database
 from torc_slurm.store.events import add_event
 from torc_slurm.store.views import (  # noqa: F401 (status_counts, list_jobs: re-exported)
@@ -78,6 +79,7 @@ def add_workflow(db: Database, compiled: CompiledWorkflow, *, working_dir: str |
               int(j.enforce_runtime), j.runtime_grace, job_hash(j, compiled.files, compiled.user_data))
              for i, j in enumerate(compiled.jobs)))
         add_groups(conn, workflow_id, compiled, range(job_base, job_base + len(compiled.jobs)))
+        actions.add_actions(conn, workflow_id, compiled, range(job_base, job_base + len(compiled.jobs)))
         file_base = next_ids(conn, "files", len(compiled.files))
         conn.executemany(
             "INSERT INTO files (id, workflow_id, name, path, producer_job_id) VALUES (?,?,?,?,?)",
@@ -192,6 +194,7 @@ def initialize_workflow(db: Database, workflow_id: int, *, force: bool = False) 
                          " retries = 0, reason = NULL WHERE workflow_id = ? AND status != 'disabled'",
                          (workflow_id,))
         conn.execute("UPDATE workflows SET status = 'initialized', run_id = run_id + 1 WHERE id = ?", (workflow_id,))
+        actions.rearm(conn, workflow_id)  # a new run: on_workflow_start is due (performed by `init`'s caller)
         record_input_stats(conn, stats)
         add_event(conn, workflow_id, "initialized", "jobs set to ready or blocked")
     db.notify()
@@ -225,6 +228,7 @@ def delete_workflow(db: Database, workflow_id: int) -> None:
         conn.execute("DELETE FROM dependency_members WHERE set_id IN"
                      " (SELECT id FROM dependency_sets WHERE workflow_id = ?)", (workflow_id,))
         conn.execute("DELETE FROM job_io WHERE job_id IN (SELECT id FROM jobs WHERE workflow_id = ?)", (workflow_id,))
+        actions.delete_actions(conn, workflow_id)
         for table in ("results", "runner_samples", "job_samples", "runners", "allocations", "events", "jobs", "files",
                       "user_data", "dependency_sets", "job_groups", "partition_cache", "watchers"):
             conn.execute(f"DELETE FROM {table} WHERE workflow_id = ?", (workflow_id,))
@@ -239,6 +243,7 @@ def cancel_workflow(db: Database, workflow_id: int) -> int:
             count = conn.execute(f"UPDATE jobs SET status = 'canceled' WHERE workflow_id = ? AND status IN"
                                  f" {sql_list(UNFINISHED)}", (workflow_id,)).rowcount
         conn.execute("UPDATE workflows SET status = 'canceled' WHERE id = ?", (workflow_id,))
+        actions.on_cancel(conn, workflow_id)
         add_event(conn, workflow_id, "canceled", f"{count} unfinished jobs canceled")
     db.notify()
     return count

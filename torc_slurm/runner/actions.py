@@ -1,0 +1,209 @@
+"""Performing workflow actions: ``run_commands`` here, ``schedule_nodes`` through an injected
+scheduler (the Slurm side lives in ``slurm/actions.py``; the runner layer never imports Slurm).
+
+* ``perform(claim)``: run_commands runs each command with bash, one after the other, in the
+  workflow's folder with the ``TORC_*`` variables; stdout/stderr go to
+  ``<output>/actions/a<N>_t<token>_<k>.{out,err}`` (user-only). The first command that fails fails
+  the action (never the workflow).
+* ``ActionPerformer``: a runner's claims are performed in threads, so the loop keeps dispatching
+  jobs. The runner drains them (renewing its lease) before it signs off: a claim is never left
+  with a runner that ended while its thread still worked, which would let another observer take
+  it over while this one still performs it.
+* ``perform_claims``: a login-node observer (``workflows init``, ``slurm watch``) performs its
+  claims in its own process, renewing the claims' lease while it does.
+* Fault injection for tests: ``TORC_FAULT_ACTION_CLAIMED=<trigger>|any`` makes a runner SIGKILL
+  itself right after the commit that claimed such an action (before performing it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torc_slurm.errors import QueueError
+from torc_slurm.store import actions as store_actions
+from torc_slurm.store.actions import Claim, Observer
+from torc_slurm.store.db import Database
+
+log = logging.getLogger(__name__)
+FAULT_VARIABLE = "TORC_FAULT_ACTION_CLAIMED"
+# A scheduler for schedule_nodes claims: claim -> (ok, message, result with "slurm_job_ids").
+Schedule = Callable[[Claim], tuple[bool, str, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Context:
+    db_path: Path
+    workflow_id: int
+    working_dir: Path
+    output_dir: Path
+    source: str                      # 'runner 3', 'init', 'watch' (events)
+    schedule: Schedule | None = None
+    env: dict[str, str] | None = None
+
+
+def perform(claim: Claim, ctx: Context) -> tuple[bool, str, dict[str, Any]]:
+    """Do the claimed action; (ok, one-line message, result for the queue)."""
+    try:
+        if claim.type == "run_commands":
+            return run_commands(claim.config.get("commands") or [], ctx, f"a{claim.index + 1}_t{claim.token}",
+                                {"TORC_ACTION_INDEX": str(claim.index + 1), "TORC_ACTION_TRIGGER": claim.trigger})
+        if ctx.schedule is None:
+            return False, "no Slurm here to submit with", {}
+        return ctx.schedule(claim)
+    except Exception as exc:  # an action's failure is the action's, never the observer's
+        log.exception("%s failed", claim.label)
+        return False, f"{type(exc).__name__}: {exc}", {}
+
+
+def run_commands(commands: Sequence[str], ctx: Context, stem: str,
+                 extra_env: dict[str, str]) -> tuple[bool, str, dict[str, Any]]:
+    folder = ctx.output_dir / "actions"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    env = dict(os.environ)
+    env.update(ctx.env or {})
+    env.update({"TORC_DB": str(ctx.db_path), "TORC_WORKFLOW_ID": str(ctx.workflow_id),
+                "TORC_OUTPUT_DIR": str(ctx.output_dir), **extra_env})
+    codes: list[int] = []
+    files: list[str] = []
+    for number, command in enumerate(commands, 1):
+        out, err = folder / f"{stem}_{number}.out", folder / f"{stem}_{number}.err"
+        with _private(out) as stdout, _private(err) as stderr:
+            code = subprocess.run(["bash", "-c", command], cwd=ctx.working_dir, env=env, stdout=stdout,
+                                  stderr=stderr, stdin=subprocess.DEVNULL, check=False).returncode
+        codes.append(code)
+        files += [str(out), str(err)]
+        if code != 0:
+            return False, f"command {number} of {len(commands)} exited {code}", {"return_codes": codes,
+                                                                               "files": files}
+    return True, f"{len(commands)} command(s) ran", {"return_codes": codes, "files": files}
+
+
+def _private(path: Path) -> Any:
+    return os.fdopen(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600), "wb")
+
+
+def perform_claims(claims: Sequence[Claim], ctx: Context, db: Database) -> list[tuple[Claim, bool, str]]:
+    """A login-node observer performs its claims now, one after the other, renewing their lease
+    every timeout / 4 from a thread while it works. Returns (claim, recorded ok, message)."""
+    done: list[tuple[Claim, bool, str]] = []
+    if not claims:
+        return done
+    stop = threading.Event()
+    pending = list(claims)
+
+    def keep_renewing() -> None:
+        with Database(db.path, create=False) as own:
+            while not stop.wait(store_actions.lease_timeout() / 4):
+                store_actions.renew(own, pending)
+
+    renewer = threading.Thread(target=keep_renewing, name="torc-action-lease", daemon=True)
+    renewer.start()
+    try:
+        for claim in claims:
+            ok, message, result = perform(claim, ctx)
+            store_actions.finish(db, claim, ok, message, result, source=ctx.source)
+            pending.remove(claim)
+            done.append((claim, ok, message))
+    finally:
+        stop.set()
+        renewer.join()
+    return done
+
+
+class ActionPerformer:
+    """A runner's side of the actions (set as ``RunnerConfig.actions``). ``attach`` makes the
+    runner's queue claim actions in its cycles (``Queue.action_observer``); claims are performed
+    in threads; ``drain`` waits for them; ``worker_start``/``worker_complete`` run this runner's
+    own on_worker_* actions."""
+
+    def __init__(self, *, schedule: Schedule | None = None, can_schedule: bool = True,
+                 no_slurm_reason: str | None = None) -> None:
+        self.schedule = schedule
+        self.can_schedule = can_schedule and schedule is not None
+        self.no_slurm_reason = no_slurm_reason
+        self.accepting = True
+        self.observer: Observer | None = None
+        self.ctx: Context | None = None
+        self._threads: list[threading.Thread] = []
+
+    def attach(self, *, db: Database, queue: Any, runner_id: int, working_dir: Path, output_dir: Path,
+               identity: dict[str, Any], env: dict[str, str] | None = None) -> None:
+        from torc_slurm.runner.fencing import runner_alive
+
+        self.observer = Observer(name=f"runner {runner_id}", host_key=identity.get("host_key"), pid=os.getpid(),
+                                 pid_started=identity.get("pid_started"), runner_id=runner_id,
+                                 can_schedule=self.can_schedule, no_slurm_reason=self.no_slurm_reason,
+                                 alive=runner_alive)
+        self.ctx = Context(db.path, queue.workflow_id, working_dir, output_dir, f"runner {runner_id}",
+                           self.schedule, {**(env or {}), "TORC_RUNNER_ID": str(runner_id)})
+        queue.action_observer = self
+
+    # -- called by Queue.cycle: claims made inside its transaction, delivered after its commit -------
+    def deliver(self, claims: Sequence[Claim]) -> None:
+        fault = os.environ.get(FAULT_VARIABLE)
+        if fault and any(fault in ("any", c.trigger) for c in claims):
+            log.error("fault injection (%s=%s): killing this runner right after its claim", FAULT_VARIABLE, fault)
+            os.kill(os.getpid(), signal.SIGKILL)
+        for claim in claims:
+            thread = threading.Thread(target=self._run, args=(claim,), name=f"torc-action-{claim.index + 1}",
+                                      daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _run(self, claim: Claim) -> None:
+        assert self.ctx is not None
+        ok, message, result = perform(claim, self.ctx)
+        log.info("%s: %s", claim.label, message)
+        for delay in (0.1, 0.5, 2.0, 5.0, 10.0):
+            try:
+                with Database(self.ctx.db_path, create=False) as db:
+                    store_actions.finish(db, claim, ok, message, result, source=self.ctx.source)
+                return
+            except (QueueError, sqlite3.Error) as exc:  # the queue unreachable for a moment: retry (the runner keeps the claim)
+                log.warning("%s: could not record the outcome (%s); retrying", claim.label, exc)
+                time.sleep(delay)
+
+    @property
+    def busy(self) -> bool:
+        self._threads = [t for t in self._threads if t.is_alive()]
+        return bool(self._threads)
+
+    def drain(self, renew: Callable[[], None], every_s: float) -> None:
+        """Stop claiming and wait for the claims in flight, calling ``renew`` (a queue cycle that
+        renews the runner's lease) every ``every_s`` meanwhile."""
+        self.accepting = False
+        while self.busy:
+            self._threads[0].join(every_s)
+            if self.busy:
+                try:
+                    renew()
+                except (QueueError, sqlite3.Error) as exc:
+                    log.warning("renewing the lease while actions finish failed: %s", exc)
+
+    # -- on_worker_start / on_worker_complete: once per runner, performed by the runner itself ----
+    def worker_actions(self, db: Database, trigger: str) -> None:
+        if self.ctx is None:
+            return
+        for index, config in store_actions.per_runner_actions(db, self.ctx.workflow_id, trigger):
+            stem = f"a{index + 1}_{self.ctx.source.replace(' ', '')}"
+            try:
+                ok, message, result = run_commands(config.get("commands") or [], self.ctx, stem,
+                                                   {"TORC_ACTION_INDEX": str(index + 1),
+                                                    "TORC_ACTION_TRIGGER": trigger})
+            except OSError as exc:
+                ok, message, result = False, f"{type(exc).__name__}: {exc}", {}
+            try:
+                store_actions.record_per_runner(db, self.ctx.workflow_id, index, trigger, ok, message, result,
+                                                source=self.ctx.source)
+            except (QueueError, sqlite3.Error) as exc:
+                log.warning("could not record %s action #%d: %s", trigger, index + 1, exc)

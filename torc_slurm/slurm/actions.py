@@ -1,0 +1,120 @@
+"""schedule_nodes for workflow actions, with the Slurm backend: what a runner, `workflows init`
+or `slurm watch` injects into ``runner.actions`` (the runner layer never imports Slurm).
+
+"Never doubled": each claim's allocations carry a Slurm job name that names the action and the
+claim token (``torc_wf<ID>_a<N>_t<token>``). A retry after a dead claimant first asks squeue for
+the names of the dead claims; the allocations found are adopted (recorded as this action's) and
+only the rest are submitted. An allocation of a dead claimant that already left squeue (it ran
+and ended; sacct is asked too where Slurm keeps accounting) cannot be seen: that is the one way a
+retry can submit again (at-least-once).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from torc_slurm.errors import SlurmError, TorcError
+from torc_slurm.store.actions import Claim
+
+log = logging.getLogger(__name__)
+
+
+def job_name(claim: Claim, token: int | None = None) -> str:
+    return f"torc_wf{claim.workflow_id}_a{claim.index + 1}_t{claim.token if token is None else token}"
+
+
+def find_submitted(names: list[str]) -> list[str]:
+    """Slurm job ids of allocations named ``names`` (squeue, then sacct when it has data)."""
+    if not names:
+        return []
+    found: list[str] = []
+    for argv in (["squeue", "-h", "--states=all", f"--name={','.join(names)}", "-o", "%i"],
+                 ["sacct", "-n", "-X", "-P", f"--name={','.join(names)}", "-o", "JobID"]):
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            if argv[0] == "squeue":
+                raise SlurmError(f"cannot ask squeue for the allocations of a dead claimant: {exc}") from exc
+            continue
+        if out.returncode != 0:
+            if argv[0] == "squeue":
+                raise SlurmError(f"squeue failed: {out.stderr.strip()}")
+            continue
+        found += [line.strip() for line in out.stdout.splitlines() if line.strip() and line.strip() not in found]
+    return found
+
+
+def make_schedule(db_path: Path, site: Any, backend: Any, output_dir: Path | None = None):
+    """A ``runner.actions.Schedule`` that submits with ``slurm.allocations.schedule_nodes``."""
+
+    def schedule(claim: Claim) -> tuple[bool, str, dict[str, Any]]:
+        from torc_slurm.slurm.allocations import ScheduleRequest, schedule_nodes
+        from torc_slurm.store.db import Database
+
+        config = claim.config
+        wanted = int(config.get("num_allocations") or 1)
+        adopted = find_submitted([job_name(claim, t) for t in claim.previous_tokens]) if claim.previous_tokens else []
+        result: dict[str, Any] = {"scheduler": config["scheduler"], "adopted": adopted, "slurm_job_ids": []}
+        if len(adopted) >= wanted:
+            result["slurm_job_ids"] = adopted
+            return True, (f"{len(adopted)} allocation(s) of {config['scheduler']} were already submitted by the "
+                          f"dead claimant: {', '.join(adopted)} (adopted, none submitted)"), result
+        with Database(db_path, create=False) as db:
+            try:
+                done = schedule_nodes(db, backend, site, ScheduleRequest(
+                    claim.workflow_id, config["scheduler"], wanted - len(adopted),
+                    max_parallel_jobs=config.get("max_parallel_jobs"), output_dir=output_dir,
+                    job_name=job_name(claim), force=True))
+            except TorcError as exc:
+                return False, f"submitting {config['scheduler']} failed: {exc}", result
+        result["slurm_job_ids"] = adopted + done.slurm_job_ids
+        return True, (f"submitted {len(done.slurm_job_ids)} allocation(s) of {config['scheduler']}: "
+                      f"{', '.join(done.slurm_job_ids)}" + (f" (adopted {', '.join(adopted)})" if adopted else "")), \
+            result
+
+    return schedule
+
+
+def site_allows_compute_submit(site: Any) -> bool:
+    return bool(getattr(site, "compute_nodes_can_submit", True))
+
+
+def login_observe(db: Any, workflow_id: int, source: str, *, site: Any = None, backend: Any = None,
+                  output_dir: Path | None = None) -> list[tuple[Claim, bool, str]]:
+    """A login-node observer (`workflows init`, `slurm watch`): claim the due actions it can perform
+    (schedule_nodes only where sbatch exists) and those of dead claimants, in one transaction,
+    then perform them here. Returns (claim, ok, message) per action performed."""
+    import os
+    import shutil
+
+    from torc_slurm.runner.actions import Context, perform_claims
+    from torc_slurm.runner.fencing import host_key, process_started, runner_alive
+    from torc_slurm.store import actions as store_actions
+    from torc_slurm.store.workflows import workflow_settings
+
+    can_schedule = shutil.which("sbatch") is not None
+    observer = store_actions.Observer(name=source, host_key=host_key(), pid=os.getpid(),
+                                      pid_started=process_started(os.getpid()), can_schedule=can_schedule,
+                                      alive=runner_alive)
+    with db.transaction() as conn:
+        claims = store_actions.observe(conn, workflow_id, observer)
+    if not claims:
+        return []
+    settings = workflow_settings(db, workflow_id)
+    output = (output_dir or settings.working_dir / "torc_output").absolute()
+    schedule = None
+    if can_schedule:
+        if backend is None:
+            from torc_slurm.slurm.backend import get_backend
+
+            backend = get_backend()
+        if site is None:
+            from torc_slurm.slurm.sites import detect_current_site
+
+            site = detect_current_site(backend)
+        schedule = make_schedule(db.path, site, backend, output)
+    ctx = Context(db.path, workflow_id, settings.working_dir, output, source, schedule)
+    return perform_claims(claims, ctx, db)
