@@ -1,4 +1,4 @@
-"""`torc reports results|resources|summary|plot ID`: what ran, where, what it used, and a picture.
+"""`torc reports results|resources|summary|samples|plot ID`: what ran, where, what it used, and a picture.
 
 Tables fit 80 columns: long values fold at spaces, short words never wrap (rich ``overflow="fold"``,
 ``no_wrap``); `-f json` has every figure.
@@ -105,6 +105,24 @@ def plot(app: App, workflow_id: int, output: Path) -> None:
         app.abort(f"{output}: the output must end in .html or .png", code=2)
     done = write_plot(app.db, workflow_id, output)
     app.note(f"Wrote {output} ({done.attempts} attempt(s) on {done.runners} runner(s); {done.usage_note})")
+
+
+@reports.command("samples")
+@click.argument("workflow_id", metavar="ID", type=int)
+@click.argument("job", metavar="[JOB]", required=False)
+@click.option("--attempt", type=click.IntRange(min=1), default=None, metavar="N", help="Only this attempt.")
+@format_option
+@pass_app
+def samples(app: App, workflow_id: int, job: str | None, attempt: int | None, fmt: str) -> None:
+    """The CPU and memory samples of each job attempt, kept when the spec's resource_monitor has
+    granularity: time_series.
+
+    Without JOB: one line per sampled attempt (rows, span, mean and peak CPU, peak memory). With
+    JOB (a name or an id): every row of its attempts. CPU is summed over the job's processes (100 %
+    = one core); memory is their summed RSS. A long attempt keeps at most 1000 rows, evenly spaced."""
+    from torc_slurm.reports.samples import samples_report
+
+    app.emit(samples_report(app.db, workflow_id, job, attempt), fmt, samples_view)
 
 
 # -- views (80 columns) ----------------------------------------------------------------------------
@@ -313,3 +331,49 @@ def applied_view(applied: dict[str, Any]):
         return Text("Nothing to apply: no suggestions.")
     return Group(table, _para("Dry run: nothing written." if applied["dry_run"] else
                               "Recorded as a resources_applied event."))
+
+
+def _cpu(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
+def samples_view(data: dict[str, Any]):
+    from rich.console import Group
+
+    from torc_slurm.reports import human_bytes, human_seconds
+
+    parts: list[Any] = []
+    if data["job"] is None and data["attempts"]:
+        table = _table(f"Sampled attempts, workflow {data['workflow_id']}")
+        table.add_column("job", overflow="fold")
+        table.add_column("try", no_wrap=True, justify="right")
+        table.add_column("rows", no_wrap=True, justify="right")
+        table.add_column("span", no_wrap=True, justify="right")
+        table.add_column("CPU mean", no_wrap=True, justify="right")
+        table.add_column("CPU peak", no_wrap=True, justify="right")
+        table.add_column("mem peak", no_wrap=True, justify="right")
+        for a in data["attempts"]:
+            table.add_row(a["job"], str(a["attempt"]), f"{a['samples']:,}", human_seconds(a["span_s"]),
+                          _cpu(a["avg_cpu_percent"]), _cpu(a["peak_cpu_percent"]), human_bytes(a["peak_memory_bytes"]))
+        parts.append(table)
+    for a in data["attempts"] if data["job"] is not None else []:
+        gpu = any(r["gpu_percent"] is not None for r in a["rows"])
+        table = _table(f"{a['job']} attempt {a['attempt']}: {a['samples']:,} samples over "
+                       f"{human_seconds(a['span_s'])}, peak {human_bytes(a['peak_memory_bytes'])}")
+        table.add_column("t", no_wrap=True, justify="right")
+        table.add_column("CPU", no_wrap=True, justify="right")
+        table.add_column("memory", no_wrap=True, justify="right")
+        table.add_column("procs", no_wrap=True, justify="right")
+        if gpu:
+            table.add_column("GPU", no_wrap=True, justify="right")
+            table.add_column("GPU mem", no_wrap=True, justify="right")
+        for r in a["rows"]:
+            cells = [f"{r['t']:.1f}s", _cpu(r["cpu_percent"]), human_bytes(r["memory_bytes"]),
+                     "-" if r["num_processes"] is None else str(r["num_processes"])]
+            if gpu:
+                cells += [_cpu(r["gpu_percent"]), human_bytes(r["gpu_memory_bytes"])]
+            table.add_row(*cells)
+        parts.append(table)
+    if data["note"]:
+        parts.append(_para(data["note"]))
+    return Group(*parts)

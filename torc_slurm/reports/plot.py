@@ -10,6 +10,10 @@ and runner, above the nodes' CPU, memory and GPU use, on one time axis.
   together (CPU and GPU as a mean weighted by size, memory summed) in time bins. Without (enough)
   samples, the CPU and memory panels show what the running attempts held (their requests), and the subtitle
   says so.
+- Per job (workflows whose resource_monitor has granularity: time_series, `job_samples`): a CPU and a
+  memory panel with one line per attempt, placed at the attempt's start on the same time axis (at most
+  `MAX_JOB_LINES` attempts: those with the highest peak memory; the subtitle says when some are left
+  out). `job_series` shapes them (pure).
 
 HTML comes from plotly (self-contained: plotly.js is inlined, nothing is fetched when it is
 opened); PNG from matplotlib's Agg backend. Both are in the ``plot`` extra; without it the command
@@ -38,6 +42,7 @@ MAX_ATTEMPTS = 20_000
 MAX_LINES = 8  # runners drawn one line each; more are drawn together
 PAGE = 5_000
 BINS = 200
+MAX_JOB_LINES = 20  # attempts drawn in the per-job panels (the highest peak memory first)
 MIN_SAMPLES = 3  # a runner with fewer samples (a short run) does not make a usage curve: derive it
 INSTALL_HINT = "reports plot needs the plot extra: pip install 'torc-slurm[plot]'"
 
@@ -72,6 +77,7 @@ class Attempt:
     num_cpus: int
     memory_bytes: int
     lane: int = 0
+    job_id: int = 0
 
     @property
     def kind(self) -> str:
@@ -115,6 +121,8 @@ class PlotData:
     gpu: list[Series]
     measured: bool  # from runner_samples (else derived from the attempts)
     notes: list[str]
+    job_cpu: list[Series] = field(default_factory=list)     # per attempt, from job_samples (time_series)
+    job_memory: list[Series] = field(default_factory=list)  # GiB
 
     @property
     def rows(self) -> int:
@@ -137,13 +145,14 @@ def plot_data(db: Database, workflow_id: int, *, now: float | None = None) -> Pl
     while True:
         page = db.read(
             "SELECT x.id, j.name, x.attempt, x.status, x.reason, x.runner_id, x.started_at, x.ended_at, x.exec_s,"
-            " j.num_cpus, j.memory_bytes FROM results x JOIN jobs j ON j.id = x.job_id"
+            " j.num_cpus, j.memory_bytes, x.job_id FROM results x JOIN jobs j ON j.id = x.job_id"
             " WHERE x.workflow_id = ? AND x.id > ? AND x.started_at IS NOT NULL ORDER BY x.id LIMIT ?",
             (workflow_id, after, PAGE))
         for r in page:
             end = r["ended_at"] if r["ended_at"] is not None else r["started_at"] + (r["exec_s"] or 0.0)
             attempts.append(Attempt(r["name"], r["attempt"], r["status"], r["reason"], r["runner_id"],
-                                    r["started_at"], max(end, r["started_at"]), r["num_cpus"], r["memory_bytes"]))
+                                    r["started_at"], max(end, r["started_at"]), r["num_cpus"], r["memory_bytes"],
+                                    job_id=r["job_id"]))
         if len(attempts) >= MAX_ATTEMPTS:
             truncated, attempts = True, attempts[:MAX_ATTEMPTS]
             break
@@ -183,7 +192,54 @@ def plot_data(db: Database, workflow_id: int, *, now: float | None = None) -> Pl
             count = sum(len(rows) for rows in samples.values())
             notes.append(f"{'too few node samples (' + str(count) + ')' if count else 'no node samples'}: "
                          "CPU and memory are what the running jobs held (requested)")
-    return PlotData(workflow_id, workflow.name, t0, attempts, runners, cpu, memory, gpu, measured, notes)
+    job_cpu, job_memory, job_note = _job_samples(db, workflow_id, attempts, t0)
+    if job_note:
+        notes.append(job_note)
+    return PlotData(workflow_id, workflow.name, t0, attempts, runners, cpu, memory, gpu, measured, notes,
+                    job_cpu, job_memory)
+
+
+def _job_samples(db: Database, workflow_id: int, attempts: list[Attempt],
+                 t0: float) -> tuple[list[Series], list[Series], str | None]:
+    """The per-job panels' lines: the sampled attempts with the highest peak memory (at most
+    `MAX_JOB_LINES`), read attempt by attempt."""
+    from torc_slurm.store.samples import attempt_samples, sampled_attempts
+
+    sampled = sampled_attempts(db, workflow_id)
+    if not sampled:
+        return [], [], None
+    chosen = sorted(sampled, key=lambda a: -(a["peak_memory_bytes"] or 0))[:MAX_JOB_LINES]
+    rows = {(a["job_id"], a["attempt"]): attempt_samples(db, a["job_id"], a["attempt"]) for a in chosen}
+    cpu, memory = job_series(attempts, rows, t0)
+    note = (f"per-job lines: the {len(chosen)} attempts with the highest peak memory of {len(sampled):,} sampled"
+            if len(sampled) > len(chosen) else None)
+    return cpu, memory, note
+
+
+def job_series(attempts: list[Attempt], rows: dict[tuple[int, int], list[dict[str, Any]]],
+               t0: float) -> tuple[list[Series], list[Series]]:
+    """(CPU %, memory GiB) lines, one per sampled attempt that has a result (pure): x is the
+    attempt's start plus each row's t, minus ``t0``; a row without CPU (the first pass) is left out
+    of the CPU line only. Lines are in the attempts' start order."""
+    starts = {(a.job_id, a.attempt): a for a in attempts}
+    cpu, memory = [], []
+    for key in sorted((k for k in rows if k in starts and rows[k]), key=lambda k: (starts[k].start, k)):
+        a = starts[key]
+        label = a.job if a.attempt == 1 else f"{a.job} #{a.attempt}"
+        c, m = Series(label), Series(label)
+        for r in rows[key]:
+            x = a.start + r["t"] - t0
+            if r["cpu_percent"] is not None:
+                c.x.append(x)
+                c.y.append(r["cpu_percent"])
+            if r["memory_bytes"] is not None:
+                m.x.append(x)
+                m.y.append(r["memory_bytes"] / 2**30)
+        if c.x:
+            cpu.append(c)
+        if m.x:
+            memory.append(m)
+    return cpu, memory
 
 
 def _samples(db: Database, workflow_id: int, runners: list[Runner]) -> dict[int, list[dict[str, Any]]]:
@@ -334,6 +390,10 @@ def _panels(data: PlotData) -> list[tuple[str, list[Series], str]]:
     panels = [(cpu_label, data.cpu, "%"), (mem_label, data.memory, "GiB")]
     if data.gpu:
         panels.append(("GPU % (sampled)", data.gpu, "%"))
+    if data.job_cpu:
+        panels.append(("job CPU %", data.job_cpu, "%"))
+    if data.job_memory:
+        panels.append(("job memory GiB", data.job_memory, "GiB"))
     return panels
 
 
@@ -399,9 +459,10 @@ def _write_html(data: PlotData, output: Path) -> None:
                      autorange="reversed", row=1, col=1)
     for index, (label, series, _) in enumerate(panels, start=2):
         for s in series:
-            fig.add_trace(go.Scatter(x=[x / scale for x in s.x], y=s.y, mode="lines+markers" if data.measured and len(s.x) < 30
+            fig.add_trace(go.Scatter(x=[x / scale for x in s.x], y=s.y, mode="lines+markers" if (data.measured or label.startswith("job "))
+                                     and len(s.x) < 30
                                      else "lines", name=f"{label}: {s.name}",
-                                     line={"width": 1.5}, showlegend=len(series) > 1), row=index, col=1)
+                                     line={"width": 1.5}, showlegend=len(series) > 1 or label.startswith("job ")), row=index, col=1)
         fig.update_yaxes(title_text=label, rangemode="tozero", row=index, col=1)
     if not data.attempts:
         fig.add_annotation(text="no attempts recorded yet", showarrow=False, xref="paper", yref="paper", x=0.5, y=0.8)
@@ -466,12 +527,12 @@ def _write_png(data: PlotData, output: Path) -> None:
     for ax, (label, series, _) in zip(axes[1:], panels):
         for s in series:
             ax.plot([x / scale for x in s.x], s.y, linewidth=1.2, label=s.name,
-                    marker="o" if data.measured and len(s.x) < 30 else None, markersize=3)
+                    marker="o" if (data.measured or label.startswith("job ")) and len(s.x) < 30 else None, markersize=3)
         ax.set_ylabel(label, fontsize=8)
         ax.set_ylim(bottom=0)
         ax.grid(color="#eeeeee")
         ax.tick_params(labelsize=8)
-        if len(series) > 1:
+        if len(series) > 1 or label.startswith("job "):
             ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
     axes[-1].set_xlabel(f"time since start ({unit})", fontsize=8)
     gantt.set_xlim(left=0)

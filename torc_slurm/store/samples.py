@@ -99,25 +99,19 @@ def attempt_samples(db: Database, job_id: int, attempt: int) -> list[dict[str, A
         after = page[-1]["t"]
 
 
-def sampled_attempts(db: Database, workflow_id: int, job_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
-    """(job, attempt) pairs with samples, and their count, job and attempt order; ``job_ids``
-    limits them to those jobs."""
-    sql = ("SELECT s.job_id, j.name AS job, s.attempt, COUNT(*) AS samples FROM job_samples s"
-           " JOIN jobs j ON j.id = s.job_id WHERE s.workflow_id = ?")
+def sampled_attempts(db: Database, workflow_id: int, job_ids: Sequence[int] | None = None, *,
+                     limit: int = 10_000) -> list[dict[str, Any]]:
+    """The attempts with samples (at most ``limit``, job and attempt order; ``job_ids`` limits them
+    to those jobs), each with its row count, time span, mean and peak CPU and peak memory."""
+    sql = ("SELECT s.job_id, j.name AS job, s.attempt, COUNT(*) AS samples, MAX(s.t) - MIN(s.t) AS span_s,"
+           " AVG(s.cpu_percent) AS avg_cpu_percent, MAX(s.cpu_percent) AS peak_cpu_percent,"
+           " MAX(s.memory_bytes) AS peak_memory_bytes, MAX(s.gpu_percent) AS peak_gpu_percent"
+           " FROM job_samples s JOIN jobs j ON j.id = s.job_id WHERE s.workflow_id = ?")
     params: tuple[Any, ...] = (workflow_id,)
     if job_ids is not None:
         if not job_ids:
             return []
         sql += f" AND s.job_id IN ({','.join('?' * len(job_ids))})"
         params += tuple(job_ids)
-    sql += " GROUP BY s.job_id, s.attempt ORDER BY s.job_id, s.attempt"
-    return [dict(r) for r in db.read(sql, params)]
-
-
-def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Peak and mean of an attempt's rows (pure): what `torc reports samples` shows per attempt."""
-    cpu = [r["cpu_percent"] for r in rows if r["cpu_percent"] is not None]
-    mem = [r["memory_bytes"] for r in rows if r["memory_bytes"] is not None]
-    return {"samples": len(rows), "span_s": (rows[-1]["t"] - rows[0]["t"]) if rows else None,
-            "avg_cpu_percent": sum(cpu) / len(cpu) if cpu else None, "peak_cpu_percent": max(cpu) if cpu else None,
-            "avg_memory_bytes": sum(mem) // len(mem) if mem else None, "peak_memory_bytes": max(mem) if mem else None}
+    sql += " GROUP BY s.job_id, s.attempt ORDER BY s.job_id, s.attempt LIMIT ?"
+    return [dict(r) for r in db.read(sql, (*params, limit))]
