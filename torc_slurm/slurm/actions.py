@@ -2,7 +2,7 @@
 or `slurm watch` injects into ``runner.actions`` (the runner layer never imports Slurm).
 
 "Never doubled": each claim's allocations carry a Slurm job name that names the action and the
-claim token (``torc_wf<ID>_a<N>_t<token>``). A retry after a dead claimant first asks squeue for
+claim token (``torc_wf<ID>_<scheduler>_a<N>t<token>``). A retry after a dead claimant first asks squeue for
 the names of the dead claims; the allocations found are adopted (recorded as this action's) and
 only the rest are submitted. An allocation of a dead claimant that already left squeue (it ran
 and ended; sacct is asked too where Slurm keeps accounting) cannot be seen: that is the one way a
@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def job_name(claim: Claim, token: int | None = None) -> str:
-    return f"torc_wf{claim.workflow_id}_a{claim.index + 1}_t{claim.token if token is None else token}"
+    return (f"torc_wf{claim.workflow_id}_{claim.config.get('scheduler')}_a{claim.index + 1}"
+            f"t{claim.token if token is None else token}")
 
 
 def find_submitted(names: list[str]) -> list[str]:

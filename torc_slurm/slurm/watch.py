@@ -521,6 +521,11 @@ class Watcher:
         self.rounds = 0
         self._recovered_failed: int | None = None
         self.view: QueueView | None = None
+        # A workflow that schedules with actions (schedule_nodes) is not also scheduled on demand:
+        # the watcher performs its actions instead (see the README's Actions section).
+        self._actions_open = False
+        self.scheduled_by_actions = bool(db.read(
+            "SELECT 1 FROM actions WHERE workflow_id = ? AND type = 'schedule_nodes' LIMIT 1", (workflow_id,)))
 
     def _cpus(self, scheduler: Any) -> int:
         partition = self.site.partition(scheduler.partition) if self.site is not None else None
@@ -537,6 +542,8 @@ class Watcher:
                                                                 "soon": self.options.soon_fraction})]
             counts = {r[0]: r[1] for r in conn.execute(
                 "SELECT status, n FROM status_counts WHERE workflow_id = ?", (self.workflow_id,))}
+            self._actions_open = conn.execute("SELECT 1 FROM actions WHERE workflow_id = ? AND state IN ('due', 'claimed')"
+                                              " LIMIT 1", (self.workflow_id,)).fetchone() is not None
             allocations = [Allocation(r[0], r[1], r[2], r[3]) for r in conn.execute(
                 "SELECT slurm_job_id, scheduler, state, submitted_at FROM allocations WHERE workflow_id = ?"
                 " ORDER BY id",
@@ -577,10 +584,14 @@ class Watcher:
         if self.options.recover and view.failed and view.failed != self._recovered_failed and self.lease.held:
             self._recover()
             view = self.view = self.read()  # the reruns are ready now
+        if self.lease.fresh() and self._actions_open:  # a second lock only when an action is due or claimed
+            self._perform_actions()
         if view.unfinished == 0:
             return view
         actions = decide(WatchState(self.clock(), view.demand, view.allocations, self.options.limits,
                                     self.failures, may_submit=self.lease.fresh()))
+        if self.scheduled_by_actions:
+            actions = [a for a in actions if isinstance(a, Pause)]
         for action in actions:
             self._apply(action)
         return view
@@ -622,6 +633,18 @@ class Watcher:
                     return
                 self.submitted += ids
                 self.say(f"submitted allocation {', '.join(ids)} of scheduler {action.scheduler} ({action.reason})")
+
+    def _perform_actions(self) -> None:
+        """The login-node observer of workflow actions (`slurm.actions.login_observe`): those due
+        that no runner can perform (compute nodes that cannot submit) and those whose claimant died."""
+        from torc_slurm.slurm.actions import login_observe
+
+        try:
+            for claim, ok, message in login_observe(self.db, self.workflow_id, "watch", site=self.site,
+                                                    backend=self.backend, output_dir=self.options.output_dir):
+                self.say(f"{claim.label}: {message}" + ("" if ok else " (failed)"))
+        except TorcError as exc:
+            log.warning("workflow actions: %s (tried again next round)", exc)
 
     def _cancel(self, ids: list[str], reason: str) -> None:
         from torc_slurm.store.allocations import update_allocation_states

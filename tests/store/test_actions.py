@@ -1,0 +1,242 @@
+"""Workflow actions in the queue (schema 11): triggers counted by SQL triggers in the transaction
+that changes the jobs, one claim per trigger, takeover only from a dead claimant, late outcomes
+changing nothing, re-arming on initialize, and real processes racing for one action."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from torc_slurm.compiler import compile_workflow
+from torc_slurm.spec.models import WorkflowSpec
+from torc_slurm.store import actions
+from torc_slurm.store.actions import Observer
+from torc_slurm.store.db import Database
+from torc_slurm.store.queue import Outcome, Queue
+from torc_slurm.store.workflows import add_workflow, cancel_workflow, delete_workflow, initialize_workflow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    database = Database(tmp_path / "torc.db")
+    yield database
+    database.close()
+
+
+def make(db: Database, tmp_path: Path, action_list: list[dict[str, Any]], jobs: list[dict[str, Any]] | None = None,
+         init: bool = True) -> Queue:
+    jobs = jobs or [{"name": "a", "command": "true"}, {"name": "b", "command": "true", "depends_on": ["a"]},
+                    {"name": "c", "command": "true", "depends_on": ["b"]}]
+    spec = WorkflowSpec.model_validate({"name": "w", "jobs": jobs, "actions": action_list,
+                                        "slurm_schedulers": [{"name": "s", "walltime": "00:10:00"}]})
+    workflow_id = add_workflow(db, compile_workflow(spec), working_dir=tmp_path)
+    if init:
+        initialize_workflow(db, workflow_id, force=True)
+    return Queue(db, workflow_id)
+
+
+def rows(db: Database, workflow_id: int) -> list[dict[str, Any]]:
+    return [dict(r) for r in db.read("SELECT * FROM actions WHERE workflow_id = ? ORDER BY idx", (workflow_id,))]
+
+
+def events(db: Database, workflow_id: int, kind: str) -> list[dict[str, Any]]:
+    return [dict(r) | {"data": json.loads(r["data"]) if r["data"] else None} for r in db.read(
+        "SELECT kind, message, data, source FROM events WHERE workflow_id = ? AND kind = ? ORDER BY id",
+        (workflow_id, kind))]
+
+
+def observe(db: Database, workflow_id: int, observer: Observer) -> list[actions.Claim]:
+    with db.transaction() as conn:
+        return actions.observe(conn, workflow_id, observer)
+
+
+def run(queue: Queue, runner: int, names: list[str], status: str = "completed") -> None:
+    """Claim and complete ``names`` (ready now) through real cycles."""
+    ids = {r[0]: r[1] for r in queue.db.read("SELECT name, id FROM jobs WHERE workflow_id = ?", (queue.workflow_id,))}
+    wanted = {ids[n] for n in names}
+    claimed = queue.cycle(runner, choose=lambda ready: [j.job_id for j in ready if j.job_id in wanted]).claimed
+    assert {c.id for c in claimed} == wanted
+    queue.cycle(runner, outcomes=[Outcome(c.id, c.attempt, status, c.lease_token, return_code=0) for c in claimed])
+
+
+RUN = {"action_type": "run_commands", "commands": ["true"]}
+A = Observer("A", host_key="h", pid=1)
+B = Observer("B", host_key="h", pid=2)
+
+
+def test_workflow_start_is_due_after_init_and_claimed_once(db: Database, tmp_path: Path) -> None:
+    queue = make(db, tmp_path, [{"trigger_type": "on_workflow_start", **RUN}], init=False)
+    wf = queue.workflow_id
+    assert rows(db, wf)[0]["state"] == "waiting"
+    assert observe(db, wf, A) == []
+    initialize_workflow(db, wf, force=True)
+    first = observe(db, wf, A)
+    assert [c.trigger for c in first] == ["on_workflow_start"]
+    assert observe(db, wf, B) == [] and observe(db, wf, A) == []  # claimed: nobody claims again
+    assert actions.finish(db, first[0], True, "ok", {}, source="A")
+    assert rows(db, wf)[0]["state"] == "done"
+    assert len(events(db, wf, "action_claimed")) == 1 and len(events(db, wf, "action_done")) == 1
+
+
+def test_jobs_ready_counts_every_matched_job_reaching_ready_or_later(db: Database, tmp_path: Path) -> None:
+    queue = make(db, tmp_path, [{"trigger_type": "on_jobs_ready", "job_name_regexes": ["^[ab]$"], **RUN},
+                                {"trigger_type": "on_jobs_complete", "jobs": ["b", "c"], **RUN},
+                                {"trigger_type": "on_workflow_complete", **RUN}])
+    wf = queue.workflow_id
+    runner = queue.register_runner(hostname="n", pid=99)
+    # a is ready, b blocked: 1 of 2 (a already counts: ready or later)
+    assert [(r["reached"], r["size"], r["state"]) for r in rows(db, wf)[:2]] == [(1, 2, "waiting"), (0, 2, "waiting")]
+    run(queue, runner, ["a"])  # b ready: the cycle that recorded a made the action due
+    assert rows(db, wf)[0]["state"] == "due"
+    run(queue, runner, ["b"])
+    assert [r["state"] for r in rows(db, wf)] == ["due", "waiting", "waiting"]
+    run(queue, runner, ["c"])
+    assert [r["state"] for r in rows(db, wf)] == ["due", "due", "due"]
+    claims = observe(db, wf, A)
+    assert sorted(c.index for c in claims) == [0, 1, 2]
+
+
+def test_runner_cycle_claims_in_its_own_transaction_and_delivers_after_commit(db: Database, tmp_path: Path) -> None:
+    queue = make(db, tmp_path, [{"trigger_type": "on_jobs_complete", "jobs": ["a"], **RUN}])
+    runner = queue.register_runner(hostname="n", pid=99)
+    delivered: list[list[actions.Claim]] = []
+
+    class Performer:
+        accepting = True
+        observer = Observer(f"runner {runner}", host_key="h", pid=99, runner_id=runner)
+
+        def deliver(self, claims: list[actions.Claim]) -> None:
+            assert rows(db, queue.workflow_id)[0]["state"] == "claimed"  # committed before delivery
+            delivered.append(list(claims))
+
+    queue.action_observer = Performer()
+    run(queue, runner, ["a"])
+    assert [[c.index for c in batch] for batch in delivered] == [[0]]
+    queue.cycle(runner)
+    assert len(delivered) == 1  # claimed once, not again by later cycles
+    row = rows(db, queue.workflow_id)[0]
+    assert (row["claim_runner"], row["attempts"]) == (runner, 1)
+
+
+def test_a_dead_runner_claimant_is_taken_over_and_its_late_outcome_changes_nothing(db: Database,
+                                                                                 tmp_path: Path) -> None:
+    queue = make(db, tmp_path, [{"trigger_type": "on_workflow_start", **RUN}])
+    wf = queue.workflow_id
+    runner = queue.register_runner(hostname="n", pid=99)
+    mine = Observer(f"runner {runner}", host_key="h1", pid=99, runner_id=runner)
+    (first,) = observe(db, wf, mine)
+    assert observe(db, wf, B) == []  # its runner is active: the claim stands
+    queue.finish_runner(runner)       # signed off without recording the outcome (it died performing)
+    (second,) = observe(db, wf, B)
+    assert second.previous_tokens == (first.token,) and second.attempt == 2
+    assert observe(db, wf, A) == []
+    assert not actions.finish(db, first, True, "late", {}, source="old")  # superseded token
+    assert rows(db, wf)[0]["state"] == "claimed"
+    assert actions.finish(db, second, True, "ok", {}, source="B")
+    assert [len(events(db, wf, k)) for k in ("action_claimed", "action_taken_over", "action_late", "action_done")] \
+        == [2, 1, 1, 1]
+
+
+def test_a_claimant_gone_from_this_host_is_hard_evidence(db: Database, tmp_path: Path) -> None:
+    queue = make(db, tmp_path, [{"trigger_type": "on_workflow_start", **RUN}])
+    wf = queue.workflow_id
+    gone = Observer("init", host_key="h", pid=123, pid_started=1.0)
+    observe(db, wf, gone)
+    elsewhere = Observer("watch", host_key="other", pid=5, alive=lambda pid, started: False)
+    assert observe(db, wf, elsewhere) == []  # another host cannot check the pid; the lease is fresh
+    here = Observer("watch", host_key="h", pid=5, alive=lambda pid, started: pid != 123)
+    (claim,) = observe(db, wf, here)
+    assert claim.previous_tokens and claim.attempt == 2
+
+
+def test_a_non_runner_claim_expires_after_its_lease(db: Database, tmp_path: Path, monkeypatch) -> None:
+    queue = make(db, tmp_path, [{"trigger_type": "on_workflow_start", **RUN}])
+    wf = queue.workflow_id
+    (claim,) = observe(db, wf, Observer("init", host_key="x", pid=1))
+    monkeypatch.setenv("TORC_ACTION_LEASE_TIMEOUT", "60")
+    at = claim_time(db, wf)
+    with db.transaction() as conn:
+        assert actions.observe(conn, wf, B, now=at + 30) == []
+        (taken,) = actions.observe(conn, wf, B, now=at + 61)
+    assert taken.previous_tokens == (claim.token,)
+
+
+def claim_time(db: Database, wf: int) -> float:
+    return db.read("SELECT lease_at FROM actions WHERE workflow_id = ?", (wf,))[0][0]
+
+
+def test_observers_that_cannot_perform_leave_it_due(db: Database, tmp_path: Path) -> None:
+    queue = make(db, tmp_path, [{"trigger_type": "on_workflow_start", "action_type": "schedule_nodes",
+                                 "scheduler": "s"}])
+    wf = queue.workflow_id
+    assert observe(db, wf, Observer("runner", can_schedule=False)) == []
+    assert rows(db, wf)[0]["state"] == "due"
+    observe(db, wf, Observer("torc run", no_slurm_reason="no Slurm under torc run"))
+    assert rows(db, wf)[0]["state"] == "skipped"
+    assert len(events(db, wf, "action_skipped")) == 1
+
+
+def test_initialize_rearms_and_a_claim_from_the_previous_run_is_late(db: Database, tmp_path: Path) -> None:
+    queue = make(db, tmp_path, [{"trigger_type": "on_workflow_start", **RUN},
+                                {"trigger_type": "on_jobs_ready", "jobs": ["b"], **RUN}])
+    wf = queue.workflow_id
+    runner = queue.register_runner(hostname="n", pid=99)
+    old = observe(db, wf, A)
+    run(queue, runner, ["a"])
+    for claim in observe(db, wf, A):
+        actions.finish(db, claim, True, "ok", {}, source="A")
+    queue.finish_runner(runner)
+    initialize_workflow(db, wf, force=True)
+    assert [(r["state"], r["reached"]) for r in rows(db, wf)] == [("due", 0), ("waiting", 0)]
+    assert not actions.finish(db, old[0], True, "late", {}, source="A")
+
+
+def test_counts_follow_the_jobs_both_ways_and_match_a_recount(db: Database, tmp_path: Path) -> None:
+    queue = make(db, tmp_path, [{"trigger_type": "on_jobs_complete", "jobs": ["a", "b", "c"], **RUN},
+                                {"trigger_type": "on_jobs_ready", "jobs": ["a", "b", "c"], **RUN}])
+    wf = queue.workflow_id
+    runner = queue.register_runner(hostname="n", pid=99)
+    run(queue, runner, ["a"])
+    run(queue, runner, ["b"], status="failed")  # c canceled (upstream failed): finished
+    kept = [(r["reached"], r["size"]) for r in rows(db, wf)]
+    with db.transaction() as conn:
+        actions.recount(conn, wf)
+    assert [(r["reached"], r["size"]) for r in rows(db, wf)] == kept == [(3, 3), (3, 3)]
+    cancel_workflow(db, wf)  # nothing left to do; counts stay exact through the bulk rewrite
+    assert [(r["reached"], r["size"]) for r in rows(db, wf)] == [(3, 3), (3, 3)]
+
+
+def test_delete_removes_actions_and_members(db: Database, tmp_path: Path) -> None:
+    queue = make(db, tmp_path, [{"trigger_type": "on_jobs_ready", "jobs": ["b"], **RUN}])
+    delete_workflow(db, queue.workflow_id)
+    assert db.read("SELECT COUNT(*) FROM actions")[0][0] == 0
+    assert db.read("SELECT COUNT(*) FROM action_members")[0][0] == 0
+
+
+RACER = """
+import sys
+from torc_slurm.store import actions
+from torc_slurm.store.db import Database
+db = Database(sys.argv[1], create=False)
+sys.stdin.readline()  # all racers start together
+with db.transaction() as conn:
+    claims = actions.observe(conn, int(sys.argv[2]), actions.Observer("racer " + sys.argv[3], host_key="h"))
+print(len(claims))
+"""
+
+
+def test_processes_racing_for_one_action_claim_it_once(db: Database, tmp_path: Path) -> None:
+    queue = make(db, tmp_path, [{"trigger_type": "on_workflow_start", **RUN}])
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(db.path), str(queue.workflow_id), str(i)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+              for i in range(6)]
+    outputs = [p.communicate("go\n", timeout=60)[0].strip() for p in racers]
+    assert sorted(outputs) == ["0"] * 5 + ["1"]
+    assert len(events(db, queue.workflow_id, "action_claimed")) == 1
