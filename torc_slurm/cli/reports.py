@@ -165,8 +165,17 @@ def _results_table(rows):
         reason, message = r.get("reason"), r["message"]
         why = message if reason and message and reason in message else "; ".join(filter(None, [reason, message]))
         table.add_row(r["job"], str(r["attempt"]), r["status"], _code(r), r["node"] or "-", human_seconds(r["exec_s"]),
-                      human_bytes(r["peak_memory_bytes"] or r["peak_rss_bytes"]), why or "")
+                      _peak_memory(r), why or "")
     return table
+
+
+def _peak_memory(row: dict[str, Any]) -> str:
+    """An attempt's peak memory; 'not sampled' (never 0) when the runner measured none (the spec's
+    resource_monitor was disabled, or the attempt was too short to be seen)."""
+    from torc_slurm.reports import human_bytes
+
+    peak = row["peak_memory_bytes"] or row["peak_rss_bytes"]
+    return "not sampled" if peak is None else human_bytes(peak)
 
 
 def hours(value: float | None) -> str:
@@ -261,12 +270,16 @@ def resources_view(report: dict[str, Any]):
         memory = f"{asked['memory_bytes']} {human_bytes(r['memory_bytes'])}"
         if r["peak_memory_bytes"] is not None:
             memory += f"\npeak {human_bytes(r['peak_memory_bytes'])}{pct(r['peak_memory_bytes'], r['memory_bytes'])}"
+        elif r["attempts"]:
+            memory += "\npeak not sampled"
         runtime = f"{asked['runtime_s']} {human_seconds(r['runtime_s'])}"
         if r["longest_s"] is not None:
             runtime += f"\nlongest {human_seconds(r['longest_s'])}{pct(r['longest_s'], r['runtime_s'])}"
         cpus = f"{asked['num_cpus']} {r['num_cpus']}"
         if r["peak_cpu_percent"] is not None:
             cpus += f"\npeak {r['peak_cpu_percent']:.0f}%"
+        elif r["attempts"]:
+            cpus += "\npeak not sampled"
         if r["gpu_sampled"]:
             gpu = (f"{r['num_gpus']} asked\nmean {r['avg_gpu_percent']:.0f}%\n"
                    f"peak {human_bytes(r['peak_gpu_memory_bytes'])}")

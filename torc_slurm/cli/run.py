@@ -59,7 +59,17 @@ def run(app, spec_or_id: str, num_cpus, num_gpus, memory_gb, max_parallel_jobs, 
                              termination_grace_s=termination_grace, dry_execute=dry_execute,
                              on_progress=progress.update, actions=_action_performer())
         summary = runner.run()
+    _plots_at_end(app, db, workflow_id, runner, summary)
     _report(app, db, workflow_id, summary, runner.stop_reason)
+
+
+def _plots_at_end(app, db, workflow_id: int, runner, summary) -> None:
+    """resource_monitor.generate_plots: a finished workflow's picture in its output folder."""
+    from torc_slurm.reports.plot import plots_at_end
+
+    note = plots_at_end(db, workflow_id, runner.config.output_dir, summary.exit_reason)
+    if note:
+        app.note(note)
 
 
 def _action_performer():  # noqa: ANN202

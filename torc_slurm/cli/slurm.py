@@ -233,6 +233,11 @@ def run_jobs(app, db_path: Path, workflow_id: int, output_dir: Path, scheduler, 
     logging.getLogger("torc_slurm.runner").info(
         "runner %d done (%s): %d completed, %d failed, %d returned to ready", summary.runner_id,
         summary.exit_reason or runner.stop_reason, summary.completed, summary.failed, summary.terminated)
+    from torc_slurm.reports.plot import plots_at_end  # resource_monitor.generate_plots
+
+    note = plots_at_end(db, workflow_id, runner.config.output_dir, summary.exit_reason)
+    if note:
+        logging.getLogger("torc_slurm.runner").info("%s", note)
 
 
 def _action_performer(db_path: Path, output_dir: Path):  # noqa: ANN202

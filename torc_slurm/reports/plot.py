@@ -539,3 +539,66 @@ def _write_png(data: PlotData, output: Path) -> None:
     fig.tight_layout()
     fig.savefig(output, format="png")
     plt.close(fig)
+
+
+# -- resource_monitor.generate_plots ---------------------------------------------------------------
+def plots_wanted(db: Database, workflow_id: int) -> bool:
+    """Whether the workflow's spec asks for plots at its end (``resource_monitor.generate_plots``)."""
+    from torc_slurm.reports.samples import monitor_settings
+
+    return bool(monitor_settings(db, workflow_id)["generate_plots"])
+
+
+def generate_plots(db: Database, workflow_id: int, output_dir: Path) -> tuple[Path | None, str]:
+    """``generate_plots: true``: once a runner sees its workflow finished, it writes this module's
+    HTML picture to ``<output_dir>/resource_plots/workflow_<id>.html`` (a temp file renamed over
+    it, so a reader never sees half a file) and records it in a ``resource_plot`` event; without
+    the plot extra (or when writing fails) it writes nothing and the event says why.
+
+    One runner per round draws it: the first to post a ``resource_plot`` event after the newest
+    ``runner_started`` event claims it (both by index); the others return (None, why).
+    Returns (the file or None, the message)."""
+    from torc_slurm.store.events import add_event
+
+    target = output_dir / "resource_plots" / f"workflow_{workflow_id}.html"
+    with db.transaction() as conn:
+        newest = conn.execute("SELECT MAX(id) FROM events WHERE workflow_id = ? AND kind = ?",
+                              (workflow_id, "runner_started")).fetchone()[0] or 0
+        drawn = conn.execute("SELECT MAX(id) FROM events WHERE workflow_id = ? AND kind = ?",
+                             (workflow_id, "resource_plot")).fetchone()[0] or 0
+        if drawn > newest:
+            return None, "resource plot: another runner draws it"
+        event = add_event(conn, workflow_id, "resource_plot", f"resource plot: writing {target}",
+                          data={"path": None}, source="torc")
+    path: Path | None = None
+    try:
+        __import__("plotly")
+    except ImportError:
+        message = f"resource_monitor.generate_plots: no plot written; {INSTALL_HINT}"
+    else:
+        tmp = target.with_name(f".{target.stem}.{os.getpid()}.html")
+        try:
+            write_plot(db, workflow_id, tmp)
+            os.replace(tmp, target)
+            path, message = target, f"resource plot written to {target}"
+        except (OSError, TorcError) as exc:
+            message = f"resource_monitor.generate_plots: could not write {target}: {exc}"
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+    import json
+
+    with db.transaction() as conn:
+        conn.execute("UPDATE events SET message = ?, data = ? WHERE id = ?",
+                     (message, json.dumps({"path": str(path) if path else None}), event))
+    return path, message
+
+
+def plots_at_end(db: Database, workflow_id: int, output_dir: Path, exit_reason: str) -> str | None:
+    """What `torc run` and `torc slurm run-jobs` call when their runner ends: the picture, when the
+    spec asks for it and the runner ended because the workflow is finished. Returns the message
+    (None when nothing was asked)."""
+    if exit_reason != "workflow complete" or not plots_wanted(db, workflow_id):
+        return None
+    return generate_plots(db, workflow_id, output_dir)[1]
