@@ -1,0 +1,106 @@
+"""Workflow actions performed by real runners (`torc run` processes on a real SQLite queue):
+every trigger once, output recorded, a failing command fails the action and not the workflow, and
+a runner killed right after its claim (fault injection) is taken over by the next runner: the
+action runs once, never twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TORC = [sys.executable, "-m", "torc_slurm"]
+
+
+def torc(tmp_path: Path, *args: str, env: dict[str, str] | None = None, check: bool = True,
+         timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*TORC, "--db", str(tmp_path / "torc.db"), *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"torc {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def query(tmp_path: Path, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(f"file:{tmp_path / 'torc.db'}?mode=ro", uri=True, timeout=30)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(sql, params)]
+    finally:
+        conn.close()
+
+
+def kinds(tmp_path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in query(tmp_path, "SELECT kind FROM events WHERE kind LIKE 'action_%'"):
+        counts[row["kind"]] = counts.get(row["kind"], 0) + 1
+    return counts
+
+
+def spec(actions: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"name": "acts", "jobs": [
+        {"name": "a", "command": "echo a"},
+        {"name": "b", "command": "sleep 0.5", "depends_on": ["a"]},
+        {"name": "c", "command": "echo c", "depends_on": ["b"]},
+    ], "actions": actions}
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def test_every_trigger_runs_once_with_torc_variables_and_recorded_output(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec([
+        {"trigger_type": "on_workflow_start", "action_type": "run_commands",
+         "commands": ['echo "start $TORC_WORKFLOW_ID" >> log', "echo to-stdout; echo to-stderr >&2"]},
+        {"trigger_type": "on_jobs_ready", "action_type": "run_commands", "jobs": ["b"],
+         "commands": ["echo ready_b >> log"]},
+        {"trigger_type": "on_jobs_complete", "action_type": "run_commands", "job_name_regexes": ["^[ab]$"],
+         "commands": ["echo complete_ab >> log", "exit 3", "echo never >> log"]},
+        {"trigger_type": "on_workflow_complete", "action_type": "run_commands",
+         "commands": ['test -n "$TORC_DB" && echo complete >> log']},
+        {"trigger_type": "on_worker_start", "action_type": "run_commands", "commands": ["echo worker >> workers"]},
+        {"trigger_type": "on_workflow_start", "action_type": "schedule_nodes", "scheduler": "s",
+         "scheduler_type": "local"},
+    ])) + "slurm_schedulers: [{name: s, walltime: '00:10:00'}]\n")
+    torc(tmp_path, "workflows", "create", "spec.yaml")
+    torc(tmp_path, "run", "1")  # initializes; the runner is the only observer (no init CLI)
+    assert lines(tmp_path / "log") == ["start", "1", "ready_b", "complete_ab", "complete"]
+    assert lines(tmp_path / "workers") == ["worker"]
+    states = {r["idx"]: r["state"] for r in query(tmp_path, "SELECT idx, state FROM actions")}
+    assert states == {0: "done", 1: "done", 2: "failed", 3: "done", 4: "per_runner", 5: "skipped"}
+    assert query(tmp_path, "SELECT COUNT(*) n FROM jobs WHERE status = 'completed'")[0]["n"] == 3
+    assert kinds(tmp_path) == {"action_claimed": 4, "action_done": 4, "action_failed": 1, "action_skipped": 1}
+    result = json.loads(query(tmp_path, "SELECT result FROM actions WHERE idx = 0")[0]["result"])
+    out, err = (Path(p) for p in result["files"][2:4])
+    assert out.read_text() == "to-stdout\n" and err.read_text() == "to-stderr\n"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert stat.S_IMODE(out.parent.stat().st_mode) == 0o700
+    view = torc(tmp_path, "workflows", "actions", "1").stdout
+    assert max(len(line) for line in view.splitlines()) <= 80 and "failed" in view
+
+
+def test_a_runner_killed_after_its_claim_is_taken_over_and_the_action_runs_once(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec([
+        {"trigger_type": "on_jobs_ready", "action_type": "run_commands", "jobs": ["b"],
+         "commands": ["echo ready_b >> log"]},
+    ])))
+    torc(tmp_path, "workflows", "create", "spec.yaml")
+    killed = torc(tmp_path, "run", "1", env={"TORC_FAULT_ACTION_CLAIMED": "on_jobs_ready"}, check=False)
+    assert killed.returncode == -9, killed.stderr
+    (row,) = query(tmp_path, "SELECT state, attempts, claim_runner FROM actions")
+    assert (row["state"], row["attempts"]) == ("claimed", 1)
+    assert not (tmp_path / "log").exists()  # claimed, never performed
+    torc(tmp_path, "run", "1")  # a new runner: the claimant's pid is gone from this host
+    assert lines(tmp_path / "log") == ["ready_b"]
+    (row,) = query(tmp_path, "SELECT state, attempts, claim_runner FROM actions")
+    assert (row["state"], row["attempts"]) == ("done", 2)
+    assert kinds(tmp_path) == {"action_claimed": 2, "action_taken_over": 1, "action_done": 1}
+    assert query(tmp_path, "SELECT COUNT(*) n FROM jobs WHERE status = 'completed'")[0]["n"] == 3
