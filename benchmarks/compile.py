@@ -76,12 +76,20 @@ def sweep_100k() -> dict:
     ]}
 
 
+def sweep_1m() -> dict:
+    return {"name": "sweep_1m", "resource_requirements": [TINY], "jobs": [
+        {"name": "run_{a}_{b}", "command": "python model.py --a {a} --b {b}",
+         "parameters": {"a": "0:999", "b": "0:999"}, "resource_requirements": "tiny"},
+    ]}
+
+
 CASES: dict[str, tuple[Callable[[], dict], float | None, int | None]] = {
     # name: (builder, target seconds, expected jobs)
     "naive_regex": (naive_regex, 1.0, 2000),
     "barrier_10k": (barrier_10k, 1.0, 20001),
     "barrier_10k_explicit": (barrier_10k_explicit, None, 20001),
     "sweep_100k": (sweep_100k, 5.0, 100_000),
+    "sweep_1m": (sweep_1m, 15.0, 1_000_000),
 }
 
 
