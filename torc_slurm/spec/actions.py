@@ -3,7 +3,7 @@
 What an action does and how it runs exactly once is the queue's business (``store/actions.py``);
 this module validates the spec entry (``ActionSpec``) and, for the compiler, resolves what needs
 the whole workflow (``resolve_actions``): the scheduler exists, ``jobs`` / ``job_name_regexes``
-name at least one job each. Errors name the action (``actions[#N]``) and the field.
+name at least one job each. Errors name the action and the field as the loader does (``actions.0.scheduler``, 0-based).
 """
 
 from __future__ import annotations
@@ -112,7 +112,9 @@ class CompiledAction:
 
 
 def label(index: int) -> str:
-    return f"actions[#{index + 1}]"
+    """The action's path as the loader names fields of its entries (``actions.0.scheduler``), so
+    load-time and compile-time errors point the same way."""
+    return f"actions.{index}"
 
 
 def resolve_actions(actions: Sequence[ActionSpec], job_names: Mapping[str, int], scheduler_names: set[str],
@@ -132,15 +134,15 @@ def resolve_actions(actions: Sequence[ActionSpec], job_names: Mapping[str, int],
         for position, name in enumerate(action.jobs or ()):
             if name not in job_names:
                 raise error(f"unknown job {name!r} (names are matched after parameter expansion)",
-                            field=f"{where}.jobs[{position}]")
+                            field=f"{where}.jobs.{position}")
             members.add(job_names[name])
         for position, pattern in enumerate(action.job_name_regexes or ()):
             try:
                 found = matches(pattern)
             except ValueError as exc:  # compile_regex says why; name the action's field
-                raise error(str(exc), field=f"{where}.job_name_regexes[{position}]") from None
+                raise error(str(exc), field=f"{where}.job_name_regexes.{position}") from None
             if not found:
-                raise error(f"regex {pattern!r} matches no job", field=f"{where}.job_name_regexes[{position}]")
+                raise error(f"regex {pattern!r} matches no job", field=f"{where}.job_name_regexes.{position}")
             members |= found
         out.append(CompiledAction(index, action, tuple(sorted(members))))
     return out
