@@ -45,7 +45,7 @@ GOOD_YAML = YAML_HEAD + """  - trigger_type: on_workflow_start
 """
 
 
-def compile_text(text: str, source: str = "spec.yaml"):  # noqa: ANN201
+def compile_text(text: str, source: str = "spec.yaml"):
     return compile_workflow(parse_spec(text, source), source)
 
 
@@ -165,8 +165,8 @@ def test_json5_actions_compile() -> None:
      "needs jobs or job_name_regexes"),
     ("{trigger_type: 'on_workflow_start', action_type: 'schedule_nodes', scheduler: 'nope'}",
      "actions.0.scheduler", "unknown scheduler"),
-    ("{trigger_type: 'on_workflow_start', action_type: 'schedule_nodes', scheduler: 'big',"
-     " scheduler_type: 'aws'}", "actions.0.scheduler_type", "not supported"),
+    (("{trigger_type: 'on_workflow_start', action_type: 'schedule_nodes', scheduler: 'big',"
+      " scheduler_type: 'aws'}"), "actions.0.scheduler_type", "not supported"),
 ])
 def test_json5_refusals_name_file_action_and_field(entry: str, field: str, words: str) -> None:
     with pytest.raises(SpecError) as info:

@@ -18,7 +18,12 @@ from torc_slurm.store import actions
 from torc_slurm.store.actions import Observer
 from torc_slurm.store.db import Database
 from torc_slurm.store.queue import Outcome, Queue
-from torc_slurm.store.workflows import add_workflow, cancel_workflow, delete_workflow, initialize_workflow
+from torc_slurm.store.workflows import (
+    add_workflow,
+    cancel_workflow,
+    delete_workflow,
+    initialize_workflow,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
