@@ -245,3 +245,24 @@ def test_processes_racing_for_one_action_claim_it_once(db: Database, tmp_path: P
     outputs = [p.communicate("go\n", timeout=60)[0].strip() for p in racers]
     assert sorted(outputs) == ["0"] * 5 + ["1"]
     assert len(events(db, queue.workflow_id, "action_claimed")) == 1
+
+
+def test_update_keeps_unchanged_actions_and_resolves_their_jobs_again(db: Database, tmp_path: Path) -> None:
+    from torc_slurm.store.spec_update import update_workflow
+
+    done = {"trigger_type": "on_workflow_start", **RUN}
+    ready = {"trigger_type": "on_jobs_ready", "job_name_regexes": ["^[bc]"], **RUN}
+    queue = make(db, tmp_path, [done, ready])
+    wf = queue.workflow_id
+    for claim in observe(db, wf, A):
+        actions.finish(db, claim, True, "ok", {}, source="A")
+    jobs = [{"name": "a", "command": "true"}, {"name": "b", "command": "true", "depends_on": ["a"]},
+            {"name": "c", "command": "true", "depends_on": ["b"]}, {"name": "c2", "command": "true"}]
+    spec = WorkflowSpec.model_validate({"name": "w", "jobs": jobs, "actions": [done, ready,
+                                                                               {"trigger_type": "on_workflow_complete",
+                                                                                **RUN}],
+                                        "slurm_schedulers": [{"name": "s", "walltime": "00:10:00"}]})
+    update_workflow(db, wf, compile_workflow(spec), source="v2")
+    assert [(r["idx"], r["state"], r["size"]) for r in rows(db, wf)] == [(0, "done", 0), (1, "waiting", 3),
+                                                                         (2, "waiting", 0)]
+    assert rows(db, wf)[1]["reached"] == 1  # c2 is ready

@@ -298,3 +298,34 @@ def on_cancel(conn: sqlite3.Connection, workflow_id: int) -> None:
                  " AND state IN ('waiting', 'due')", (json.dumps({"reason": "workflow canceled"}), time.time(),
                                                        workflow_id))
     recount(conn, workflow_id)
+
+
+def update_actions(conn: sqlite3.Connection, workflow_id: int, compiled: CompiledWorkflow,
+                   job_ids: Sequence[int]) -> None:
+    """``workflows update``: the spec's actions replace the stored ones. An action whose entry is
+    unchanged (same place, same fields) keeps its state (done stays done); its jobs are resolved
+    again against the new jobs. Changed or new entries start waiting; entries gone are dropped.
+    Counts are then recounted (an action whose jobs are all there already comes due)."""
+    old = {row["idx"]: (row["id"], json.loads(row["config"])) for row in conn.execute(
+        "SELECT id, idx, config FROM actions WHERE workflow_id = ?", (workflow_id,))}
+    conn.execute("DELETE FROM action_members WHERE action_id IN (SELECT id FROM actions WHERE workflow_id = ?)",
+                 (workflow_id,))
+    kept: dict[int, int] = {}
+    for action in compiled.actions:
+        found = old.get(action.index)
+        if found is not None and found[1] == action.config():
+            kept[action.index] = found[0]
+    conn.execute("DELETE FROM actions WHERE workflow_id = ? AND id NOT IN (SELECT value FROM json_each(?))",
+                 (workflow_id, json.dumps(sorted(kept.values()))))
+    fresh = [a for a in compiled.actions if a.index not in kept]
+    base = next_ids(conn, "actions", len(fresh)) if fresh else 0
+    conn.executemany(
+        "INSERT INTO actions (id, workflow_id, idx, trigger, type, config, size, state, updated_at)"
+        " VALUES (?,?,?,?,?,?,?,?,?)",
+        ((base + i, workflow_id, a.index, a.spec.trigger_type, a.spec.action_type, json.dumps(a.config()),
+          len(a.jobs), "per_runner" if a.spec.trigger_type in WORKER_TRIGGERS else "waiting", time.time())
+         for i, a in enumerate(fresh)))
+    ids = {**kept, **{a.index: base + i for i, a in enumerate(fresh)}}
+    conn.executemany("INSERT INTO action_members (job_id, action_id) VALUES (?,?)",
+                     ((job_ids[j], ids[a.index]) for a in compiled.actions for j in a.jobs))
+    recount(conn, workflow_id)

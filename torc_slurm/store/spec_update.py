@@ -30,6 +30,7 @@ from torc_slurm.compiler import (
 from torc_slurm.errors import QueueError, SpecError
 from torc_slurm.spec.models import WorkflowSpec
 from torc_slurm.states import HELD, UNFINISHED, JobStatus, sql_list
+from torc_slurm.store import actions
 from torc_slurm.store.db import Database
 from torc_slurm.store.events import add_event
 from torc_slurm.store.leases import next_ids
@@ -275,6 +276,7 @@ def _rebuild(conn, workflow_id: int, workflow, compiled: CompiledWorkflow, resul
     conn.execute("UPDATE workflows SET spec_json = ?, spec_source = ?, description = ?, run_id = ? WHERE id = ?",
                  (new_json, source, compiled.spec.description, run_id, workflow_id))
     refresh_status_counts(conn, workflow_id)  # jobs were inserted and deleted: recount (schema 6)
+    actions.update_actions(conn, workflow_id, compiled, job_ids)  # the spec's actions, unchanged ones keep state
     add_event(conn, workflow_id, "updated", f"updated from {source}: {len(result.added)} added, "
                                             f"{len(result.removed)} removed, {len(changed)} changed; "
                                             f"{len(result.changes)} jobs to run again")
