@@ -5,10 +5,12 @@ each action performed exactly once (events and sbatch submissions counted). In t
 the stage-1 runner SIGKILLs itself right after the commit that claims the stage-2 action (fault
 injection); `torc slurm watch` on the "login node" takes the claim over (the claimant's pid is gone
 from this host), finds no allocation of the dead claim in squeue, submits it once, and the
-workflow ends."""
+workflow ends. In the third, the claimant dies right after its sbatch: the allocation it submitted
+is found by name and adopted, not submitted again."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections import Counter
@@ -119,3 +121,18 @@ def test_a_runner_killed_after_claiming_is_taken_over_by_watch_once(e2e: E2E) ->
     rows = e2e.query("SELECT idx, attempts, claimed_by FROM actions WHERE workflow_id = ? ORDER BY idx",
                      (workflow_id,))
     assert [(r["attempts"], r["claimed_by"]) for r in rows][:2] == [(1, "init"), (2, "watch")], rows
+
+
+def test_a_claimant_that_died_after_its_sbatch_is_adopted_not_resubmitted(e2e: E2E) -> None:
+    """The stage-1 runner submits the stage-2 allocation and dies before recording "done". The
+    next observer (the stage-2 runner itself) takes the claim over, finds the dead claim's
+    allocation in squeue by its name, and adopts it: two allocations in all, never three."""
+    workflow_id = e2e.create(three_stages(e2e))
+    torc(e2e, "workflows", "init", workflow_id, env={"TORC_FAULT_ACTION_SUBMITTED": "on_jobs_ready"})
+    check_ran_once(e2e, workflow_id)
+    events = action_events(e2e, workflow_id)
+    assert events == {"action_claimed": 4, "action_taken_over": 1, "action_done": 3}, events
+    (row,) = e2e.query("SELECT attempts, result FROM actions WHERE workflow_id = ? AND idx = 1", (workflow_id,))
+    result = json.loads(row["result"])
+    stage2 = [a["slurm_job_id"] for a in e2e.allocations(workflow_id) if a["scheduler"] == e2e.scheduler("two")]
+    assert row["attempts"] == 2 and result["adopted"] == stage2 == result["slurm_job_ids"], result

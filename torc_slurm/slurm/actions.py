@@ -12,6 +12,8 @@ retry can submit again (at-least-once).
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from torc_slurm.errors import SlurmError, TorcError
 from torc_slurm.store.actions import Claim
 
 log = logging.getLogger(__name__)
+FAULT_SUBMITTED = "TORC_FAULT_ACTION_SUBMITTED"  # tests: SIGKILL the performer right after its sbatch
 
 
 def job_name(claim: Claim, token: int | None = None) -> str:
@@ -72,6 +75,10 @@ def make_schedule(db_path: Path, site: Any, backend: Any, output_dir: Path | Non
             except TorcError as exc:
                 return False, f"submitting {config['scheduler']} failed: {exc}", result
         result["slurm_job_ids"] = adopted + done.slurm_job_ids
+        if os.environ.get(FAULT_SUBMITTED) in ("any", claim.trigger):  # tests: die between sbatch and "done"
+            log.error("fault injection (%s): killing this process after submitting %s", FAULT_SUBMITTED,
+                      done.slurm_job_ids)
+            os.kill(os.getpid(), signal.SIGKILL)
         return True, (f"submitted {len(done.slurm_job_ids)} allocation(s) of {config['scheduler']}: "
                       f"{', '.join(done.slurm_job_ids)}" + (f" (adopted {', '.join(adopted)})" if adopted else "")), \
             result
@@ -88,7 +95,6 @@ def login_observe(db: Any, workflow_id: int, source: str, *, site: Any = None, b
     """A login-node observer (`workflows init`, `slurm watch`): claim the due actions it can perform
     (schedule_nodes only where sbatch exists) and those of dead claimants, in one transaction,
     then perform them here. Returns (claim, ok, message) per action performed."""
-    import os
     import shutil
 
     from torc_slurm.runner.actions import Context, perform_claims
