@@ -266,3 +266,26 @@ def test_update_keeps_unchanged_actions_and_resolves_their_jobs_again(db: Databa
     assert [(r["idx"], r["state"], r["size"]) for r in rows(db, wf)] == [(0, "done", 0), (1, "waiting", 3),
                                                                          (2, "waiting", 0)]
     assert rows(db, wf)[1]["reached"] == 1  # c2 is ready
+
+
+def test_a_reset_rearms_what_it_undoes_and_the_action_happens_once_more(db: Database, tmp_path: Path) -> None:
+    from torc_slurm.store.restarts import plan_reset
+
+    queue = make(db, tmp_path, [{"trigger_type": "on_jobs_complete", "jobs": ["b"], **RUN},
+                                {"trigger_type": "on_workflow_complete", **RUN},
+                                {"trigger_type": "on_jobs_ready", "jobs": ["a"], **RUN}])
+    wf = queue.workflow_id
+    runner = queue.register_runner(hostname="n", pid=99)
+    run(queue, runner, ["a"])
+    run(queue, runner, ["b"], status="failed")  # c canceled: the workflow is complete
+    for claim in observe(db, wf, A):
+        actions.finish(db, claim, True, "ok", {}, source="A")
+    assert [r["state"] for r in rows(db, wf)] == ["done", "done", "done"]
+    queue.finish_runner(runner)
+    plan_reset(db, wf, failed_only=True).apply(db)  # b and c run again; a stays completed
+    assert [r["state"] for r in rows(db, wf)] == ["waiting", "waiting", "done"]
+    runner = queue.register_runner(hostname="n", pid=99)
+    run(queue, runner, ["b"])
+    run(queue, runner, ["c"])
+    assert sorted(c.index for c in observe(db, wf, A)) == [0, 1]  # once more each, nothing else
+    assert len(events(db, wf, "action_claimed")) == 5

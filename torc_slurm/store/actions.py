@@ -116,7 +116,8 @@ def delete_actions(conn: sqlite3.Connection, workflow_id: int) -> None:
 
 def recount(conn: sqlite3.Connection, workflow_id: int) -> None:
     """Recount ``size``/``reached`` of the workflow's job-triggered actions from the jobs (after a
-    bulk rewrite the per-row trigger skipped, or jobs deleted), then set due what is complete."""
+    bulk rewrite the per-row trigger skipped, or jobs deleted), then set due what is complete and
+    re-arm (waiting) what was performed but whose condition no longer holds, as the triggers do."""
     conn.execute("DELETE FROM action_members WHERE action_id IN (SELECT id FROM actions WHERE workflow_id = ?)"
                  " AND job_id NOT IN (SELECT id FROM jobs WHERE workflow_id = ?)", (workflow_id, workflow_id))
     for trigger, statuses in (("on_jobs_ready", READY_OR_LATER), ("on_jobs_complete", FINISHED_OR_SKIPPED)):
@@ -125,13 +126,18 @@ def recount(conn: sqlite3.Connection, workflow_id: int) -> None:
             f" reached = (SELECT COUNT(*) FROM action_members m JOIN jobs j ON j.id = m.job_id"
             f" WHERE m.action_id = actions.id AND j.status IN {sql_list(statuses)})"
             f" WHERE workflow_id = ? AND trigger = ?", (workflow_id, trigger))
+    now = time.time()
     conn.execute("UPDATE actions SET state = 'due', updated_at = ? WHERE workflow_id = ? AND state = 'waiting'"
                  " AND trigger IN ('on_jobs_ready', 'on_jobs_complete') AND size > 0 AND reached >= size",
-                 (time.time(), workflow_id))
-    if not conn.execute(f"SELECT 1 FROM jobs WHERE workflow_id = ? AND status IN {sql_list(UNFINISHED)} LIMIT 1",
-                        (workflow_id,)).fetchone():
-        conn.execute("UPDATE actions SET state = 'due', updated_at = ? WHERE workflow_id = ? AND state = 'waiting'"
-                     " AND trigger = 'on_workflow_complete'", (time.time(), workflow_id))
+                 (now, workflow_id))
+    conn.execute("UPDATE actions SET state = 'waiting', updated_at = ? WHERE workflow_id = ?"
+                 " AND state IN ('due', 'done', 'failed', 'skipped')"
+                 " AND trigger IN ('on_jobs_ready', 'on_jobs_complete') AND reached < size", (now, workflow_id))
+    unfinished = conn.execute(f"SELECT 1 FROM jobs WHERE workflow_id = ? AND status IN {sql_list(UNFINISHED)}"
+                              " LIMIT 1", (workflow_id,)).fetchone()
+    conn.execute("UPDATE actions SET state = ?, updated_at = ? WHERE workflow_id = ? AND trigger = 'on_workflow_complete'"
+                 + (" AND state IN ('due', 'done', 'failed', 'skipped')" if unfinished else " AND state = 'waiting'"),
+                 ("waiting" if unfinished else "due", now, workflow_id))
 
 
 def rearm(conn: sqlite3.Connection, workflow_id: int) -> int:

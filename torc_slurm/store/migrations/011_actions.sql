@@ -8,7 +8,9 @@
 --            who holds it; lease_at is renewed by a claimant that is not a runner (whose own lease
 --            covers the claim). Another observer takes the claim over only when the claimant is
 --            dead (see store/actions.py).
---   done | failed   performed (result: JSON with what happened, the sbatch ids …)
+--   done | failed   performed (result: JSON with what happened, the sbatch ids …); re-armed to
+--            waiting when the trigger's condition stops holding (a matched job reset), so it
+--            happens once more each time the condition comes true again
 --   skipped  not applicable where it came due (e.g. scheduler_type local)
 --   per_runner  on_worker_start / on_worker_complete: each runner performs it itself
 -- size/reached: for on_jobs_ready / on_jobs_complete, the matched jobs and how many of them are in
@@ -69,6 +71,11 @@ BEGIN
     UPDATE actions SET state = 'due'
     WHERE id IN (SELECT action_id FROM action_members WHERE job_id = new.id)
       AND state = 'waiting' AND size > 0 AND reached >= size;
+    -- A matched job left the trigger's state (only resets, recover and updates do that): the
+    -- trigger can happen again, so the action is re-armed (a claim in flight is left alone).
+    UPDATE actions SET state = 'waiting'
+    WHERE id IN (SELECT action_id FROM action_members WHERE job_id = new.id)
+      AND state IN ('due', 'done', 'failed', 'skipped') AND reached < size;
 END;
 
 -- on_workflow_complete: when a job finishes and no job of its workflow is unfinished any more.
@@ -83,4 +90,18 @@ BEGIN
     WHERE workflow_id = new.workflow_id AND trigger = 'on_workflow_complete' AND state = 'waiting'
       AND NOT EXISTS (SELECT 1 FROM jobs WHERE workflow_id = new.workflow_id
                       AND status IN ('uninitialized', 'blocked', 'ready', 'pending', 'running'));
+END;
+
+-- A finished job runs again (reset, recover, update): the workflow will complete again, and its
+-- on_workflow_complete actions happen again then.
+CREATE TRIGGER jobs_workflow_complete_rearm AFTER UPDATE OF status ON jobs
+WHEN old.status IN ('completed', 'failed', 'canceled', 'terminated', 'disabled')
+ AND new.status IN ('uninitialized', 'blocked', 'ready', 'pending', 'running')
+ AND EXISTS (SELECT 1 FROM actions WHERE workflow_id = new.workflow_id AND trigger = 'on_workflow_complete'
+             AND state IN ('due', 'done', 'failed', 'skipped'))
+ AND NOT EXISTS (SELECT 1 FROM status_counts_bulk WHERE workflow_id = new.workflow_id)
+BEGIN
+    UPDATE actions SET state = 'waiting'
+    WHERE workflow_id = new.workflow_id AND trigger = 'on_workflow_complete'
+      AND state IN ('due', 'done', 'failed', 'skipped');
 END;
