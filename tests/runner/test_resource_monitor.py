@@ -200,7 +200,7 @@ def test_disabled_run_samples_nothing_and_says_so(tmp_path: Path) -> None:
         assert (r["peak_memory_bytes"], r["peak_rss_bytes"], r["avg_memory_bytes"], r["avg_cpu_percent"],
                 r["peak_cpu_percent"]) == (None,) * 5
     results = torc(db, "reports", "results", 1, cwd=tmp_path)
-    assert "not sampled" in results.stdout and " 0 B" not in results.stdout
+    assert "peak mem -: not sampled" in results.stdout and " 0 B" not in results.stdout
     samples = torc(db, "reports", "samples", 1, "grow", cwd=tmp_path)
     assert "enabled: false" in samples.stdout
 

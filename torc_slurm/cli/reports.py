@@ -166,16 +166,24 @@ def _results_table(rows):
         why = message if reason and message and reason in message else "; ".join(filter(None, [reason, message]))
         table.add_row(r["job"], str(r["attempt"]), r["status"], _code(r), r["node"] or "-", human_seconds(r["exec_s"]),
                       _peak_memory(r), why or "")
+    if any(r["peak_memory_bytes"] is None and r["peak_rss_bytes"] is None for r in rows):
+        from rich.console import Group
+
+        return Group(table, _para(NOT_SAMPLED))
     return table
 
 
 def _peak_memory(row: dict[str, Any]) -> str:
-    """An attempt's peak memory; 'not sampled' (never 0) when the runner measured none (the spec's
-    resource_monitor was disabled, or the attempt was too short to be seen)."""
+    """An attempt's peak memory; '-' (never 0) when the runner measured none, which a note under
+    the table explains (`NOT_SAMPLED`)."""
     from torc_slurm.reports import human_bytes
 
     peak = row["peak_memory_bytes"] or row["peak_rss_bytes"]
-    return "not sampled" if peak is None else human_bytes(peak)
+    return "-" if peak is None else human_bytes(peak)
+
+
+NOT_SAMPLED = ("peak mem -: not sampled (the spec's resource_monitor has enabled: false, or the attempt "
+               "ended before the sampler saw it)")
 
 
 def hours(value: float | None) -> str:
