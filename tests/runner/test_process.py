@@ -19,9 +19,11 @@ from torc_slurm.runner.process import Finished, LaunchSpec, ProcessPool
 DEADLINE_S = 30.0
 
 
-@pytest.fixture(params=["pidfd", "sigchld"] if hasattr(os, "pidfd_open") else ["sigchld"])
-def pool(request):
-    p = ProcessPool(use_pidfd=request.param == "pidfd")
+@pytest.fixture(params=["pidfd", "sigchld", "posix_spawn"] if hasattr(os, "pidfd_open") else ["sigchld"])
+def pool(request, tmp_path, monkeypatch):
+    if request.param == "posix_spawn":  # the jobs' directory is the runner's own: os.posix_spawn
+        monkeypatch.chdir(tmp_path)
+    p = ProcessPool(use_pidfd=request.param != "sigchld")
     yield p
     p.signal(list(p.pids()), signal.SIGKILL)
     deadline = time.monotonic() + DEADLINE_S
@@ -94,8 +96,16 @@ def test_missing_cwd_is_launch_error(pool, tmp_path):
 
 def test_missing_bash_is_launch_error(tmp_path):
     with ProcessPool(bash="/nonexistent/bash") as p:
-        f = p.start(make_spec(tmp_path, "true"))
+        f = p.start(make_spec(tmp_path, "true; true"))  # shell syntax: needs bash
     assert isinstance(f, Finished) and "bash" in f.launch_error
+
+
+def test_direct_command_needs_no_bash(tmp_path):
+    with ProcessPool(bash="/nonexistent/bash") as p:
+        pid = p.start(make_spec(tmp_path, "true"))
+        assert isinstance(pid, int)
+        (f,) = p.wait(DEADLINE_S) or p.wait(DEADLINE_S)
+    assert f.return_code == 0 and f.launch_error is None
 
 
 def test_unopenable_output_and_bad_command_are_launch_errors(pool, tmp_path):

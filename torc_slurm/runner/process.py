@@ -1,7 +1,8 @@
 """Launching and reaping job processes, event-driven.
 
-`ProcessPool` starts each job as ``bash -c <command>`` in a new session (so the job's whole process
-group can be signalled), with stdin from ``/dev/null`` and stdout/stderr in user-only (0600) files.
+`ProcessPool` starts each job in a new session (so the job's whole process group can be signalled):
+exec'd directly when its command has no shell syntax (`direct_argv`, the "Direct exec" rule of the
+README), else as ``bash -c <command>``; with stdin from ``/dev/null`` and stdout/stderr in user-only (0600) files.
 `ProcessPool.wait` blocks on one selector holding a pidfd per child plus a self-pipe, so the runner
 wakes up exactly when a child exits, when its timeout passes, or when `ProcessPool.wake` is called
 (from another thread or a signal handler; the pipe's write end can also be given to
@@ -10,9 +11,17 @@ CPU time. Without pidfd support a SIGCHLD handler feeds the same self-pipe inste
 
 Design notes:
 
-* Spawning uses `subprocess.Popen` (vfork on Linux): ~0.4 ms of parent CPU per ``bash -c true`` with
-  stdio in files, vs ~0.15 ms for `os.posix_spawn`, which cannot set the child's working directory.
-  Popen's ``wait``/``poll`` are never called; ``popen.returncode`` is set after reaping instead.
+* Spawning uses `os.posix_spawn` (vfork-like clone, ``setsid``) when the job's working directory is
+  the runner's own (`torc run` and `torc slurm run-jobs` chdir once to the workflow's directory),
+  else `subprocess.Popen` (vfork too, but more parent CPU: the env is encoded in Python, and more).
+  posix_spawn cannot close descriptors: the pool marks the inheritable ones the runner inherited
+  (none of its own are) close-on-exec once, so the jobs inherit what they did under Popen's
+  ``close_fds``: stdin, stdout, stderr only. Either way the child gets the same
+  argv, env, cwd, stdio, session and signal dispositions (SIGPIPE/SIGXFSZ back to default, as Popen's
+  ``restore_signals``). Popen's ``wait``/``poll`` are never called; the pid is reaped here.
+* A direct exec that fails at exec time (not found, not executable, a script without ``#!``) is
+  started again as ``bash -c <command>``: nothing of the job ran, and bash then gives its own
+  message and exit status (127, 126) or runs the script, exactly as before.
 * CPU pinning: Linux CPU affinity is per thread and is inherited by a forked child. The spawning thread
   therefore sets its own mask to the job's cpus, spawns, and restores its mask. The child is pinned
   from its first instruction (no window in which bash could fork unpinned grandchildren), with no
@@ -24,8 +33,10 @@ from any thread or signal handler; `pids` and ``len()`` are safe to read from ot
 
 from __future__ import annotations
 
+import errno
 import os
 import selectors
+import shlex
 import shutil
 import signal as _signal
 import subprocess
@@ -36,12 +47,150 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Finished", "LaunchSpec", "ProcessPool"]
+__all__ = ["Finished", "LaunchSpec", "ProcessPool", "direct_argv"]
 
 RSS_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
 # O_NOFOLLOW: a symlink planted where a job's stdio file goes is refused, not written through.
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
 _CAN_PIN = hasattr(os, "sched_setaffinity")
+_CAN_SPAWN = hasattr(os, "posix_spawn") and sys.platform.startswith("linux")
+_SIGDEF = tuple(s for s in (getattr(_signal, "SIGPIPE", None), getattr(_signal, "SIGXFSZ", None)) if s is not None)
+# exec failures after which the command is started again under bash (bash then reports it, or runs
+# a script that has no #! line): the job's program never ran
+_RETRY_UNDER_BASH = {errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.EISDIR, errno.ENOTDIR, errno.ELOOP,
+                     errno.ENAMETOOLONG, errno.EPERM}
+
+# -- the direct-exec rule (README "Direct exec") ----------------------------------------------
+# Outside quotes only these characters may appear: letters and digits (any script, non-ASCII
+# included, but no Unicode space), space and tab between words, and _ - + . , / : @ % ^ =
+# ("=" not in the first word). Inside '...' anything but a newline; inside "..." anything but
+# $ ` \ ! and newline. Everything else ($ ` * ? [ ] ~ < > | & ; ( ) { } # ! \ newline, unbalanced
+# quotes) means bash.
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-+.,/:@%^=")
+_NOT_IN_DOUBLE = frozenset('$`\\!\n')
+# bash keywords and builtins (bash 5.2 `compgen -k`, `compgen -b`): as the first word they mean bash
+_BASH_WORDS = frozenset("""
+    if then else elif fi case esac for select while until do done in function time { } ! [[ ]] coproc
+    . : [ alias bg bind break builtin caller cd command compgen complete compopt continue declare dirs
+    disown echo enable eval exec exit export false fc fg getopts hash help history jobs kill let local
+    logout mapfile popd printf pushd pwd read readarray readonly return set shift shopt source suspend
+    test times trap true type typeset ulimit umask unalias unset wait""".split())
+# builtins whose program behaves exactly alike when given no argument: exit status 0 / 1, no output
+_SAME_AS_PROGRAM = frozenset({"true", "false"})
+
+
+def direct_argv(command: str) -> list[str] | None:
+    """The argv to exec ``command`` with, without a shell, when doing so is exactly what ``bash -c
+    command`` would run; None when the command needs bash (see the rule above)."""
+    quote = None
+    first_word, seen = True, False  # in the first word / seen any of it
+    for ch in command:
+        if quote == "'":
+            if ch == "'":
+                quote = None
+            elif ch == "\n":
+                return None
+        elif quote == '"':
+            if ch == '"':
+                quote = None
+            elif ch in _NOT_IN_DOUBLE:
+                return None
+        elif ch == " " or ch == "\t":
+            first_word = first_word and not seen
+        elif ch in "'\"":
+            quote, seen = ch, True
+        elif ch in _PLAIN or (ch > "\x7f" and not ch.isspace()):
+            if ch == "=" and first_word:
+                return None
+            seen = True
+        else:
+            return None
+    if quote is not None:
+        return None
+    argv = shlex.split(command)
+    if not argv or not argv[0] or argv[0].startswith("%") or (
+            argv[0] in _BASH_WORDS and not (argv[0] in _SAME_AS_PROGRAM and len(argv) == 1)):
+        return None  # %job is fg's
+    return argv
+
+
+# variables that change what bash does before it execs a simple command: with any of them, bash
+_BASH_ENV_VARS = ("BASH_ENV", "SHELLOPTS", "BASHOPTS", "EXECIGNORE", "POSIXLY_CORRECT", "BASH_COMPAT")
+
+
+_WHICH_TTL_S = 1.0
+_which_cache: dict[tuple[str, str], tuple[float, str | None]] = {}
+
+
+def _which(name: str, search: str) -> str | None:
+    """``shutil.which(name, path=search)``, remembered for a second (a PATH search is ~10 stats
+    per job; bash itself hashes what it found)."""
+    now = time.monotonic()
+    hit = _which_cache.get((name, search))
+    if hit is not None and now - hit[0] < _WHICH_TTL_S:
+        return hit[1]
+    if len(_which_cache) > 256:
+        _which_cache.clear()
+    path = shutil.which(name, path=search)
+    _which_cache[(name, search)] = (now, path)
+    return path
+
+
+def _direct_launch(command: str, env: Mapping[str, str], cwd: Path) -> tuple[str, list[str], dict[str, str]] | None:
+    """(program path, argv, env) that exec exactly what ``bash -c command`` would, with the
+    variables bash itself sets or drops on the way (PWD, OLDPWD, SHLVL, _); None: use bash."""
+    argv = direct_argv(command)
+    if argv is None or any(k in env for k in _BASH_ENV_VARS) or any(k.startswith("BASH_FUNC_") for k in env):
+        return None
+    name = argv[0]
+    if "/" in name:
+        path = name
+    else:
+        search = env.get("PATH")
+        if not search or any(not os.path.isabs(d) for d in search.split(os.pathsep)):
+            return None  # bash's default PATH, or entries relative to the job's directory
+        path = _which(name, search)
+        if path is None:
+            return None  # bash says "command not found" in its own words
+    shlvl = env.get("SHLVL")
+    if shlvl is not None and not (shlvl.isascii() and shlvl.isdigit() and int(shlvl) <= 998):
+        return None  # bash resets it (and warns)
+    child = dict(env)
+    child["SHLVL"] = str(int(shlvl)) if shlvl is not None else "0"  # bash -c: +1, then -1 as it execs
+    try:
+        here = os.stat(cwd)
+        pwd = env.get("PWD")
+        if not (pwd and os.path.isabs(pwd) and os.path.samestat(os.stat(pwd), here)):
+            child["PWD"] = os.path.realpath(cwd)
+        old = env.get("OLDPWD")
+        if old is not None:
+            if not os.path.isabs(old):
+                return None
+            if not os.path.isdir(old):
+                del child["OLDPWD"]
+    except OSError:
+        return None  # e.g. no such working directory: bash reports it
+    child["_"] = path
+    return path, argv, child
+
+
+def _seal_inherited_fds() -> None:
+    """Mark every inheritable descriptor above 2 close-on-exec. Python opens its own descriptors
+    non-inheritable (PEP 446) and SQLite opens with O_CLOEXEC, so these are only descriptors the
+    runner inherited from its parent: Popen's ``close_fds`` kept them from the jobs, and so does
+    this, for os.posix_spawn (which cannot close descriptors)."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            try:
+                if os.get_inheritable(fd):
+                    os.set_inheritable(fd, False)
+            except OSError:  # the listing's own descriptor, closed by now
+                pass
 
 
 @dataclass(frozen=True)
@@ -50,7 +199,7 @@ class LaunchSpec:
 
     job_id: int
     attempt: int
-    command: str  # run as: bash -c <command>
+    command: str  # run as: its argv when it has no shell syntax (direct_argv), else bash -c <command>
     cwd: Path
     env: Mapping[str, str]  # the FULL environment of the child
     stdout_path: Path
@@ -77,7 +226,8 @@ class Finished:
 @dataclass
 class _Child:
     spec: LaunchSpec
-    popen: subprocess.Popen
+    pid: int
+    popen: subprocess.Popen | None  # None when started by os.posix_spawn
     pidfd: int | None
     started_at: float
 
@@ -96,10 +246,16 @@ def _pidfd_supported() -> bool:
 class ProcessPool:
     """Runs job processes and reports them as they exit (see the module docstring)."""
 
-    def __init__(self, *, bash: str | None = None, use_pidfd: bool | None = None) -> None:
+    def __init__(self, *, bash: str | None = None, use_pidfd: bool | None = None, direct_exec: bool = True,
+                 posix_spawn: bool = True) -> None:
         """``bash``: the shell to use (default: ``bash`` on the runner's PATH, resolved once).
-        ``use_pidfd``: None = use pidfds when the platform has them, False = SIGCHLD fallback."""
+        ``use_pidfd``: None = use pidfds when the platform has them, False = SIGCHLD fallback.
+        ``direct_exec``: exec commands without shell syntax directly (False: always bash -c).
+        ``posix_spawn``: use os.posix_spawn where it gives the same child (False: always Popen)."""
         self._bash = shutil.which(bash or "bash")
+        self.direct_exec = direct_exec
+        self.posix_spawn = posix_spawn
+        self._sealed = False
         self._children: dict[int, _Child] = {}
         self._use_pidfd = _pidfd_supported() if use_pidfd is None else use_pidfd
         self._selector = selectors.DefaultSelector()
@@ -133,7 +289,7 @@ class ProcessPool:
             return Finished(spec.job_id, spec.attempt, 0, None, None, started_at, time.time(),
                             0, 0.0, launch_error=message)
 
-        if self._bash is None:
+        if self._bash is None and (not self.direct_exec or direct_argv(spec.command) is None):
             return failed("cannot start job: bash not found on the runner's PATH")
         try:
             out_fd = _open_output(spec.stdout_path)
@@ -148,7 +304,7 @@ class ProcessPool:
             os.close(out_fd)
             return failed(f"cannot open stderr file {spec.stderr_path}: {e.strerror or e}")
         try:
-            popen = self._spawn(spec, out_fd, err_fd)
+            pid, popen = self._launch(spec, out_fd, err_fd)
         except _PinError as e:
             return failed(str(e))
         except OSError as e:
@@ -163,10 +319,10 @@ class ProcessPool:
                 os.close(err_fd)
         pidfd = None
         if self._use_pidfd:
-            pidfd = os.pidfd_open(popen.pid)  # works even if it already exited: not reaped yet
+            pidfd = os.pidfd_open(pid)  # works even if it already exited: not reaped yet
             self._selector.register(pidfd, selectors.EVENT_READ, spec.job_id)
-        self._children[spec.job_id] = _Child(spec, popen, pidfd, started_at)
-        return popen.pid
+        self._children[spec.job_id] = _Child(spec, pid, popen, pidfd, started_at)
+        return pid
 
     def wait(self, timeout: float | None) -> list[Finished]:
         """Block until a child exits, ``timeout`` seconds pass, or `wake` is called; then return
@@ -199,13 +355,13 @@ class ProcessPool:
             if child is None:
                 continue
             try:
-                os.killpg(child.popen.pid, sig)
+                os.killpg(child.pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
 
     def pids(self) -> dict[int, int]:
         """job_id -> pid of the children not reaped yet."""
-        return {job_id: c.popen.pid for job_id, c in list(self._children.items())}
+        return {job_id: c.pid for job_id, c in list(self._children.items())}
 
     def __len__(self) -> int:
         return len(self._children)
@@ -231,33 +387,72 @@ class ProcessPool:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _spawn(self, spec: LaunchSpec, out_fd: int, err_fd: int) -> subprocess.Popen:
-        def popen() -> subprocess.Popen:
-            return subprocess.Popen(
-                [self._bash, "-c", spec.command], cwd=spec.cwd, env=spec.env, stdin=self._devnull, stdout=out_fd, stderr=err_fd,
-                close_fds=True, start_new_session=True)
-
+    def _launch(self, spec: LaunchSpec, out_fd: int, err_fd: int) -> tuple[int, subprocess.Popen | None]:
+        """Start ``spec``'s command directly when the rule allows it, else (or when that exec fails)
+        under bash; pinned as asked. Returns (pid, the Popen or None)."""
+        direct = _direct_launch(spec.command, spec.env, spec.cwd) if self.direct_exec else None
+        bash = (self._bash, [self._bash, "-c", spec.command], spec.env)
         if spec.cpu_affinity is None or not _CAN_PIN:
-            return popen()
+            return self._spawn_either(spec, direct, bash, out_fd, err_fd)
         saved = os.sched_getaffinity(0)  # this thread's mask; the child inherits the mask we set
         try:
             try:
                 os.sched_setaffinity(0, spec.cpu_affinity)
             except (OSError, ValueError, TypeError) as e:
                 raise _PinError(f"cannot pin job to cpus {spec.cpu_affinity}: {e}") from e
-            return popen()
+            return self._spawn_either(spec, direct, bash, out_fd, err_fd)
         finally:
             os.sched_setaffinity(0, saved)
+
+    def _spawn_either(self, spec: LaunchSpec, direct, bash, out_fd: int, err_fd: int
+                      ) -> tuple[int, subprocess.Popen | None]:
+        if direct is not None:
+            try:
+                return self._spawn(spec, *direct, out_fd, err_fd)
+            except OSError as e:
+                if e.errno not in _RETRY_UNDER_BASH or (
+                        e.filename is not None and os.fspath(e.filename) == os.fspath(spec.cwd)):
+                    raise
+                # the program could not be exec'd (so it never ran): bash reports it or runs it
+        if self._bash is None:
+            raise OSError(errno.ENOENT, "bash not found on the runner's PATH")
+        return self._spawn(spec, *bash, out_fd, err_fd)
+
+    def _spawn(self, spec: LaunchSpec, path: str, argv: list[str], env: Mapping[str, str], out_fd: int,
+               err_fd: int) -> tuple[int, subprocess.Popen | None]:
+        if self._can_posix_spawn(spec.cwd, out_fd, err_fd):
+            pid = os.posix_spawn(path, argv, env, file_actions=[
+                (os.POSIX_SPAWN_DUP2, self._devnull, 0), (os.POSIX_SPAWN_DUP2, out_fd, 1),
+                (os.POSIX_SPAWN_DUP2, err_fd, 2)], setsid=True, setsigdef=_SIGDEF)
+            return pid, None
+        popen = subprocess.Popen(
+            argv, executable=path, cwd=spec.cwd, env=env, stdin=self._devnull, stdout=out_fd, stderr=err_fd,
+            close_fds=True, start_new_session=True)
+        return popen.pid, popen
+
+    def _can_posix_spawn(self, cwd: Path, out_fd: int, err_fd: int) -> bool:
+        """posix_spawn cannot chdir nor close descriptors: only when the job's directory is the
+        runner's own and nothing but stdio would be inherited."""
+        if not (_CAN_SPAWN and self.posix_spawn) or min(out_fd, err_fd, self._devnull) <= 2:
+            return False
+        try:
+            if not os.path.samestat(os.stat(cwd), os.stat(".")):
+                return False
+        except OSError:
+            return False  # Popen reports the working directory's error
+        if not self._sealed:  # once per pool (the scan costs ~50 us): see _seal_inherited_fds
+            _seal_inherited_fds()
+            self._sealed = True
+        return True
 
     def _reap(self, job_id: int) -> Finished | None:
         child = self._children.get(job_id)
         if child is None:
             return None
-        popen = child.popen
         try:
-            pid, status, usage = os.wait4(popen.pid, os.WNOHANG)
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
         except ChildProcessError:  # reaped by someone else: outcome unknown
-            pid, status, usage = popen.pid, None, None
+            pid, status, usage = child.pid, None, None
         if pid == 0:
             return None  # still running
         ended_at = time.time()
@@ -271,9 +466,10 @@ class ProcessPool:
                 sig = os.WTERMSIG(status)
             else:
                 return_code = os.WEXITSTATUS(status)
-        popen.returncode = -sig if sig is not None else return_code if return_code is not None else -1
+        if child.popen is not None:
+            child.popen.returncode = -sig if sig is not None else return_code if return_code is not None else -1
         return Finished(
-            job_id=job_id, attempt=child.spec.attempt, pid=popen.pid, return_code=return_code,
+            job_id=job_id, attempt=child.spec.attempt, pid=child.pid, return_code=return_code,
             signal=sig, started_at=child.started_at, ended_at=ended_at,
             peak_rss_bytes=usage.ru_maxrss * RSS_UNIT if usage else 0,
             cpu_time_s=usage.ru_utime + usage.ru_stime if usage else 0.0)
