@@ -384,6 +384,13 @@ def submit(app, spec: str, site, max_allocations: int, output_dir, force, new, d
     workflow_id, resumed = create_or_resume(app, db, Path(spec), compiled, new=new, force=force, stdout=True)
     if not resumed:
         initialize_workflow(db, workflow_id, force=force)
+    from torc_slurm.cli.actions import perform_due
+
+    perform_due(app, workflow_id, "submit")  # on_workflow_start and whatever else is due
+    if any(a.action_type == "schedule_nodes" for a in compiled.spec.actions):
+        app.note(f"workflow {workflow_id} schedules its allocations with its actions: nothing planned here "
+                 "(`torc workflows actions` shows them)")
+        return
     _submit_planned(app, db, workflow_id, compiled.spec, backend, site_config, max_allocations, output_dir,
                     force, dry_run=False)
 
