@@ -334,10 +334,19 @@ BAD_WORKFLOWS = {
         jobs:
           - name: first
             command: x
+          - name: job_{i:.0f}
+            command: x {i}
+            parameters: {i: "[1.1, 1.2]"}
+        """, "job_1", 5, "two jobs are named 'job_1'"),
+    "a scalar field uses a parameter the name does not": ("""\
+        name: w
+        jobs:
+          - name: first
+            command: x
           - name: job_{i}
             command: x {j}
             parameters: {i: "1:2", j: "1:2"}
-        """, "job_1", 5, "two jobs are named 'job_1'"),
+        """, "job_{i}", 5, "uses the parameter(s) j, which the job name does not"),
     "unknown dependency": ("""\
         name: w
         jobs:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
@@ -49,6 +50,10 @@ _MAX_MESSAGE = 2000
 _JOB_TEXT_FIELDS = ("name", "command", "invocation_script", "resource_requirements", "scheduler", "group")
 _JOB_LIST_FIELDS = ("depends_on", "depends_on_regexes", "input_files", "output_files",
                     "input_user_data", "output_user_data")
+# torc's regexes over file and user_data names: each field -> the list its matches join, and what it names.
+_JOB_REGEX_FIELDS = {"input_file_regexes": ("input_files", "file"), "output_file_regexes": ("output_files", "file"),
+                     "input_user_data_regexes": ("input_user_data", "user_data"),
+                     "output_user_data_regexes": ("output_user_data", "user_data")}
 
 
 @dataclass(slots=True)
@@ -186,6 +191,8 @@ class _Compiler:
         files = self._expand_named("file", self.spec.files, ("name", "path"))
         data = self._expand_named("user_data", self.spec.user_data, ("name",))
         jobs = self._expand_jobs()
+        if any(_has_regexes(entry) for entry in self.spec.jobs):
+            self._match_name_regexes(jobs, [f["name"] for f, _ in files], [d["name"] for d, _ in data])
         names = {job.name: index for index, job in enumerate(jobs)}
         file_index = {f["name"]: i for i, (f, _) in enumerate(files)}
         data_index = {d["name"]: i for i, (d, _) in enumerate(data)}
@@ -259,12 +266,23 @@ class _Compiler:
         return resolve_actions(self.spec.actions, names, self._scheduler_names, NameIndex(names).matches, SpecError)
 
     # -- expansion -------------------------------------------------------------------------
-    def _parameters_for(self, own: Mapping[str, Any], texts: Sequence[str], label: str,
-                        job: str | None) -> dict[str, list[Any]]:
-        mine = {name: _values(value, job, f"parameters.{name}") for name, value in own.items()}
-        known = set(self.shared) | set(mine)
-        used_shared = {name for name in _placeholders(texts, known) if name not in mine}
-        return {**{name: self.shared[name] for name in sorted(used_shared)}, **mine}
+    def _parameters_for(self, entry: Any, texts: Sequence[str], job: str | None,
+                        where: str) -> dict[str, list[Any]]:
+        """An entry's parameters: its own, plus the workflow-level ones it names in ``use_parameters``
+        (in that order; torc's rule), or without that list, those its fields use as placeholders."""
+        mine = {name: _values(value, job, f"{where}parameters.{name}") for name, value in entry.parameters.items()}
+        use = entry.use_parameters
+        if use is not None:
+            unknown = [name for name in use if name not in self.shared]
+            if unknown:
+                defined = ", ".join(self.shared) or "none"
+                raise SpecError(f"{short_repr(unknown[0])} is not a workflow-level parameter (defined: {defined})",
+                                job=job, field=f"{where}use_parameters")
+            used_shared: Iterable[str] = [name for name in dict.fromkeys(use) if name not in mine]
+        else:
+            known = set(self.shared) | set(mine)
+            used_shared = sorted(name for name in _placeholders(texts, known) if name not in mine)
+        return {**{name: self.shared[name] for name in used_shared}, **mine}
 
     def _plan(self, kind: str, entries: Sequence[Any], texts_of: Callable[[Any], list[str]]) -> list[dict[str, Any]]:
         """Each entry's parameters, after checking that all of them together stay within ``MAX_JOBS``
@@ -273,20 +291,28 @@ class _Compiler:
         total = 0
         for index, entry in enumerate(entries):
             job = entry.name if kind == "job" else None
-            field_name = "parameters" if kind == "job" else f"{kind}[{entry.name}].parameters"
+            where = "" if kind == "job" else f"{kind}[{entry.name}]."
+            field_name = f"{where}parameters"
             if kind == "job":
                 self._entry = index
-            params = self._parameters_for(entry.parameters, texts_of(entry), kind, job)
+            params = self._parameters_for(entry, texts_of(entry), job, where)
             try:
                 count = count_combinations(params, entry.parameter_mode)
             except ValueError as exc:
                 raise SpecError(str(exc), job=job, field=field_name) from None
-            # a job whose name uses no parameter stays one job, but its lists expand over every combination
-            gathers = kind == "job" and bool(params) and not referenced_names([entry.name], set(params))
-            if (count if gathers else total + count) > MAX_JOBS:
-                raise SpecError(_too_many(kind, params, entry.parameter_mode, count, 0 if gathers else total,
-                                          "combinations" if gathers else ""), job=job, field=field_name)
-            total += 1 if gathers else count
+            # a job whose name uses only some of its parameters (or none) is one job per combination of
+            # those; its lists expand over the others (see _gather)
+            named = referenced_names([entry.name], set(params)) if kind == "job" and params else set(params)
+            jobs = count
+            if len(named) < len(params):
+                if count > MAX_JOBS:
+                    raise SpecError(_too_many(kind, params, entry.parameter_mode, count, 0, "combinations"),
+                                    job=job, field=field_name)
+                if entry.parameter_mode == "product":
+                    jobs = math.prod(len(params[name]) for name in named)
+            if total + jobs > MAX_JOBS:
+                raise SpecError(_too_many(kind, params, entry.parameter_mode, jobs, total), job=job, field=field_name)
+            total += jobs
             plans.append(params)
         self._entry = None
         return plans
@@ -318,7 +344,7 @@ class _Compiler:
                 text: dict[str, Any] = {f: getattr(entry, f) for f in _JOB_TEXT_FIELDS}
                 text["env"] = dict(entry.env)
                 expanded = [_Expanded(entry_index, entry.name, text,
-                                      {f: list(getattr(entry, f)) for f in _JOB_LIST_FIELDS})]
+                                      {f: list(getattr(entry, f)) for f in _list_fields(entry)})]
             else:
                 expanded = self._expand_entry(entry_index, entry, params)
             for item in expanded:
@@ -337,16 +363,12 @@ class _Compiler:
         known = set(params)
         scalars = {f: compile_template(getattr(entry, f), known) if getattr(entry, f) else None
                    for f in _JOB_TEXT_FIELDS}
-        lists = {f: [compile_template(t, known) for t in getattr(entry, f)] for f in _JOB_LIST_FIELDS}
+        lists = {f: [compile_template(t, known) for t in getattr(entry, f)] for f in _list_fields(entry)}
         env = {k: compile_template(v, known) for k, v in entry.env.items()}
         combos = list(_combos(params, entry.parameter_mode, entry.name, "parameters"))
-        if not scalars["name"].names:  # type: ignore[union-attr]
-            self._gather(entry.name, scalars, env, combos)
-            text: dict[str, Any] = {f: t.text if t else None for f, t in scalars.items()}
-            text["env"] = {k: v.text for k, v in env.items()}
-            return [_Expanded(entry_index, entry.name, text,
-                              {f: _dedup(_render(t, c, entry.name, f) for c in combos for t in ts)
-                               for f, ts in lists.items()})]
+        named = scalars["name"].names  # type: ignore[union-attr]
+        if len(named) < len(known):
+            return self._gather(entry_index, entry.name, named, scalars, lists, env, combos)
         # Render only what varies; the constant fields and lists are shared by every expanded job.
         const_text: dict[str, Any] = {f: t.text if t else None for f, t in scalars.items()
                                       if t is None or not t.names}
@@ -374,15 +396,62 @@ class _Compiler:
         return expanded
 
     @staticmethod
-    def _gather(name: str, scalars: Mapping[str, Template | None], env: Mapping[str, Template],
-                combos: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """A parameterized job whose name uses no parameter stays one job; only its lists expand."""
+    def _gather(entry_index: int, name: str, named: frozenset[str], scalars: Mapping[str, Template | None],
+                lists: Mapping[str, list[Template]], env: Mapping[str, Template],
+                combos: list[dict[str, Any]]) -> list[_Expanded]:
+        """A job whose name uses only some of its parameters (``named``; maybe none): one job per
+        combination of those, whose list fields (depends_on, files, user data, regexes) expand over
+        all the combinations sharing them. ``report_{d}`` with d x t depends on every
+        ``analyze_{d}_{t}`` of its d. A scalar field (command, env …) may use only ``named``: with
+        another parameter it would have several values for one job."""
         for field_name, template in [*scalars.items(), *((f"env.{k}", v) for k, v in env.items())]:
-            if template is not None and template.names:
-                raise SpecError("this field uses parameters but the job name does not, so the job "
-                                "would be ambiguous; put the parameters into the name",
-                                job=name, field=field_name)
-        return combos  # type: ignore[return-value]
+            if template is not None and not template.names <= named:
+                others = ", ".join(sorted(template.names - named))
+                raise SpecError(f"this field uses the parameter(s) {others}, which the job name does not, so "
+                                "one job would have several values here; put them into the name, or use them "
+                                "only in list fields such as depends_on and input_files", job=name, field=field_name)
+        order = sorted(named)
+        groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        for combo in combos:
+            groups.setdefault(tuple(combo[p] for p in order), []).append(combo)
+        expanded = []
+        for group in groups.values():
+            first = group[0]
+            text: dict[str, Any] = {f: (_render(t, first, name, f) if t.names else t.text) if t else None
+                                    for f, t in scalars.items()}
+            text["env"] = {k: _render(v, first, name, f"env.{k}") if v.names else v.text for k, v in env.items()}
+            item_lists = {f: _dedup(_render(t, c, text["name"], f) for c in group for t in ts)
+                          for f, ts in lists.items()}
+            expanded.append(_Expanded(entry_index, text["name"], text, item_lists))
+        return expanded
+
+    def _match_name_regexes(self, jobs: list[_Expanded], file_names: list[str], data_names: list[str]) -> None:
+        """torc's ``input_file_regexes`` & co: each pattern (re.search, RE2) must match at least one
+        file (user_data) name; the names it matches join the job's list, as if written there."""
+        indexes = {"file": NameIndex(dict.fromkeys(file_names)), "user_data": NameIndex(dict.fromkeys(data_names))}
+        names = {"file": file_names, "user_data": data_names}
+        cache: dict[tuple[str, str], list[str]] = {}
+        for job in jobs:
+            lists = job.lists
+            for regex_field, (target, kind) in _JOB_REGEX_FIELDS.items():
+                patterns = lists.get(regex_field)
+                if not patterns:
+                    continue
+                found: list[str] = []
+                for pattern in patterns:
+                    matched = cache.get((kind, pattern))
+                    if matched is None:
+                        try:
+                            positions = indexes[kind].matches(pattern)
+                        except ValueError as exc:
+                            raise SpecError(str(exc), job=job.name, field=regex_field) from None
+                        matched = cache[(kind, pattern)] = [names[kind][i] for i in sorted(positions)]
+                    if not matched:
+                        section = "files" if kind == "file" else "user_data"
+                        raise SpecError(f"regular expression {short_repr(pattern)} matches no {kind} "
+                                        f"(defined under '{section}')", job=job.name, field=regex_field)
+                    found.extend(matched)
+                lists[target] = _dedup([*lists[target], *found])
 
     # -- resolution ------------------------------------------------------------------------
     @staticmethod
@@ -624,7 +693,18 @@ def _combos(params, mode, job, field_name):
 
 def _job_texts(entry: Any) -> list[str]:
     texts = [t for t in (getattr(entry, f) for f in _JOB_TEXT_FIELDS) if t]
-    return texts + [t for f in _JOB_LIST_FIELDS for t in getattr(entry, f)] + list(entry.env.values())
+    return texts + [t for f in _list_fields(entry) for t in getattr(entry, f)] + list(entry.env.values())
+
+
+def _has_regexes(entry: JobSpec) -> bool:
+    return bool(entry.input_file_regexes or entry.output_file_regexes or entry.input_user_data_regexes
+                or entry.output_user_data_regexes)
+
+
+def _list_fields(entry: JobSpec) -> tuple[str, ...]:
+    """The list fields an entry's expanded jobs carry: the regexes over files and user data only
+    when it has any (most jobs have none, and every field costs per job)."""
+    return (*_JOB_LIST_FIELDS, *_JOB_REGEX_FIELDS) if _has_regexes(entry) else _JOB_LIST_FIELDS
 
 
 def _too_many(kind: str, params: Mapping[str, Sequence[Any]], mode: str, count: int, so_far: int,

@@ -249,9 +249,14 @@ def test_user_data_can_be_parameterized() -> None:
 
 
 def test_duplicate_names_after_expansion_are_refused() -> None:
-    s = spec([{"name": "j_{a}", "command": "x {b}", "parameters": {"a": "1:2", "b": "1:2"}}])
+    s = spec([{"name": "j_{a:.0f}", "command": "x {a}", "parameters": {"a": "[1.1, 1.2]"}}])
     with pytest.raises(SpecError, match="two jobs are named 'j_1'"):
         compile_workflow(s)
+    # a name that leaves out a parameter the command uses: the command is the ambiguous field
+    s = spec([{"name": "j_{a}", "command": "x {b}", "parameters": {"a": "1:2", "b": "1:2"}}])
+    with pytest.raises(SpecError, match="uses the parameter.s. b, which the job name does not") as info:
+        compile_workflow(s)
+    assert info.value.field == "command"
     s = spec([{"name": "f_{a}", "command": "x", "parameters": {"a": "[1, '1']"}}])
     with pytest.raises(SpecError, match="two jobs are named 'f_1'"):
         compile_workflow(s)

@@ -7,6 +7,7 @@ validated here only as far as they can be before parameter expansion (see ``para
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -127,7 +128,41 @@ def _argument(what: str) -> AfterValidator:
 
 
 class StrictModel(BaseModel):
+    """Unknown keys are errors. A field written as null (``depends_on: null``) takes its default, as
+    torc reads it; a required field written as null stays an error."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and None in data.values():
+            optional = _optional_fields(cls)
+            data = {key: value for key, value in data.items() if value is not None or key not in optional}
+        return data
+
+
+_OPTIONAL_FIELDS: dict[type, frozenset[str]] = {}
+
+
+def _optional_fields(model: type[BaseModel]) -> frozenset[str]:
+    found = _OPTIONAL_FIELDS.get(model)
+    if found is None:
+        found = _OPTIONAL_FIELDS[model] = frozenset(
+            name for name, info in model.model_fields.items() if not info.is_required())
+    return found
+
+
+def _refused(reason: str, allowed: Any = ...) -> AfterValidator:
+    """A torc field that has no meaning here: refused with ``reason`` unless it holds ``allowed``
+    (torc's default, which asks for nothing)."""
+
+    def check(value: Any) -> Any:
+        if allowed is ... or value != allowed:
+            raise ValueError(reason)
+        return value
+
+    return AfterValidator(check)
 
 
 class ResourceRequirements(StrictModel):
@@ -166,6 +201,7 @@ class SlurmScheduler(StrictModel):
     qos: str | None = None
     ntasks_per_node: Optional[Count(1, "ntasks_per_node")] = None
     tmp: str | None = None
+    # sbatch options; torc writes them as one string ("--constraint=x --exclusive"), split as a shell would
     extra: list[str] = []
 
     @field_validator("name")
@@ -187,6 +223,16 @@ class SlurmScheduler(StrictModel):
     def _size(cls, value: str | None) -> str | None:
         if value is not None and not _SLURM_SIZE.fullmatch(value):
             raise ValueError(f"{short_repr(value)} is not a Slurm size such as '64G' or '500M'")
+        return value
+
+    @field_validator("extra", mode="before")
+    @classmethod
+    def _extra_words(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return shlex.split(value)
+            except ValueError as exc:  # "No closing quotation"
+                raise ValueError(f"cannot split {short_repr(value)} into sbatch options: {exc}") from None
         return value
 
     @field_validator("extra")
@@ -228,6 +274,7 @@ class FileSpec(StrictModel):
     path: str
     parameters: dict[str, ParameterValue] = {}
     parameter_mode: ParameterMode = "product"
+    use_parameters: list[str] | None = None  # the workflow-level parameters this entry uses
 
 
 class UserDataSpec(StrictModel):
@@ -236,6 +283,7 @@ class UserDataSpec(StrictModel):
     is_ephemeral: bool = False
     parameters: dict[str, ParameterValue] = {}
     parameter_mode: ParameterMode = "product"
+    use_parameters: list[str] | None = None
 
 
 class GroupSpec(StrictModel):
@@ -259,6 +307,11 @@ class JobSpec(StrictModel):
     output_files: list[str] = []
     input_user_data: list[str] = []
     output_user_data: list[str] = []
+    # Regexes (re.search, RE2) over the names of files / user_data: each adds the entries it matches.
+    input_file_regexes: list[str] = []
+    output_file_regexes: list[str] = []
+    input_user_data_regexes: list[str] = []
+    output_user_data_regexes: list[str] = []
     resource_requirements: str | None = None
     scheduler: str | None = None
     priority: Priority = 0
@@ -277,6 +330,8 @@ class JobSpec(StrictModel):
     image: str | None = None                 # a container image (run natively unless the site names a runtime)
     parameters: dict[str, ParameterValue] = {}
     parameter_mode: ParameterMode = "product"
+    # The workflow-level parameters this job uses (torc). Without it, those its fields name are used.
+    use_parameters: list[str] | None = None
 
     @field_validator("env")
     @classmethod
@@ -326,14 +381,39 @@ class SourceLines:
         return "SourceLines(…)" if callable(self._jobs) else f"SourceLines({len(self._jobs)} jobs)"
 
 
+# torc's documentation spells the granularities as its enum (Summary, TimeSeries); its reader and
+# examples use snake_case. Both are read, and kept as "summary" / "time_series".
+_GRANULARITY = {"summary": "summary", "timeseries": "time_series"}
+MONITOR_METRICS = ("cpu_percent", "memory_bytes")
+
+
 class ResourceMonitorSpec(StrictModel):
     """torc's resource_monitor: whether the runner samples its jobs' CPU and memory, how often, and
-    whether it keeps every sample per job (time_series) or only each attempt's peak and average."""
+    whether it keeps every sample per job (time_series) or only each attempt's peak and average.
+    ``metrics`` (written by some torc examples, read by nobody in torc) may only name what is
+    sampled anyway: cpu_percent and memory_bytes."""
 
     enabled: bool = True
     granularity: Literal["summary", "time_series"] = "summary"
     sample_interval_seconds: Annotated[int, _whole_number(1, 3600, "sample_interval_seconds")] = 5
     generate_plots: bool = False
+    metrics: list[str] | None = None
+
+    @field_validator("granularity", mode="before")
+    @classmethod
+    def _granularity(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return _GRANULARITY.get(value.replace("_", "").lower(), value)
+        return value
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, values: list[str] | None) -> list[str] | None:
+        for value in values or ():
+            if value not in MONITOR_METRICS:
+                raise ValueError(f"metric {short_repr(value)} is not sampled: the runner samples "
+                                 f"{' and '.join(MONITOR_METRICS)} (both always)")
+        return values
 
 
 class WorkflowSpec(StrictModel):
@@ -365,6 +445,19 @@ class WorkflowSpec(StrictModel):
     # at runtime x runtime_grace is killed and recorded as timed out.
     enforce_runtime: bool = False
     runtime_grace: Grace = 1.5
+    # torc options of its server and its workers that ask for what torc_slurm does not do: accepted
+    # only as torc's default (asking for nothing), otherwise refused with the reason.
+    use_pending_failed: Annotated[bool, _refused(
+        "use_pending_failed: true needs torc's server-side PendingFailed status and AI-assisted recovery, "
+        "which torc_slurm does not have; failed jobs are retried by failure_handlers / max_attempts and "
+        "rerun with 'torc workflows reinit' or 'reset-status'", False)] = False
+    compute_node_ignore_workflow_completion: Annotated[bool, _refused(
+        "compute_node_ignore_workflow_completion: true (hold allocations after the workflow completes) is "
+        "not supported: a runner exits once nothing it could run can become ready, so no allocation idles", False)] = False
+    compute_node_wait_for_healthy_database_minutes: Annotated[Any, _refused(
+        "compute_node_wait_for_healthy_database_minutes has no meaning here: there is no database server, "
+        "the queue is a file on the shared filesystem; how long a runner survives a stalled filesystem is "
+        "heartbeat_timeout_seconds")] = None
 
     @field_validator("slurm_defaults")
     @classmethod
