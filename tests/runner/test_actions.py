@@ -104,3 +104,34 @@ def test_a_runner_killed_after_its_claim_is_taken_over_and_the_action_runs_once(
     assert (row["state"], row["attempts"]) == ("done", 2)
     assert kinds(tmp_path) == {"action_claimed": 2, "action_taken_over": 1, "action_done": 1}
     assert query(tmp_path, "SELECT COUNT(*) n FROM jobs WHERE status = 'completed'")[0]["n"] == 3
+
+
+def test_commands_of_a_killed_runner_die_with_it_and_run_again_once(tmp_path: Path) -> None:
+    """kill -9 of a runner in the middle of a run_commands action: the command's processes are
+    killed by the runner's guardian (they carry its token), and the next runner takes the claim
+    over and runs the commands again (at-least-once: never two at the same time)."""
+    import signal
+    import time
+
+    marker = f"torc_action_marker_{os.getpid()}"
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec([
+        {"trigger_type": "on_workflow_start", "action_type": "run_commands",
+         "commands": [f"echo start >> log; [ -e second ] || exec -a {marker} sleep 60"]},
+    ])))
+    torc(tmp_path, "workflows", "create", "spec.yaml")
+    first = subprocess.Popen([*TORC, "--db", str(tmp_path / "torc.db"), "run", "1"], cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while subprocess.run(["pgrep", "-f", marker], capture_output=True, check=False).returncode != 0:
+        assert time.monotonic() < deadline and first.poll() is None, "the action's command never started"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while subprocess.run(["pgrep", "-f", marker], capture_output=True, check=False).returncode == 0:
+        assert time.monotonic() < deadline, "the action's command outlived its runner"
+        time.sleep(0.05)
+    (tmp_path / "second").touch()
+    torc(tmp_path, "run", "1")
+    assert lines(tmp_path / "log") == ["start", "start"]
+    assert kinds(tmp_path) == {"action_claimed": 2, "action_taken_over": 1, "action_done": 1}

@@ -78,8 +78,11 @@ def run_commands(commands: Sequence[str], ctx: Context, stem: str,
     for number, command in enumerate(commands, 1):
         out, err = folder / f"{stem}_{number}.out", folder / f"{stem}_{number}.err"
         with _private(out) as stdout, _private(err) as stderr:
+            # Its own process group, as a job has: the guardian kills the group of whatever carries
+            # the runner's token, which must never be the runner's own group.
             code = subprocess.run(["bash", "-c", command], cwd=ctx.working_dir, env=env, stdout=stdout,
-                                  stderr=stderr, stdin=subprocess.DEVNULL, check=False).returncode
+                                  stderr=stderr, stdin=subprocess.DEVNULL, check=False,
+                                  start_new_session=True).returncode
         codes.append(code)
         files += [str(out), str(err)]
         if code != 0:

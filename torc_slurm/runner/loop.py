@@ -905,7 +905,8 @@ class Runner:
         if performer is None:
             return
         performer.attach(db=self.db, queue=self.queue, runner_id=self.runner_id, working_dir=self.config.working_dir,
-                         output_dir=self.config.output_dir, identity=self.leases.identity())
+                         output_dir=self.config.output_dir, identity=self.leases.identity(),
+                         env=self.leases.job_environment())  # its commands die with the runner, as jobs do
         performer.worker_actions(self.db, "on_worker_start")
 
     def _finish_actions(self) -> None:
