@@ -152,6 +152,7 @@ class Runner:
         self._started: list[Started] = []
         self._outcomes: list[Outcome] = []
         self._pin_warned = False
+        self._base_env: dict[str, str] | None = None
         self._terminating: set[int] = set()
         self._backlog: dict[int, ClaimedJob] = {}  # claimed, not started yet (claim order)
         self._last_claimed = 0
@@ -752,7 +753,9 @@ class Runner:
 
     def _environment(self, job: ClaimedJob, placement: Placement) -> dict[str, str]:
         cfg = self.config
-        env = dict(os.environ)
+        if self._base_env is None:  # the runner's environment, decoded once (os.environ decodes each read)
+            self._base_env = dict(os.environ)
+        env = dict(self._base_env)
         env.update(job.env)
         env.update({
             "TORC_WORKFLOW_ID": str(cfg.workflow_id), "TORC_JOB_ID": str(job.id), "TORC_JOB_NAME": job.name,

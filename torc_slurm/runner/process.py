@@ -107,7 +107,8 @@ def direct_argv(command: str) -> list[str] | None:
             return None
     if quote is not None:
         return None
-    argv = shlex.split(command)
+    # without quotes only spaces and tabs separate words (no other whitespace got this far)
+    argv = shlex.split(command) if "'" in command or '"' in command else command.split()
     if not argv or not argv[0] or argv[0].startswith("%") or (
             argv[0] in _BASH_WORDS and not (argv[0] in _SAME_AS_PROGRAM and len(argv) == 1)):
         return None  # %job is fg's
@@ -142,36 +143,65 @@ def _direct_launch(command: str, env: Mapping[str, str], cwd: Path) -> tuple[str
     argv = direct_argv(command)
     if argv is None or any(k in env for k in _BASH_ENV_VARS) or any(k.startswith("BASH_FUNC_") for k in env):
         return None
+    search, shlvl = env.get("PATH"), env.get("SHLVL")
+    added = _bash_additions(os.fspath(cwd), search, env.get("PWD"), env.get("OLDPWD"), shlvl)
+    if added is None:
+        return None
     name = argv[0]
     if "/" in name:
         path = name
     else:
-        search = env.get("PATH")
-        if not search or any(not os.path.isabs(d) for d in search.split(os.pathsep)):
-            return None  # bash's default PATH, or entries relative to the job's directory
-        path = _which(name, search)
+        path = _which(name, search)  # type: ignore[arg-type]  (PATH checked by _bash_additions)
         if path is None:
             return None  # bash says "command not found" in its own words
-    shlvl = env.get("SHLVL")
-    if shlvl is not None and not (shlvl.isascii() and shlvl.isdigit() and int(shlvl) <= 998):
-        return None  # bash resets it (and warns)
     child = dict(env)
-    child["SHLVL"] = str(int(shlvl)) if shlvl is not None else "0"  # bash -c: +1, then -1 as it execs
-    try:
-        here = os.stat(cwd)
-        pwd = env.get("PWD")
-        if not (pwd and os.path.isabs(pwd) and os.path.samestat(os.stat(pwd), here)):
-            child["PWD"] = os.path.realpath(cwd)
-        old = env.get("OLDPWD")
-        if old is not None:
-            if not os.path.isabs(old):
-                return None
-            if not os.path.isdir(old):
-                del child["OLDPWD"]
-    except OSError:
-        return None  # e.g. no such working directory: bash reports it
+    child.update(added)
+    if "OLDPWD" in added and added["OLDPWD"] is None:
+        del child["OLDPWD"]
     child["_"] = path
     return path, argv, child
+
+
+_ADDED_TTL_S = 1.0
+_added_cache: dict[tuple, tuple[float, dict | None]] = {}
+
+
+def _bash_additions(cwd: str, search: str | None, pwd: str | None, oldpwd: str | None,
+                    shlvl: str | None) -> dict | None:
+    """What bash -c adds to the environment before it execs (PWD, SHLVL, no OLDPWD that is not a
+    directory; OLDPWD: None = drop it), or None when the direct exec must not be used; remembered
+    for a second (a few stats)."""
+    key = (cwd, search, pwd, oldpwd, shlvl)
+    now = time.monotonic()
+    hit = _added_cache.get(key)
+    if hit is not None and now - hit[0] < _ADDED_TTL_S:
+        return hit[1]
+    if len(_added_cache) > 256:
+        _added_cache.clear()
+    added = _compute_additions(cwd, search, pwd, oldpwd, shlvl)
+    _added_cache[key] = (now, added)
+    return added
+
+
+def _compute_additions(cwd: str, search: str | None, pwd: str | None, oldpwd: str | None,
+                       shlvl: str | None) -> dict | None:
+    if not search or any(not os.path.isabs(d) for d in search.split(os.pathsep)):
+        return None  # bash's default PATH, or entries relative to the job's directory
+    if shlvl is not None and not (shlvl.isascii() and shlvl.isdigit() and int(shlvl) <= 998):
+        return None  # bash resets it (and warns)
+    added: dict[str, str | None] = {"SHLVL": str(int(shlvl)) if shlvl is not None else "0"}  # +1, -1 at exec
+    try:
+        here = os.stat(cwd)
+        if not (pwd and os.path.isabs(pwd) and os.path.samestat(os.stat(pwd), here)):
+            added["PWD"] = os.path.realpath(cwd)
+    except OSError:
+        return None  # e.g. no such working directory: bash (or Popen) reports it
+    if oldpwd is not None:
+        if not os.path.isabs(oldpwd):
+            return None
+        if not os.path.isdir(oldpwd):
+            added["OLDPWD"] = None
+    return added
 
 
 def _seal_inherited_fds() -> None:
