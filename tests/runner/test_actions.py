@@ -135,3 +135,17 @@ def test_commands_of_a_killed_runner_die_with_it_and_run_again_once(tmp_path: Pa
     torc(tmp_path, "run", "1")
     assert lines(tmp_path / "log") == ["start", "start"]
     assert kinds(tmp_path) == {"action_claimed": 2, "action_taken_over": 1, "action_done": 1}
+
+
+def test_a_site_whose_compute_nodes_cannot_submit_leaves_schedule_nodes_to_the_login_node(tmp_path: Path,
+                                                                                          monkeypatch) -> None:
+    from torc_slurm.cli.slurm import _action_performer
+    from torc_slurm.slurm.sites import site_config_dir
+
+    site = yaml.safe_load((site_config_dir() / "localhost.yaml").read_text())
+    for allowed in (True, False):
+        site["compute_nodes_can_submit"] = allowed
+        (tmp_path / "site.yaml").write_text(yaml.safe_dump(site))
+        monkeypatch.setenv("TORC_SITE", str(tmp_path / "site.yaml"))
+        performer = _action_performer(tmp_path / "torc.db", tmp_path)
+        assert performer.can_schedule is allowed and performer.schedule is not None
