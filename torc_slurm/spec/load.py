@@ -248,7 +248,27 @@ def _load_json5(text: str, source: str, try_json: bool = True) -> Any:
     finally:
         sys.setrecursionlimit(limit)
     _check_depth(data, source)
+    if _SURROGATE_ESCAPE.search(text):
+        data = _join_surrogates(data)
     return data
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abAB]")
+_SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def _join_surrogates(value: Any) -> Any:
+    """json5 decodes an escaped surrogate pair ("\\ud83d\\ude00") as two lone surrogates; JSON (and
+    torc) read one character. Pairs are joined here; a lone surrogate stays, and is refused later."""
+    if isinstance(value, str):
+        if not _SURROGATE_PAIR.search(value):
+            return value
+        return _SURROGATE_PAIR.sub(lambda m: m[0].encode("utf-16-le", "surrogatepass").decode("utf-16-le"), value)
+    if isinstance(value, list):
+        return [_join_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_join_surrogates(key): _join_surrogates(item) for key, item in value.items()}
+    return value
 
 
 def _check_json5_depth(text: str, source: str) -> None:
