@@ -161,20 +161,23 @@ def test_a_claimant_gone_from_this_host_is_hard_evidence(db: Database, tmp_path:
     assert claim.previous_tokens and claim.attempt == 2
 
 
-def test_a_non_runner_claim_expires_after_its_lease(db: Database, tmp_path: Path, monkeypatch) -> None:
+def test_a_non_runner_claim_expires_when_its_lease_stands_still_on_the_observers_clock(
+        db: Database, tmp_path: Path, monkeypatch) -> None:
     queue = make(db, tmp_path, [{"trigger_type": "on_workflow_start", **RUN}])
     wf = queue.workflow_id
     (claim,) = observe(db, wf, Observer("init", host_key="x", pid=1))
     monkeypatch.setenv("TORC_ACTION_LEASE_TIMEOUT", "60")
-    at = claim_time(db, wf)
-    with db.transaction() as conn:
-        assert actions.observe(conn, wf, B, now=at + 30) == []
-        (taken,) = actions.observe(conn, wf, B, now=at + 61)
+    watch = Observer("watch", host_key="h", pid=2)
+
+    def look(at: float) -> list[actions.Claim]:
+        with db.transaction() as conn:
+            return actions.observe(conn, wf, watch, clock=at)
+
+    assert look(1000.0) == [] and look(1050.0) == []
+    actions.renew(db, [claim])            # the claimant is alive: its lease moved
+    assert look(1070.0) == [] and look(1129.0) == []  # aged from when the watcher saw it move
+    (taken,) = look(1131.0)
     assert taken.previous_tokens == (claim.token,)
-
-
-def claim_time(db: Database, wf: int) -> float:
-    return db.read("SELECT lease_at FROM actions WHERE workflow_id = ?", (wf,))[0][0]
 
 
 def test_observers_that_cannot_perform_leave_it_due(db: Database, tmp_path: Path) -> None:

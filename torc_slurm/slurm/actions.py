@@ -90,22 +90,28 @@ def site_allows_compute_submit(site: Any) -> bool:
     return bool(getattr(site, "compute_nodes_can_submit", True))
 
 
-def login_observe(db: Any, workflow_id: int, source: str, *, site: Any = None, backend: Any = None,
-                  output_dir: Path | None = None) -> list[tuple[Claim, bool, str]]:
-    """A login-node observer (`workflows init`, `slurm watch`): claim the due actions it can perform
-    (schedule_nodes only where sbatch exists) and those of dead claimants, in one transaction,
-    then perform them here. Returns (claim, ok, message) per action performed."""
+def login_observer(source: str) -> Any:
+    """The identity of a login-node observer (`workflows init`, `submit`, `slurm watch`). Keep it
+    across rounds: it remembers when it first saw each claim's lease (queue-time ageing)."""
     import shutil
 
-    from torc_slurm.runner.actions import Context, perform_claims
     from torc_slurm.runner.fencing import host_key, process_started, runner_alive
+    from torc_slurm.store.actions import Observer
+
+    return Observer(name=source, host_key=host_key(), pid=os.getpid(), pid_started=process_started(os.getpid()),
+                    can_schedule=shutil.which("sbatch") is not None, alive=runner_alive)
+
+
+def login_observe(db: Any, workflow_id: int, source: str, *, site: Any = None, backend: Any = None,
+                  output_dir: Path | None = None, observer: Any = None) -> list[tuple[Claim, bool, str]]:
+    """A login-node observer: claim the due actions it can perform (schedule_nodes only where
+    sbatch exists) and those of dead claimants, in one transaction, then perform them here.
+    Returns (claim, ok, message) per action performed."""
+    from torc_slurm.runner.actions import Context, perform_claims
     from torc_slurm.store import actions as store_actions
     from torc_slurm.store.workflows import workflow_settings
 
-    can_schedule = shutil.which("sbatch") is not None
-    observer = store_actions.Observer(name=source, host_key=host_key(), pid=os.getpid(),
-                                      pid_started=process_started(os.getpid()), can_schedule=can_schedule,
-                                      alive=runner_alive)
+    observer = observer or login_observer(source)
     with db.transaction() as conn:
         claims = store_actions.observe(conn, workflow_id, observer)
     if not claims:
@@ -113,7 +119,7 @@ def login_observe(db: Any, workflow_id: int, source: str, *, site: Any = None, b
     settings = workflow_settings(db, workflow_id)
     output = (output_dir or settings.working_dir / "torc_output").absolute()
     schedule = None
-    if can_schedule:
+    if observer.can_schedule:
         if backend is None:
             from torc_slurm.slurm.backend import get_backend
 
@@ -123,5 +129,5 @@ def login_observe(db: Any, workflow_id: int, source: str, *, site: Any = None, b
 
             site = detect_current_site(backend)
         schedule = make_schedule(db.path, site, backend, output)
-    ctx = Context(db.path, workflow_id, settings.working_dir, output, source, schedule)
+    ctx = Context(db.path, workflow_id, settings.working_dir, output, observer.name, schedule)
     return perform_claims(claims, ctx, db)

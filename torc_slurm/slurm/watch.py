@@ -524,6 +524,7 @@ class Watcher:
         # A workflow that schedules with actions (schedule_nodes) is not also scheduled on demand:
         # the watcher performs its actions instead (see the README's Actions section).
         self._actions_open = False
+        self._action_observer: Any = None
         self.scheduled_by_actions = bool(db.read(
             "SELECT 1 FROM actions WHERE workflow_id = ? AND type = 'schedule_nodes' LIMIT 1", (workflow_id,)))
 
@@ -637,11 +638,14 @@ class Watcher:
     def _perform_actions(self) -> None:
         """The login-node observer of workflow actions (`slurm.actions.login_observe`): those due
         that no runner can perform (compute nodes that cannot submit) and those whose claimant died."""
-        from torc_slurm.slurm.actions import login_observe
+        from torc_slurm.slurm.actions import login_observe, login_observer
 
         try:
+            if self._action_observer is None:  # kept across rounds: it ages claim leases on this clock
+                self._action_observer = login_observer("watch")
             for claim, ok, message in login_observe(self.db, self.workflow_id, "watch", site=self.site,
-                                                    backend=self.backend, output_dir=self.options.output_dir):
+                                                    backend=self.backend, output_dir=self.options.output_dir,
+                                                    observer=self._action_observer):
                 self.say(f"{claim.label}: {message}" + ("" if ok else " (failed)"))
         except TorcError as exc:
             log.warning("workflow actions: %s (tried again next round)", exc)

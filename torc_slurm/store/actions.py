@@ -16,8 +16,8 @@ The exactly-once rule, with no server:
   outcome whose token is no longer current changes nothing and is recorded as late.
 * **Takeover.** A claim is taken over only when its claimant is dead: a runner the liveness
   machinery declared lost (or that signed off without finishing it), a process gone on this host
-  (hard evidence), or a non-runner claimant whose ``lease_at`` went unrenewed for
-  ``TORC_ACTION_LEASE_TIMEOUT`` (600 s) on the observer's clock. The new claim carries the dead
+  (hard evidence), or a non-runner claimant whose ``lease_at`` stood still for
+  ``TORC_ACTION_LEASE_TIMEOUT`` (600 s) on the observer's own monotonic clock (``Observer.seen``). The new claim carries the dead
   claims' tokens (``result.previous``), so a ``schedule_nodes`` retry first asks Slurm for the
   allocations those claims named (see ``runner.actions``).
 """
@@ -69,6 +69,9 @@ class Observer:
     # Under `torc run` there is no Slurm: schedule_nodes actions are recorded as not applicable.
     no_slurm_reason: str | None = None
     alive: Callable[[int, float | None], bool] | None = None
+    # (action id, claim token, lease_at) -> when this observer first saw that lease, on its own
+    # monotonic clock: a claim's lease is aged in queue time, never by another node's timestamps.
+    seen: dict[tuple[int, int, float], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -156,15 +159,17 @@ def rearm(conn: sqlite3.Connection, workflow_id: int) -> int:
 
 # -- observing and claiming -------------------------------------------------------------------------
 def observe(conn: sqlite3.Connection, workflow_id: int, observer: Observer, *,
-            now: float | None = None) -> list[Claim]:
+            clock: float | None = None) -> list[Claim]:
     """Inside the observer's transaction: claim every due action it can perform, and every claim
     whose claimant is dead; record not-applicable ones as skipped. One probe of a partial index
-    when nothing is due (the runner's hot path)."""
+    when nothing is due (the runner's hot path). ``clock``: the observer's monotonic time (tests
+    inject it)."""
     rows = conn.execute("SELECT * FROM actions WHERE workflow_id = ? AND state IN ('due', 'claimed')",
                         (workflow_id,)).fetchall()
     if not rows:
         return []
-    now = time.time() if now is None else now
+    now = time.time()
+    clock = time.monotonic() if clock is None else clock
     claims = []
     for row in rows:
         config = json.loads(row["config"])
@@ -179,7 +184,7 @@ def observe(conn: sqlite3.Connection, workflow_id: int, observer: Observer, *,
             continue
         previous: tuple[int, ...] = ()
         if row["state"] == "claimed":
-            dead = _claimant_dead(conn, row, observer, now)
+            dead = _claimant_dead(conn, row, observer, clock)
             if dead is None:
                 continue
             result = json.loads(row["result"]) if row["result"] else {}
@@ -216,8 +221,10 @@ def _claim(conn: sqlite3.Connection, row: sqlite3.Row, config: dict[str, Any], o
                  previous)
 
 
-def _claimant_dead(conn: sqlite3.Connection, row: sqlite3.Row, observer: Observer, now: float) -> str | None:
-    """Why the claimant of a claimed action is dead, or None while it may be alive."""
+def _claimant_dead(conn: sqlite3.Connection, row: sqlite3.Row, observer: Observer, clock: float) -> str | None:
+    """Why the claimant of a claimed action is dead, or None while it may be alive. A claimant
+    that is not a runner is presumed dead when its lease (``lease_at``) did not move for the
+    timeout on this observer's own clock; a one-shot observer (``init``) never waits that long."""
     if row["claim_runner"] is not None:
         status = conn.execute("SELECT status FROM runners WHERE id = ?", (row["claim_runner"],)).fetchone()
         if status is None or status[0] not in ("active", "fencing"):
@@ -225,8 +232,12 @@ def _claimant_dead(conn: sqlite3.Connection, row: sqlite3.Row, observer: Observe
     if (row["claim_host_key"] is not None and row["claim_host_key"] == observer.host_key
             and observer.alive is not None and not observer.alive(row["claim_pid"], row["claim_pid_started"])):
         return f"is gone (pid {row['claim_pid']} no longer runs on this host)"
-    if row["claim_runner"] is None and now - (row["lease_at"] or row["claimed_at"] or now) > lease_timeout():
-        return f"did not renew its claim for {lease_timeout():.0f} s"
+    if row["claim_runner"] is None:
+        key = (row["id"], row["claim_token"], row["lease_at"])
+        for old in [k for k in observer.seen if k[0] == row["id"] and k != key]:
+            del observer.seen[old]
+        if clock - observer.seen.setdefault(key, clock) > lease_timeout():
+            return f"did not renew its claim for {lease_timeout():.0f} s"
     return None
 
 
