@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -66,7 +67,7 @@ def test_a_simulated_table_stays_within_the_bound_at_an_even_spacing() -> None:
                 table.append(item.t)
             most = max(most, len(table))
     assert most <= 100 and len(table) >= 50
-    gaps = {b - a for a, b in zip(table, table[1:])}
+    gaps = {b - a for a, b in itertools.pairwise(table)}
     assert gaps == {float(series.stride)}  # evenly spaced, at the current stride
 
 
@@ -129,7 +130,7 @@ def test_a_disabled_monitor_keeps_no_series(child) -> None:
 
 
 # -- make_runner: the spec's settings --------------------------------------------------------------------
-def _runner_config(tmp_path: Path, monitor: str, **options):  # noqa: ANN202
+def _runner_config(tmp_path: Path, monitor: str, **options):
     from torc_slurm.runner.resources import detect_node
     from torc_slurm.runner.session import make_runner
     from torc_slurm.store.db import Database

@@ -150,7 +150,7 @@ def _code(row: dict[str, Any]) -> str:
 
 
 def _results_table(rows):
-    from torc_slurm.reports import human_bytes, human_seconds
+    from torc_slurm.reports import human_seconds
 
     table = _table("Attempts")
     table.add_column("job", overflow="fold")
