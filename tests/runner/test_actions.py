@@ -149,3 +149,26 @@ def test_a_site_whose_compute_nodes_cannot_submit_leaves_schedule_nodes_to_the_l
         monkeypatch.setenv("TORC_SITE", str(tmp_path / "site.yaml"))
         performer = _action_performer(tmp_path / "torc.db", tmp_path)
         assert performer.can_schedule is allowed and performer.schedule is not None
+
+
+def test_two_runners_racing_perform_each_action_once(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({"name": "race", "jobs": [
+        *({"name": f"w{i}", "command": "sleep 0.2"} for i in range(12)),
+        {"name": "last", "command": "true", "depends_on_regexes": ["^w"]},
+    ], "actions": [
+        {"trigger_type": "on_workflow_start", "action_type": "run_commands", "commands": ["echo start >> log"]},
+        {"trigger_type": "on_jobs_ready", "action_type": "run_commands", "jobs": ["last"],
+         "commands": ["echo ready >> log"]},
+        {"trigger_type": "on_workflow_complete", "action_type": "run_commands", "commands": ["echo end >> log"]},
+        {"trigger_type": "on_worker_complete", "action_type": "run_commands", "commands": ["echo bye >> workers"]},
+    ]}))
+    torc(tmp_path, "workflows", "create", "spec.yaml")
+    torc(tmp_path, "workflows", "init", "1")  # performs on_workflow_start here
+    runners = [subprocess.Popen([*TORC, "--db", str(tmp_path / "torc.db"), "run", "1", "--num-cpus", "2"],
+                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    for runner in runners:
+        assert runner.wait(timeout=120) == 0, runner.stderr.read() if runner.stderr else ""
+    assert sorted(lines(tmp_path / "log")) == ["end", "ready", "start"]
+    assert lines(tmp_path / "workers") == ["bye", "bye"]  # once per runner
+    assert kinds(tmp_path) == {"action_claimed": 3, "action_done": 5}

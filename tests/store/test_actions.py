@@ -292,3 +292,48 @@ def test_a_reset_rearms_what_it_undoes_and_the_action_happens_once_more(db: Data
     run(queue, runner, ["c"])
     assert sorted(c.index for c in observe(db, wf, A)) == [0, 1]  # once more each, nothing else
     assert len(events(db, wf, "action_claimed")) == 5
+
+
+READY_OR_LATER = set(actions.READY_OR_LATER)
+FINISHED = set(actions.FINISHED_OR_SKIPPED)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_counts_and_states_hold_through_random_runs_and_resets(db: Database, tmp_path: Path, seed: int) -> None:
+    """Random outcomes, partial resets, claims and completions: after every step each job-triggered
+    action's count equals a count of its jobs' statuses, and its state agrees with it (reached ->
+    due or performed; not reached -> waiting, unless a claim is out)."""
+    import random
+
+    from torc_slurm.store.restarts import plan_reset
+
+    rng = random.Random(seed)
+    names = [f"j{i}" for i in range(7)]
+    jobs = [{"name": n, "command": "true", **({"depends_on": rng.sample(names[:i], k=min(i, rng.randint(0, 2)))}
+                                              if i else {})} for i, n in enumerate(names)]
+    chosen = [sorted(rng.sample(names, k=rng.randint(1, 4))) for _ in range(4)]
+    queue = make(db, tmp_path, [{"trigger_type": t, "jobs": c, **RUN}
+                                for t, c in zip(["on_jobs_ready", "on_jobs_complete"] * 2, chosen)], jobs=jobs)
+    wf = queue.workflow_id
+    runner = queue.register_runner(hostname="n", pid=99)
+    for _ in range(25):
+        ready = [r[0] for r in db.read("SELECT name FROM jobs WHERE workflow_id = ? AND status = 'ready'", (wf,))]
+        step = rng.random()
+        if ready and step < 0.6:
+            run(queue, runner, [rng.choice(ready)], status=rng.choice(["completed", "completed", "failed"]))
+        elif step < 0.8:
+            for claim in observe(db, wf, A):
+                if rng.random() < 0.7:
+                    actions.finish(db, claim, True, "ok", {}, source="A")
+        elif db.read("SELECT 1 FROM jobs WHERE workflow_id = ? AND status IN ('failed', 'canceled')", (wf,)):
+            queue.finish_runner(runner)
+            plan_reset(db, wf, failed_only=True).apply(db)
+            runner = queue.register_runner(hostname="n", pid=99)
+        status = {r[0]: r[1] for r in db.read("SELECT name, status FROM jobs WHERE workflow_id = ?", (wf,))}
+        for row, members in zip(rows(db, wf), chosen):
+            wanted = READY_OR_LATER if row["trigger"] == "on_jobs_ready" else FINISHED
+            assert row["reached"] == sum(status[m] in wanted for m in members), (row, status)
+            if row["reached"] >= row["size"]:
+                assert row["state"] in ("due", "claimed", "done", "failed"), row
+            else:
+                assert row["state"] in ("waiting", "claimed"), row
