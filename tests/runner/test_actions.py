@@ -164,11 +164,12 @@ def test_two_runners_racing_perform_each_action_once(tmp_path: Path) -> None:
     ]}))
     torc(tmp_path, "workflows", "create", "spec.yaml")
     torc(tmp_path, "workflows", "init", "1")  # performs on_workflow_start here
+    logs = [(tmp_path / f"runner{i}.err").open("w") for i in range(2)]
     runners = [subprocess.Popen([*TORC, "--db", str(tmp_path / "torc.db"), "run", "1", "--num-cpus", "2"],
-                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-               for _ in range(2)]
-    for runner in runners:
-        assert runner.wait(timeout=120) == 0, runner.stderr.read() if runner.stderr else ""
+                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=log) for log in logs]
+    for i, runner in enumerate(runners):
+        logs[i].close()
+        assert runner.wait(timeout=120) == 0, (tmp_path / f"runner{i}.err").read_text()
     assert sorted(lines(tmp_path / "log")) == ["end", "ready", "start"]
     assert lines(tmp_path / "workers") == ["bye", "bye"]  # once per runner
     assert kinds(tmp_path) == {"action_claimed": 3, "action_done": 5}
