@@ -88,7 +88,9 @@ def file_span(directory: Path) -> tuple[int, float]:
 
 
 # -- torc -----------------------------------------------------------------------------------
-def run_torc(n: int, cores: int, tmp: Path, profile: bool) -> dict:
+def run_torc(n: int, cores: int, tmp: Path, profile: bool, tree: str | None = None) -> dict:
+    """``tree``: import torc_slurm from that checkout instead (PYTHONPATH), e.g. an older commit
+    in a `git worktree`, for before/after rounds interleaved in the same window."""
     spec = {"name": "dispatch",
             "resource_requirements": [{"name": "one", "num_cpus": 1, "memory": "10m", "runtime": "PT1M"}],
             "jobs": [{"name": "j_{i}", "command": "true", "resource_requirements": "one",
@@ -100,7 +102,8 @@ def run_torc(n: int, cores: int, tmp: Path, profile: bool) -> dict:
     argv = [sys.executable, "-c", TORC_WRAPPER, *args]
     if profile:
         argv = [sys.executable, "-m", "cProfile", "-o", str(PROFILE), "-m", "torc_slurm", *args]
-    timed = run_timed(argv, cwd=tmp, env=torc_env(TORC_BENCH_CPU=str(cpu_file)))
+    extra = {"PYTHONPATH": tree} if tree else {}
+    timed = run_timed(argv, cwd=tmp, env=torc_env(TORC_BENCH_CPU=str(cpu_file), **extra))
     result = {"total": timed.seconds, "rc": timed.returncode}
     if timed.returncode != 0:
         result["error"] = tail(timed.stderr + timed.stdout)
@@ -194,7 +197,7 @@ def describe(name: str, n: int, r: dict) -> str:
     if name != "xargs":
         line += f"  | file span {r['file_span']:7.2f} s  {n / max(r['file_span'], 1e-9):7.1f} jobs/s"
         line += f"  ({r['files']:,} files)"
-    if name == "torc":
+    if name.startswith("torc"):
         line += (f"\n             job phase (results) {r['job_phase']:.2f} s = {n / r['job_phase']:.1f} jobs/s;"
                  f" {r['completed']:,} completed for {r['distinct']:,} distinct jobs")
         if "runner_cpu_us_per_job" in r:
@@ -216,11 +219,11 @@ def summarize(n: int, which: list[str], rounds: list[dict]) -> dict:
         if rates:
             out[name] = {"median": statistics.median(rates), "best": max(rates), "worst": min(rates),
                          "spread": max(rates) / min(rates), "rounds": rates}
-        if name == "torc":
-            cpu = [r["torc"]["runner_cpu_us_per_job"] for r in rounds if "runner_cpu_us_per_job" in r["torc"]]
+        if name.startswith("torc") and name in out:
+            cpu = [r[name]["runner_cpu_us_per_job"] for r in rounds if "runner_cpu_us_per_job" in r[name]]
             if cpu:
-                out["torc"]["runner_cpu_us_per_job_median"] = statistics.median(cpu)
-    for other in ("hq", "xargs"):
+                out[name]["runner_cpu_us_per_job_median"] = statistics.median(cpu)
+    for other in ("hq", "xargs", "torc-before"):
         if "torc" in out and other in out:
             per_round = [(n / r["torc"]["total"]) / (n / r[other]["total"]) for r in rounds
                          if "error" not in r["torc"] and "error" not in r[other]]
@@ -240,6 +243,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write the raw per-round figures here "
                         "(default: benchmarks/dispatch_<UTC date and time>.json)")
     parser.add_argument("--label", default="", help="a note stored in the JSON (e.g. the commit)")
+    parser.add_argument("--before-tree", help="also run torc from this checkout each round (tool 'torc-before')")
     parser.add_argument("--hq-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -249,6 +253,8 @@ def main() -> int:
 
     n, cores = args.jobs, args.cores
     which = args.only or ["torc", "hq", "xargs"]
+    if args.before_tree:
+        which = [*which, "torc-before"]
     print(f"dispatch: {n:,} jobs of `true`, stdout/stderr to files, {cores} cores, temp dirs in"
           f" {args.tmpdir or tempfile.gettempdir()}; {machine()}", flush=True)
     started = time.strftime("%Y-%m-%d_%H%M", time.gmtime())
@@ -263,6 +269,7 @@ def main() -> int:
         for name in order:
             with tempfile.TemporaryDirectory(prefix=f"torc-dispatch-{name}-", dir=args.tmpdir) as tmp:
                 r = {"torc": lambda: run_torc(n, cores, Path(tmp), args.profile),
+                     "torc-before": lambda: run_torc(n, cores, Path(tmp), False, args.before_tree),
                      "hq": lambda: run_hq(n, cores, Path(tmp)),
                      "xargs": lambda: run_xargs(n, cores, Path(tmp)),
                      "xargs-bash": lambda: run_xargs_bash(n, cores, Path(tmp))}[name]()
@@ -277,9 +284,10 @@ def main() -> int:
             s = summary[name]
             print(f"  {name:10s} median {s['median']:7.1f}  best {s['best']:7.1f}  worst {s['worst']:7.1f}"
                   f"  spread (max/min) {s['spread']:.2f}  rounds: " + " ".join(f"{v:.0f}" for v in s["rounds"]))
-    if "torc" in summary and "runner_cpu_us_per_job_median" in summary["torc"]:
-        print(f"  torc runner CPU, median: {summary['torc']['runner_cpu_us_per_job_median']:.0f} us/job")
-    for other, target in (("hq", 3.0), ("xargs", 0.5)):
+    for name in ("torc", "torc-before"):
+        if name in summary and "runner_cpu_us_per_job_median" in summary[name]:
+            print(f"  {name} runner CPU, median: {summary[name]['runner_cpu_us_per_job_median']:.0f} us/job")
+    for other, target in (("hq", 3.0), ("xargs", 0.5), ("torc-before", 1.0)):
         key = f"torc/{other}"
         if key in summary:
             print(f"  {key}: ratio of medians {summary[key]['of_medians']:.2f}, median of per-round ratios"
