@@ -51,57 +51,56 @@ CREATE TABLE action_members (
 ) WITHOUT ROWID;
 CREATE INDEX action_members_by_action ON action_members (action_id);
 
--- One index probe per status change of a job no action watches; bulk rewrites (initialize,
--- cancel) are skipped like status_counts and recounted by store/actions.recount.
-CREATE TRIGGER jobs_action_counts AFTER UPDATE OF status ON jobs
-WHEN old.status IS NOT new.status
- AND EXISTS (SELECT 1 FROM action_members WHERE job_id = new.id)
+-- ONE trigger for all of it (each trigger costs a few microseconds per row even when its WHEN
+-- is false): for a workflow without actions, at most one index probe per status change; bulk rewrites
+-- (initialize, cancel) are skipped like status_counts and recounted by store/actions.recount.
+-- Only a change of class matters to any action: not yet ready (uninitialized, blocked) / ready or
+-- held (ready, pending, running) / done (finished or disabled). Claims and starts (ready -> pending
+-- -> running), most of a cycle's changes, skip it before any lookup.
+CREATE TRIGGER jobs_actions AFTER UPDATE OF status ON jobs
+WHEN (old.status IN ('ready', 'pending', 'running')) + 2 * (old.status IN ('completed', 'failed', 'canceled',
+                                                                            'terminated', 'disabled'))
+  != (new.status IN ('ready', 'pending', 'running')) + 2 * (new.status IN ('completed', 'failed', 'canceled',
+                                                                            'terminated', 'disabled'))
+ AND EXISTS (SELECT 1 FROM actions WHERE workflow_id = new.workflow_id)
  AND NOT EXISTS (SELECT 1 FROM status_counts_bulk WHERE workflow_id = new.workflow_id)
 BEGIN
-    UPDATE actions SET reached = reached
-        + (CASE WHEN trigger = 'on_jobs_ready'
+    -- on_jobs_ready / on_jobs_complete: count the job in or out of its actions' trigger state, in
+    -- one statement (SET sees the old row, so the new count is written out twice): due when all
+    -- matched jobs are in it; re-armed (waiting) when a matched job left it, which only resets,
+    -- recover and updates do, so the trigger can happen again (a claim in flight is left alone).
+    UPDATE actions SET
+        reached = reached + (CASE WHEN trigger = 'on_jobs_ready'
                 THEN new.status IN ('ready', 'pending', 'running', 'completed', 'failed', 'canceled', 'terminated',
                                     'disabled')
                 ELSE new.status IN ('completed', 'failed', 'canceled', 'terminated', 'disabled') END)
-        - (CASE WHEN trigger = 'on_jobs_ready'
+            - (CASE WHEN trigger = 'on_jobs_ready'
                 THEN old.status IN ('ready', 'pending', 'running', 'completed', 'failed', 'canceled', 'terminated',
                                     'disabled')
-                ELSE old.status IN ('completed', 'failed', 'canceled', 'terminated', 'disabled') END)
+                ELSE old.status IN ('completed', 'failed', 'canceled', 'terminated', 'disabled') END),
+        state = CASE
+            WHEN size <= 0 THEN state
+            WHEN reached + (CASE WHEN trigger = 'on_jobs_ready'
+                    THEN new.status IN ('ready', 'pending', 'running', 'completed', 'failed', 'canceled', 'terminated',
+                                        'disabled')
+                    ELSE new.status IN ('completed', 'failed', 'canceled', 'terminated', 'disabled') END)
+                - (CASE WHEN trigger = 'on_jobs_ready'
+                    THEN old.status IN ('ready', 'pending', 'running', 'completed', 'failed', 'canceled', 'terminated',
+                                        'disabled')
+                    ELSE old.status IN ('completed', 'failed', 'canceled', 'terminated', 'disabled') END) >= size
+                THEN (CASE WHEN state = 'waiting' THEN 'due' ELSE state END)
+            ELSE (CASE WHEN state IN ('due', 'done', 'failed', 'skipped') THEN 'waiting' ELSE state END) END
     WHERE id IN (SELECT action_id FROM action_members WHERE job_id = new.id);
+    -- on_workflow_complete: due when a job finishes and no job of the workflow is unfinished ...
     UPDATE actions SET state = 'due'
-    WHERE id IN (SELECT action_id FROM action_members WHERE job_id = new.id)
-      AND state = 'waiting' AND size > 0 AND reached >= size;
-    -- A matched job left the trigger's state (only resets, recover and updates do that): the
-    -- trigger can happen again, so the action is re-armed (a claim in flight is left alone).
-    UPDATE actions SET state = 'waiting'
-    WHERE id IN (SELECT action_id FROM action_members WHERE job_id = new.id)
-      AND state IN ('due', 'done', 'failed', 'skipped') AND reached < size;
-END;
-
--- on_workflow_complete: when a job finishes and no job of its workflow is unfinished any more.
-CREATE TRIGGER jobs_workflow_complete_action AFTER UPDATE OF status ON jobs
-WHEN old.status IS NOT new.status
- AND new.status IN ('completed', 'failed', 'canceled', 'terminated', 'disabled')
- AND EXISTS (SELECT 1 FROM actions WHERE workflow_id = new.workflow_id AND trigger = 'on_workflow_complete'
-             AND state = 'waiting')
- AND NOT EXISTS (SELECT 1 FROM status_counts_bulk WHERE workflow_id = new.workflow_id)
-BEGIN
-    UPDATE actions SET state = 'due'
-    WHERE workflow_id = new.workflow_id AND trigger = 'on_workflow_complete' AND state = 'waiting'
+    WHERE new.status IN ('completed', 'failed', 'canceled', 'terminated', 'disabled')
+      AND workflow_id = new.workflow_id AND trigger = 'on_workflow_complete' AND state = 'waiting'
       AND NOT EXISTS (SELECT 1 FROM jobs WHERE workflow_id = new.workflow_id
                       AND status IN ('uninitialized', 'blocked', 'ready', 'pending', 'running'));
-END;
-
--- A finished job runs again (reset, recover, update): the workflow will complete again, and its
--- on_workflow_complete actions happen again then.
-CREATE TRIGGER jobs_workflow_complete_rearm AFTER UPDATE OF status ON jobs
-WHEN old.status IN ('completed', 'failed', 'canceled', 'terminated', 'disabled')
- AND new.status IN ('uninitialized', 'blocked', 'ready', 'pending', 'running')
- AND EXISTS (SELECT 1 FROM actions WHERE workflow_id = new.workflow_id AND trigger = 'on_workflow_complete'
-             AND state IN ('due', 'done', 'failed', 'skipped'))
- AND NOT EXISTS (SELECT 1 FROM status_counts_bulk WHERE workflow_id = new.workflow_id)
-BEGIN
+    -- ... and re-armed when a finished job runs again (reset, recover, update).
     UPDATE actions SET state = 'waiting'
-    WHERE workflow_id = new.workflow_id AND trigger = 'on_workflow_complete'
+    WHERE old.status IN ('completed', 'failed', 'canceled', 'terminated', 'disabled')
+      AND new.status IN ('uninitialized', 'blocked', 'ready', 'pending', 'running')
+      AND workflow_id = new.workflow_id AND trigger = 'on_workflow_complete'
       AND state IN ('due', 'done', 'failed', 'skipped');
 END;
