@@ -366,7 +366,7 @@ class _Compiler:
         lists = {f: [compile_template(t, known) for t in getattr(entry, f)] for f in _list_fields(entry)}
         env = {k: compile_template(v, known) for k, v in entry.env.items()}
         combos = list(_combos(params, entry.parameter_mode, entry.name, "parameters"))
-        named = scalars["name"].names  # type: ignore[union-attr]
+        named = scalars["name"].names if scalars["name"] else frozenset()  # an empty name is refused later
         if len(named) < len(known):
             return self._gather(entry_index, entry.name, named, scalars, lists, env, combos)
         # Render only what varies; the constant fields and lists are shared by every expanded job.

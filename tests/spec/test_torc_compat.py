@@ -504,3 +504,10 @@ def test_compat_script_refuses_an_sbatch_conflict(tmp_path: Path, capsys: pytest
     assert _compat_module().main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "sbatch script of scheduler 'g'" in out and "0 accepted, 1 refused" in out
+
+
+def test_an_empty_name_with_parameters_is_a_spec_error_not_a_crash() -> None:
+    spec = parse_spec("name: w\njobs:\n  - {name: '', command: 'x {i}', parameters: {i: '1:2'}}\n")
+    with pytest.raises(SpecError) as info:
+        compile_workflow(spec)
+    assert info.value.field in ("name", "command")

@@ -6,10 +6,10 @@ in ``spec.limits``: only regular files of at most 64 MiB of UTF-8 text are read 
 a directory is refused before it is opened, so nothing blocks), YAML goes through the bounded reader
 in ``spec.safe_yaml``, and a ``.json`` file is read as JSON (duplicate keys refused there too).
 
-A ``.json5`` file, and a ``.json`` file that is not strict JSON, is read with the ``json5`` package
-(comments, unquoted keys, trailing commas, single quotes), after strict JSON is tried, which is ~100x
-faster. Its nesting is measured before it is parsed (``json5`` recurses). Line numbers of a JSON or
-JSON5 spec come from the YAML composer run over the text, comments blanked, only when an error needs one.
+A ``.json5`` file, and a ``.json`` file that is not strict JSON, is read with ``pyjson5`` (comments,
+unquoted keys, trailing commas, single quotes, hex), after strict JSON is tried. Line numbers of a JSON
+or JSON5 spec come from the YAML composer run over the text, comments blanked, only when an error
+needs one.
 torc's third format, KDL, is refused with a message (see the README's "torc spec compatibility").
 """
 
@@ -19,7 +19,6 @@ import json
 import os
 import re
 import stat
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -199,90 +198,106 @@ def _load_json(text: str, source: str, json5_too: bool = False) -> Any:
     return data
 
 
-# JSON5's strings and comments, and the brackets that nest (for the depth measured before parsing).
-_JSON5_TOKENS = re.compile(r""""(?:\\.|[^"\\])*"?|'(?:\\.|[^'\\])*'?|//[^\n]*|/\*.*?(?:\*/|\Z)|[\[\]{}]""", re.S)
-_JSON5_ERROR = re.compile(r"^<string>:(\d+) (.*)$", re.S)
-_JSON5_FRAMES_PER_LEVEL = 40  # Python frames json5's recursive parser takes per nesting level (measured: <20)
-
-
-def _json5_int(text: str, base: int = 10) -> int:
-    digits = len(text.lstrip("+-")) - (2 if base == 16 else 0)
-    if digits > MAX_INTEGER_DIGITS:
-        raise _JsonRefused(f"an integer of {digits:,} digits is too long (at most {MAX_INTEGER_DIGITS:,})")
-    return int(text, base)
+# JSON5 tokens: strings, comments, punctuation, and bare words (keys, numbers, literals).
+_JSON5_TOKENS = re.compile(r""""(?:\\.|[^"\\])*"?|'(?:\\.|[^'\\])*'?|//[^\n]*|/\*.*?(?:\*/|\Z)|[\[\]{}:,]|[^\s\[\]{}:,"'/]+|/""",
+                           re.S)
+_JSON5_NEAR = re.compile(r"(?: starting)? near (\d+)")
+_LONG_NUMBER = re.compile(r"\d{%d}" % (MAX_INTEGER_DIGITS + 1))
 
 
 def _load_json5(text: str, source: str, try_json: bool = True) -> Any:
-    """JSON5 (strict JSON first: the same result, much faster). Errors name the line."""
+    """JSON5 with ``pyjson5`` (C; strict JSON is tried first, which is faster still). Errors name the
+    line; duplicate keys, nesting and long integers are refused as for JSON."""
     if try_json:
         try:
             return _load_json(text, source)
         except SpecError as exc:
             if not exc.message.startswith("not valid JSON:"):
                 raise
-    import json5  # noqa: PLC0415 - only JSON5 that is not JSON pays for it
+    import pyjson5  # noqa: PLC0415 - only JSON5 that is not JSON pays for the import
 
     text = text.removeprefix("\ufeff")
-    _check_json5_depth(text, source)
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, (MAX_NESTING + 10) * _JSON5_FRAMES_PER_LEVEL))
     try:
-        data = json5.loads(text, object_pairs_hook=_json_object, parse_int=_json5_int)
-    except _JsonRefused as exc:
-        try:  # the YAML reader finds a duplicate key with both lines
+        data = pyjson5.decode(text, maxdepth=MAX_NESTING)
+    except pyjson5.Json5NestingTooDeep as exc:
+        raise SpecError(f"the spec is nested more than {MAX_NESTING} levels deep", file=source,
+                        line=_json5_error_line(text, exc)) from None
+    except pyjson5.Json5Exception as exc:
+        message = _JSON5_NEAR.sub("", str(exc.args[0]) if exc.args else type(exc).__name__)
+        reason = re.sub(r"U\+([0-9A-Fa-f]{4,6})", lambda m: repr(chr(int(m[1], 16))),
+                        re.sub(r"b'([^']*)'", r"\1", message))  # "Stray b'comma'", "Expected U+005c"
+        raise SpecError(f"not valid JSON5: {reason}", file=source, line=_json5_error_line(text, exc)) from None
+    except (ValueError, TypeError, MemoryError, RecursionError, ArithmeticError) as exc:
+        raise SpecError(f"cannot read the JSON5: {exc}", file=source) from None
+    duplicate = _json5_duplicate_key(text)
+    if duplicate:
+        try:  # the YAML reader names the entry and field too, when it can read the text
             safe_yaml.compose(_blank_comments(text))
         except safe_yaml.LimitError as located:
             raise _limit_error(located, source) from None
         except Exception:  # noqa: BLE001 - only a better message was at stake
             pass
-        raise SpecError(str(exc), file=source) from None
-    except RecursionError:
-        raise SpecError(f"the spec is nested more than {MAX_NESTING} levels deep", file=source) from None
-    except ValueError as exc:
-        match = _JSON5_ERROR.match(str(exc))
-        if match:
-            raise SpecError(f"not valid JSON5: {match[2]}", file=source, line=int(match[1])) from None
-        raise SpecError(f"not valid JSON5: {exc}", file=source) from None
-    except (TypeError, MemoryError, ArithmeticError) as exc:
-        raise SpecError(f"cannot read the JSON5: {exc}", file=source) from None
-    finally:
-        sys.setrecursionlimit(limit)
+        key, first, again = duplicate
+        raise SpecError(f"duplicate key {short_repr(key)} (first at line {first}, again at line {again})",
+                        file=source, line=again) from None
+    if _LONG_NUMBER.search(text):
+        _check_integers(data, source)
     _check_depth(data, source)
-    if _SURROGATE_ESCAPE.search(text):
-        data = _join_surrogates(data)
     return data
 
 
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abAB]")
-_SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+def _json5_error_line(text: str, exc: Exception) -> int | None:
+    match = _JSON5_NEAR.search(str(exc.args[0]) if exc.args else "")
+    return text.count("\n", 0, int(match[1])) + 1 if match else None
 
 
-def _join_surrogates(value: Any) -> Any:
-    """json5 decodes an escaped surrogate pair ("\\ud83d\\ude00") as two lone surrogates; JSON (and
-    torc) read one character. Pairs are joined here; a lone surrogate stays, and is refused later."""
-    if isinstance(value, str):
-        if not _SURROGATE_PAIR.search(value):
-            return value
-        return _SURROGATE_PAIR.sub(lambda m: m[0].encode("utf-16-le", "surrogatepass").decode("utf-16-le"), value)
-    if isinstance(value, list):
-        return [_join_surrogates(item) for item in value]
-    if isinstance(value, dict):
-        return {_join_surrogates(key): _join_surrogates(item) for key, item in value.items()}
-    return value
+def _json5_duplicate_key(text: str) -> tuple[str, int, int] | None:
+    """The first key written twice in one object of a valid JSON5 text: (key, first line, second line)."""
+    import pyjson5  # noqa: PLC0415
+
+    stack: list[dict[str, int] | None] = []  # per open container: an object's keys (-> offset), None for a list
+    pending: re.Match[str] | None = None
+    for token in _JSON5_TOKENS.finditer(text):
+        first = token[0][0]
+        if first == "/" and token[0][:2] in ("//", "/*"):
+            continue
+        if first in "{[":
+            stack.append({} if first == "{" else None)
+            pending = None
+        elif first in "}]":
+            if stack:
+                stack.pop()
+            pending = None
+        elif first == ":":
+            keys = stack[-1] if stack else None
+            if pending is not None and keys is not None:
+                key = pending[0]
+                if key[0] in "\"'":
+                    key = pyjson5.decode(key if key[0] == '"' else f"[{key}]")
+                    key = key[0] if isinstance(key, list) else key
+                if key in keys:
+                    return key, text.count("\n", 0, keys[key]) + 1, text.count("\n", 0, pending.start()) + 1
+                keys[key] = pending.start()
+            pending = None
+        elif first == ",":
+            pending = None
+        else:
+            pending = token
+    return None
 
 
-def _check_json5_depth(text: str, source: str) -> None:
-    """Refuse nesting deeper than ``MAX_NESTING`` before the recursive parser sees it."""
-    depth = 0
-    for match in _JSON5_TOKENS.finditer(text):
-        token = match[0]
-        if token in "[{":
-            depth += 1
-            if depth > MAX_NESTING:
-                raise SpecError(f"the spec is nested more than {MAX_NESTING} levels deep", file=source,
-                                line=text.count("\n", 0, match.start()) + 1)
-        elif token in "]}":
-            depth -= 1
+def _check_integers(data: Any, source: str) -> None:
+    """No integer longer than ``MAX_INTEGER_DIGITS`` digits (JSON5 numbers are not parsed by our hook)."""
+    stack = [data]
+    most = 10 ** MAX_INTEGER_DIGITS
+    while stack:
+        value = stack.pop()
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= most:
+            raise SpecError(f"an integer of more than {MAX_INTEGER_DIGITS:,} digits is too long", file=source)
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 def _blank_comments(text: str) -> str:
