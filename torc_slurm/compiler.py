@@ -149,6 +149,12 @@ class CompiledWorkflow:
         }
 
 
+# Read-only stand-ins shared by many jobs: CompiledJob.env when a job has none (nothing writes a
+# compiled job's env), and an _Expanded's text and lists once its CompiledJob is built.
+_NO_ENV: dict[str, str] = {}
+_SPENT: dict[str, Any] = {}
+
+
 @dataclass(slots=True)
 class _Expanded:
     entry: int  # index of the spec entry
@@ -234,8 +240,11 @@ class _Compiler:
         ranks = _ranks(resolved, [self.spec.jobs[job.entry].priority for job in jobs],
                        self.spec.jobs_sort_method)
         flags = [self._flags(e) for e in self.spec.jobs]
-        compiled = [_job(job, flags[job.entry], resolved[i], ranks[i], job_sets[i], inputs[i], outputs[i],
-                         data_in[i], data_out[i]) for i, job in enumerate(jobs)]
+        compiled = []
+        for i, job in enumerate(jobs):
+            compiled.append(_job(job, flags[job.entry], resolved[i], ranks[i], job_sets[i], inputs[i], outputs[i],
+                                 data_in[i], data_out[i]))
+            job.text = job.lists = _SPENT  # a million-job sweep never holds both forms of every job
         for number, group in enumerate(groups):
             for member in group.members:
                 compiled[member].group = number
@@ -377,6 +386,9 @@ class _Compiler:
         var_lists = [(f, ts) for f, ts in lists.items() if f not in const_lists]
         const_env = not any(t.names for t in env.values())
         env_text = {k: v.text for k, v in env.items()}
+        # No list varies and no regex adds to one (_match_name_regexes writes into it): every job
+        # of the entry can share one dict, which a million-job sweep notices.
+        shared_lists = not var_lists and not _has_regexes(entry)
         expanded = []
         try:
             for combo in combos:
@@ -384,7 +396,7 @@ class _Compiler:
                 for f, t in var_text:
                     text[f] = t.render(combo)
                 text["env"] = env_text if const_env else {k: v.render(combo) for k, v in env.items()}
-                item_lists = const_lists.copy()
+                item_lists = const_lists if shared_lists else const_lists.copy()
                 for f, ts in var_lists:
                     item_lists[f] = [t.render(combo) for t in ts]
                 expanded.append(_Expanded(entry_index, text["name"], text, item_lists))
@@ -639,7 +651,7 @@ def _job(job: _Expanded, flags: tuple[int, bool, bool, int, str | None, bool, fl
     rr_name, f, scheduler = resolved
     env = text["env"]
     return CompiledJob(  # positional, in field order (checked above)
-        job.name, text["command"] or "", text["invocation_script"], dict(env) if env else {},  # type: ignore[arg-type]
+        job.name, text["command"] or "", text["invocation_script"], dict(env) if env else _NO_ENV,  # type: ignore[arg-type]
         f.cpus, f.gpus, f.nodes, f.memory_bytes, f.runtime_s, rr_name, scheduler, flags[0], flags[1], flags[2],
         depset, inputs, outputs, data_in, data_out, rank, *flags[3:])
 

@@ -190,7 +190,7 @@ class Database:
 
     # -- transactions --------------------------------------------------------------------------
     @contextmanager
-    def transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, write: bool = True, foreign_keys: bool = True) -> Iterator[sqlite3.Connection]:
         """Hold the external lock and one SQLite transaction; commit, or roll back on error.
         ``write=False`` begins it deferred (no SQLite write lock until something is written), which
         lets reads pass a process that holds the file for reading without our lock.
@@ -198,21 +198,28 @@ class Database:
         On any failure the connection is left outside any transaction, the lock is released, and one
         error is raised: the body's own exception, or a domain error for what the environment did
         (a sqlite3 error from the body, BEGIN or COMMIT that ``QueueUnavailable``/``QueueReadOnly``/
-        ``QueueCorrupt`` describe; the sqlite3 error is its ``__cause__``)."""
+        ``QueueCorrupt`` describe; the sqlite3 error is its ``__cause__``).
+
+        ``foreign_keys=False``: for bulk inserts whose references the caller builds itself (a new
+        workflow's ids), where SQLite's per-row check is a third of the insert's cost."""
         with self.lock.held():
-            self._begin(write=write)
+            self._begin(write=write, foreign_keys=foreign_keys)
             try:
-                yield self._connection()
-                self.lock.confirm_held()
-            except BaseException as exc:
-                self._fail(exc)
-            self._commit()
+                try:
+                    yield self._connection()
+                    self.lock.confirm_held()
+                except BaseException as exc:
+                    self._fail(exc)
+                self._commit()
+            finally:
+                if not foreign_keys and self._conn is not None:
+                    self._conn.execute("PRAGMA foreign_keys=ON")  # outside the transaction, as it must be
 
     def _connection(self) -> sqlite3.Connection:
         assert self._conn is not None, "the database is not open"
         return self._conn
 
-    def _begin(self, *, write: bool = True) -> None:
+    def _begin(self, *, write: bool = True, foreign_keys: bool = True) -> None:
         if self._reopen_needed:
             self._reopen()
         conn = self._connection()
@@ -220,6 +227,8 @@ class Database:
             log.warning("a transaction was left open on %s; rolling it back", self.path)
             self._abandon(None)
         try:
+            if not foreign_keys:
+                conn.execute("PRAGMA foreign_keys=OFF")
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         except sqlite3.Error as exc:
             self._fail(exc)

@@ -49,7 +49,7 @@ def add_workflow(db: Database, compiled: CompiledWorkflow, *, working_dir: str |
     'uninitialized' until ``initialize_workflow``."""
     spec = compiled.spec
     now = time.time()
-    with db.transaction() as conn:
+    with db.transaction(foreign_keys=False) as conn:  # every id below is allocated here
         workflow_id = next_ids(conn, "workflows")
         conn.execute(
             "INSERT INTO workflows (id, name, description, user, project, spec_source, spec_json, working_dir,"
