@@ -56,7 +56,30 @@ def test_actions_compile_with_their_jobs_resolved() -> None:
         (3, "on_worker_start", ())]
 
 
+def test_jobs_on_a_workflow_trigger_are_checked_but_wait_for_nothing() -> None:
+    """torc's own examples name the first stage's jobs on on_workflow_start: accepted, every name
+    must exist, and the action still fires on the workflow event, not on those jobs."""
+    compiled = compile_text(YAML_HEAD + """  - trigger_type: on_workflow_start
+    action_type: schedule_nodes
+    scheduler: big
+    jobs: [prep_1, prep_2]
+""")
+    assert [(a.spec.trigger_type, a.jobs) for a in compiled.actions] == [("on_workflow_start", ())]
+    with pytest.raises(SpecError) as info:
+        compile_text(YAML_HEAD + """  - trigger_type: on_workflow_complete
+    action_type: run_commands
+    commands: ["true"]
+    jobs: [prep_9]
+""")
+    assert info.value.field == "actions.0.jobs.0" and "unknown job 'prep_9'" in info.value.message
+
+
 BAD = [
+    ("""  - trigger_type: on_worker_start
+    action_type: run_commands
+    commands: ["true"]
+    jobs: [final]
+""", "actions.0", "belong to on_jobs_ready"),
     ("""  - trigger_type: on_jobs_ready
     action_type: run_commands
     commands: ["true"]

@@ -31,7 +31,7 @@ def workflows() -> None:
 @format_option
 @pass_app
 def create(app: App, spec: Path, dry_run: bool, fmt: str) -> None:
-    """Compile SPEC (YAML or JSON) into a new workflow.
+    """Compile SPEC (YAML, JSON or JSON5; a torc spec as it is, or an OSMO workflow) into a new workflow.
 
     Prints the new workflow's id and what it holds: jobs, dependency sets, logical dependencies
     (one per job and prerequisite pair), the dependency rows actually stored, and files. The

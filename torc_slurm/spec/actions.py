@@ -87,8 +87,10 @@ class ActionSpec(BaseModel):
         if trigger in JOB_TRIGGERS:
             if not self.jobs and not self.job_name_regexes:
                 raise ValueError(f"{trigger} needs jobs or job_name_regexes (the jobs it waits for)")
-        elif self.jobs or self.job_name_regexes:
+        elif (self.jobs or self.job_name_regexes) and trigger in WORKER_TRIGGERS:
             raise ValueError(f"jobs and job_name_regexes belong to on_jobs_ready / on_jobs_complete, not {trigger}")
+        # On on_workflow_start / on_workflow_complete they are checked (every name must exist) and
+        # otherwise only describe the action, as in torc, which resolves them and fires on the event.
         if self.persistent and trigger not in WORKER_TRIGGERS:
             raise ValueError("persistent (once per runner) applies only to on_worker_start / on_worker_complete; "
                              f"{trigger} runs exactly once per trigger")
@@ -144,5 +146,7 @@ def resolve_actions(actions: Sequence[ActionSpec], job_names: Mapping[str, int],
             if not found:
                 raise error(f"regex {pattern!r} matches no job", field=f"{where}.job_name_regexes.{position}")
             members |= found
+        if action.trigger_type not in JOB_TRIGGERS:
+            members = set()  # descriptive only (see ActionSpec._consistent): nothing waits for them
         out.append(CompiledAction(index, action, tuple(sorted(members))))
     return out
