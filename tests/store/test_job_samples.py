@@ -1,5 +1,5 @@
 """``job_samples`` (schema 12): rows and Thin marks written in the runner's cycle transaction, the
-per-attempt bound, reads, deletion with the workflow, and migrations that land out of number order.
+per-attempt bound, reads, deletion with the workflow, and migration numbering.
 """
 
 from __future__ import annotations
@@ -89,39 +89,7 @@ def test_deleting_the_workflow_deletes_its_samples(db: Database, tmp_path: Path)
     assert len(db.read("SELECT * FROM job_samples")) == 1
 
 
-# -- migrations that land out of order ---------------------------------------------------------------
-def test_a_migration_that_lands_after_a_later_one_is_applied_then(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """A build without migration N-1 migrates a queue to N and records the gap; the build that has
-    N-1 applies it when it opens that queue, and the record goes."""
-    newest = db_module.SCHEMA_VERSION
-    late = newest - 1
-    path = tmp_path / "old.db"
-    Database(path).close()  # a queue at version 1 … newest, made by this build
-    with monkeypatch.context() as patch:
-        patch.setattr(db_module, "SCHEMA_VERSION", 1)
-        Database(tmp_path / "v1.db").close()
-    steps = dict(db_module.MIGRATIONS)
-    late_sql = steps.pop(late)
-    with monkeypatch.context() as patch:  # the build where N-1 has not landed yet
-        patch.setattr(db_module, "MIGRATIONS", steps)
-        early = Database(tmp_path / "v1.db")
-        assert early.read("SELECT version FROM schema_skipped")[0][0] == late
-        assert early.read("PRAGMA user_version")[0][0] == newest
-        early.close()
-    marker = f"late_{late}"
-    with monkeypatch.context() as patch:  # N-1 lands (here: made recognisable by a table of its own)
-        patch.setitem(db_module.MIGRATIONS, late, late_sql + f"\nCREATE TABLE {marker} (x INTEGER);")
-        upgraded = Database(tmp_path / "v1.db")
-        names = {r[0] for r in upgraded.read("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert marker in names and "schema_skipped" not in names
-        assert upgraded.read("PRAGMA user_version")[0][0] == newest
-        upgraded.close()
-        again = Database(path)  # a queue that never skipped anything is left alone
-        assert marker not in {r[0] for r in again.read("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        again.close()
-
-
+# -- migration numbering -------------------------------------------------------------------------
 def test_two_migrations_with_one_number_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from importlib import resources
 

@@ -39,9 +39,7 @@ DEFAULT_BUSY_TIMEOUT = 30.0  # s SQLite waits for its own lock, held only by pro
 
 def _load_migrations() -> dict[int, str]:
     """version -> SQL that upgrades from version-1: ``schema.sql`` is version 1, then each
-    ``migrations/NNN_*.sql`` is version NNN. A number may be missing (a migration written at the
-    same time as a later one lands after it): queues migrated past the gap record it, and the step
-    is applied when it arrives (see `Database._prepare`). Two files with one number are refused."""
+    ``migrations/NNN_*.sql`` is version NNN, numbered without gaps."""
     package = resources.files("torc_slurm.store")
     steps = {1: package.joinpath("schema.sql").read_text()}
     for entry in package.joinpath("migrations").iterdir():
@@ -50,6 +48,8 @@ def _load_migrations() -> dict[int, str]:
             if number in steps:
                 raise RuntimeError(f"two schema migrations are numbered {number}")
             steps[number] = entry.read_text()
+    if sorted(steps) != list(range(1, len(steps) + 1)):
+        raise RuntimeError(f"schema migrations are not numbered 1..N: {sorted(steps)}")
     return steps
 
 
@@ -160,33 +160,17 @@ class Database:
             self._set_pragmas()
         except sqlite3.Error as exc:
             self._fail(exc, during="open")
-        skipped = self._skipped_steps() if not fresh else set()
-        steps = sorted(v for v in MIGRATIONS if (version < v <= SCHEMA_VERSION) or v in skipped)
-        if steps:
+        if version < SCHEMA_VERSION:
             self._begin()
             try:
-                for step in steps:
+                for step in range(version + 1, SCHEMA_VERSION + 1):
                     for statement in _statements(MIGRATIONS[step]):
                         conn.execute(statement)
-                # Numbers this build lacks below its newest step: the build that has them applies them.
-                gaps = (skipped - set(steps)) | {v for v in range(version + 1, SCHEMA_VERSION + 1)
-                                                 if v not in MIGRATIONS}
-                conn.execute("DROP TABLE IF EXISTS schema_skipped")
-                if gaps:
-                    conn.execute("CREATE TABLE schema_skipped (version INTEGER PRIMARY KEY)")
-                    conn.executemany("INSERT INTO schema_skipped VALUES (?)", [(v,) for v in sorted(gaps)])
                 conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-                conn.execute(f"PRAGMA user_version={max(version, SCHEMA_VERSION)}")
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             except BaseException as exc:
                 self._fail(exc)
             self._commit()
-
-    def _skipped_steps(self) -> set[int]:
-        """Migration numbers this queue was migrated past without (they landed later)."""
-        conn = self._connection()
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_skipped'").fetchone():
-            return {row[0] for row in conn.execute("SELECT version FROM schema_skipped")}
-        return set()
 
     # -- transactions --------------------------------------------------------------------------
     @contextmanager
