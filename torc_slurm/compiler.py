@@ -27,6 +27,7 @@ from torc_slurm.errors import SpecError
 from torc_slurm.spec.limits import MAX_DEPENDENCY_ROWS, MAX_JOBS, short_repr, short_text
 from torc_slurm.spec.models import (
     DEFAULT_RESOURCES_NAME,
+    NAME_PATTERN,
     JobSpec,
     ResourceRequirements,
     SlurmScheduler,
@@ -344,6 +345,7 @@ class _Compiler:
         return result
 
     def _expand_jobs(self) -> list[_Expanded]:
+        name_allowed = NAME_PATTERN.fullmatch  # validate_name's rule, inlined for a million names
         jobs: list[_Expanded] = []
         where = self._entries
         plans = self._plan("job", self.spec.jobs, _job_texts)
@@ -357,7 +359,8 @@ class _Compiler:
             else:
                 expanded = self._expand_entry(entry_index, entry, params)
             for item in expanded:
-                _check_name("job", item.name, entry.name)
+                if not name_allowed(item.name) or ".." in item.name or item.name == ".":
+                    _check_name("job", item.name, entry.name)  # raises, saying why
                 if item.name in where:
                     raise SpecError(
                         f"two jobs are named {short_repr(item.name)} after parameter expansion "
@@ -374,10 +377,10 @@ class _Compiler:
                    for f in _JOB_TEXT_FIELDS}
         lists = {f: [compile_template(t, known) for t in getattr(entry, f)] for f in _list_fields(entry)}
         env = {k: compile_template(v, known) for k, v in entry.env.items()}
-        combos = list(_combos(params, entry.parameter_mode, entry.name, "parameters"))
+        combos = _combos(params, entry.parameter_mode, entry.name, "parameters")  # one at a time: 1M dicts are 200 MB
         named = scalars["name"].names if scalars["name"] else frozenset()  # an empty name is refused later
         if len(named) < len(known):
-            return self._gather(entry_index, entry.name, named, scalars, lists, env, combos)
+            return self._gather(entry_index, entry.name, named, scalars, lists, env, list(combos))
         # Render only what varies; the constant fields and lists are shared by every expanded job.
         const_text: dict[str, Any] = {f: t.text if t else None for f, t in scalars.items()
                                       if t is None or not t.names}
@@ -389,18 +392,23 @@ class _Compiler:
         # No list varies and no regex adds to one (_match_name_regexes writes into it): every job
         # of the entry can share one dict, which a million-job sweep notices.
         shared_lists = not var_lists and not _has_regexes(entry)
+        # The loop below runs once per job of a sweep: str.format_map straight on each field's
+        # format string (Template.render's fast path without its call); a failure is explained below.
+        var_formats = [(f, t.fmt) for f, t in var_text]  # compile_template always sets fmt
         expanded = []
+        append = expanded.append
+        combo: dict[str, Any] = {}
         try:
             for combo in combos:
                 text = const_text.copy()
-                for f, t in var_text:
-                    text[f] = t.render(combo)
+                for f, fmt in var_formats:
+                    text[f] = fmt.format_map(combo)
                 text["env"] = env_text if const_env else {k: v.render(combo) for k, v in env.items()}
                 item_lists = const_lists if shared_lists else const_lists.copy()
                 for f, ts in var_lists:
                     item_lists[f] = [t.render(combo) for t in ts]
-                expanded.append(_Expanded(entry_index, text["name"], text, item_lists))
-        except ValueError:  # say which field failed: render the failing combination field by field
+                append(_Expanded(entry_index, text["name"], text, item_lists))
+        except (ValueError, TypeError):  # say which field failed: render the failing combination field by field
             for f, t in [*var_text, *((f"env.{k}", v) for k, v in env.items()),
                          *((f, t) for f, ts in var_lists for t in ts)]:
                 _render(t, combo, entry.name, f)

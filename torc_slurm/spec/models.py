@@ -28,7 +28,7 @@ _SLURM_WORD = re.compile(r"^[A-Za-z0-9_.,+:=@%/\-\[\]]+$")
 _SLURM_SIZE = re.compile(r"^\d+[KMGTkmgt]?[Bb]?$")
 _EXTRA_OPTION = re.compile(r"^--?[A-Za-z][A-Za-z0-9\-]*(=[^\x00-\x1f\x7f]*)?$")
 # Name used for a job/file/scheduler: also reaches file paths, so no separators or dot-dot.
-_NAME = re.compile(r"^[A-Za-z0-9_.+\-@=,:\[\]{}() ]+$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.+\-@=,:\[\]{}() ]+$")
 
 DEFAULT_RESOURCES_NAME = "default"
 
@@ -494,7 +494,7 @@ class WorkflowSpec(StrictModel):
 
 def validate_name(kind: str, name: str) -> None:
     """An expanded job/file/user_data name: printable, no path separators, not '.' or '..'."""
-    if not name or not _NAME.fullmatch(name) or name in {".", ".."} or ".." in name:
+    if not name or not NAME_PATTERN.fullmatch(name) or name in {".", ".."} or ".." in name:
         raise ValueError(
             f"{kind} name {short_repr(name)} is not allowed: use letters, digits, spaces and _.+-@=,:()[]{{}}"
             " (no '/', no '..', no control characters)"
