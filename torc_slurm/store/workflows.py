@@ -6,9 +6,10 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 from torc_slurm.compiler import CompiledWorkflow, job_hash
@@ -43,13 +44,29 @@ class WorkflowRow:
                    row["working_dir"], row["spec_source"], row["created_at"])
 
 
+@contextmanager
+def _page_cache(conn: sqlite3.Connection, jobs: int) -> Iterator[None]:
+    """A larger SQLite page cache while a big workflow's rows and index entries go in (64 MiB from
+    100,000 jobs; the default 2 MiB makes every index insert of a million rows a read from the OS:
+    a 1M-job sweep's add_workflow 19.6 -> 14.7 s), back to the connection's own size after."""
+    if jobs < 100_000:
+        yield
+        return
+    before = conn.execute("PRAGMA cache_size").fetchone()[0]
+    conn.execute("PRAGMA cache_size=-65536")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA cache_size={int(before)}")
+
+
 def add_workflow(db: Database, compiled: CompiledWorkflow, *, working_dir: str | Path,
                  source: str | None = None) -> int:
     """Write the whole compiled workflow in one transaction; returns its id. Jobs start
     'uninitialized' until ``initialize_workflow``."""
     spec = compiled.spec
     now = time.time()
-    with db.transaction(foreign_keys=False) as conn:  # every id below is allocated here
+    with db.transaction(foreign_keys=False) as conn, _page_cache(conn, len(compiled.jobs)):  # ids allocated here
         workflow_id = next_ids(conn, "workflows")
         conn.execute(
             "INSERT INTO workflows (id, name, description, user, project, spec_source, spec_json, working_dir,"
