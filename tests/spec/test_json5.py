@@ -142,6 +142,19 @@ def test_huge_integer_is_refused(tmp_path: Path) -> None:
     assert "digits" in error.message
 
 
+@pytest.mark.parametrize("literal", ["0x" + "f" * 5000, "-0X" + "A" * 900, "0x1" + "0" * 831])
+def test_huge_hex_integer_is_refused_not_a_traceback(tmp_path: Path, literal: str) -> None:
+    path = write(tmp_path, "{name: 'w', jobs: [{name: 'a', command: 'x'}], user_data: [{name: 'd', data: "
+                 + literal + "}]}")
+    assert "digits" in error_of(path).message
+
+
+def test_hex_integer_within_the_limit_is_kept(tmp_path: Path) -> None:
+    path = write(tmp_path, "{name: 'w', jobs: [{name: 'a', command: 'x'}], user_data: [{name: 'd', data: 0x"
+                 + "f" * 830 + "}]}")
+    assert load_spec(path).user_data[0].data == 16 ** 830 - 1
+
+
 def test_escaped_surrogate_pair_is_one_character(tmp_path: Path) -> None:
     path = write(tmp_path, "{name: 'w', jobs: [{name: 'a', command: 'echo \\ud83d\\ude00',}],}")
     assert load_spec(path).jobs[0].command == "echo \U0001F600"
