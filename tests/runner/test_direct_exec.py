@@ -161,6 +161,18 @@ def test_environment_matches_bash(tmp_path):
     same_as_bash(tmp_path, "env", env={**env, "SHLVL": "7"}, sort_lines=True)
 
 
+@pytest.mark.parametrize("name", ["PS1", "PS2", "PS4", "IFS", "PPID", "OPTIND", "OPTERR", "LINENO", "RANDOM",
+                                  "SRANDOM", "HISTCMD", "COMP_WORDBREAKS", "EPOCHSECONDS", "BASH_VERSION"])
+def test_variables_bash_rewrites_give_bash_s_environment(tmp_path, name):
+    """bash drops or resets these before it execs (PS1 of a user's dotfiles is the usual one): with
+    any of them in the job's environment the command goes through bash, so the job sees the same."""
+    env_program = shutil.which("env", path="/usr/bin:/bin")
+    env = {**os.environ, name: "zz"}
+    env.pop("SHLVL", None)
+    out, _, rc = same_as_bash(tmp_path, env_program, env=env, sort_lines=True)
+    assert rc == 0 and f"{name}=zz".encode() not in out.splitlines()
+
+
 @pytest.mark.parametrize("command, code", [
     ("no-such-program-torc", 127), ("no-such-program-torc with args", 127), ("./no-such-file", 127),
     ("./plain", 126),                  # not executable

@@ -115,8 +115,14 @@ def direct_argv(command: str) -> list[str] | None:
     return argv
 
 
-# variables that change what bash does before it execs a simple command: with any of them, bash
-_BASH_ENV_VARS = ("BASH_ENV", "SHELLOPTS", "BASHOPTS", "EXECIGNORE", "POSIXLY_CORRECT", "BASH_COMPAT")
+# Variables that change what bash does before it execs a simple command, or that bash itself
+# rewrites or drops on the way (PS1, IFS, PPID, OPTIND, RANDOM, LINENO, …: checked against bash 5.2):
+# with any of them in the job's environment, bash runs the command. Names starting with BASH
+# (BASH_ENV, BASHOPTS, BASH_FUNC_x%%, BASH_VERSION, …) count as well.
+_BASH_ENV_VARS = frozenset({
+    "SHELLOPTS", "EXECIGNORE", "POSIXLY_CORRECT", "IFS", "PS1", "PS2", "PS4", "PPID", "OPTIND", "OPTERR",
+    "LINENO", "RANDOM", "SRANDOM", "EPOCHSECONDS", "EPOCHREALTIME", "HISTCMD", "COMP_WORDBREAKS",
+})
 
 
 _WHICH_TTL_S = 1.0
@@ -141,7 +147,7 @@ def _direct_launch(command: str, env: Mapping[str, str], cwd: Path) -> tuple[str
     """(program path, argv, env) that exec exactly what ``bash -c command`` would, with the
     variables bash itself sets or drops on the way (PWD, OLDPWD, SHLVL, _); None: use bash."""
     argv = direct_argv(command)
-    if argv is None or any(k in env for k in _BASH_ENV_VARS) or any(k.startswith("BASH_FUNC_") for k in env):
+    if argv is None or any(k in _BASH_ENV_VARS or k.startswith("BASH") for k in env):
         return None
     search, shlvl = env.get("PATH"), env.get("SHLVL")
     added = _bash_additions(os.fspath(cwd), search, env.get("PWD"), env.get("OLDPWD"), shlvl)
