@@ -173,3 +173,90 @@ def test_two_runners_racing_perform_each_action_once(tmp_path: Path) -> None:
     assert sorted(lines(tmp_path / "log")) == ["end", "ready", "start"]
     assert lines(tmp_path / "workers") == ["bye", "bye"]  # once per runner
     assert kinds(tmp_path) == {"action_claimed": 3, "action_done": 5}
+
+
+def _wait_for(predicate, what: str, proc: subprocess.Popen | None = None, timeout: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert proc is None or proc.poll() is None, f"the runner ended while waiting for {what}"
+        time.sleep(0.05)  # polling an observable state, not standing in for it
+
+
+def test_a_stopping_runner_records_its_jobs_then_drains_actions_until_the_grace_then_kills_them(
+        tmp_path: Path) -> None:
+    """C1: SIGTERM with --termination-grace 2 while job b runs and an on_jobs_complete action (a
+    long command) is in flight: b is handed back at once (not left running until a sweep), the
+    action's command group is killed at the grace, and the claim is left to be taken over (the
+    runner signed off): the next runner performs it once."""
+    import signal
+    import time
+
+    marker = f"torc_c1_marker_{os.getpid()}"
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({"name": "c1", "jobs": [
+        {"name": "a", "command": "true"},
+        {"name": "b", "command": "[ -e second ] || sleep 100", "depends_on": ["a"]},
+    ], "actions": [
+        {"trigger_type": "on_jobs_complete", "action_type": "run_commands", "jobs": ["a"],
+         "commands": [f"echo act >> log; [ -e second ] || exec -a {marker} sleep 25"]},
+        {"trigger_type": "on_worker_complete", "action_type": "run_commands",
+         "commands": [f"[ -e second ] || exec -a {marker}w sleep 25"]},
+    ]}))
+    torc(tmp_path, "workflows", "create", "spec.yaml")
+    err = (tmp_path / "runner.err").open("w")
+    runner = subprocess.Popen([*TORC, "--db", str(tmp_path / "torc.db"), "run", "1", "--termination-grace", "2"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err)
+    err.close()
+    _wait_for(lambda: query(tmp_path, "SELECT status FROM jobs WHERE name = 'b'")[0]["status"] == "running"
+              and subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0, "b and the action",
+              runner)
+    began = time.monotonic()
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(timeout=15) == 143, (tmp_path / "runner.err").read_text()
+    took = time.monotonic() - began
+    assert took < 2 + 2 + 4, took  # the grace, TERM -> KILL of the command, and the sign-off
+    assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode != 0  # group killed
+    assert query(tmp_path, "SELECT status FROM jobs WHERE name = 'b'")[0]["status"] == "ready"
+    (row,) = query(tmp_path, "SELECT state, attempts FROM actions WHERE trigger = 'on_jobs_complete'")
+    assert (row["state"], row["attempts"]) == ("claimed", 1)
+    assert query(tmp_path, "SELECT status FROM runners")[0]["status"] == "finished"
+    (tmp_path / "second").touch()
+    torc(tmp_path, "run", "1")
+    assert lines(tmp_path / "log") == ["act", "act"]  # killed once, performed once more (at-least-once)
+    assert kinds(tmp_path)["action_taken_over"] == 1
+    (row,) = query(tmp_path, "SELECT state, attempts FROM actions WHERE trigger = 'on_jobs_complete'")
+    assert (row["state"], row["attempts"]) == ("done", 2)
+
+
+def test_a_second_signal_cuts_the_actions_drain_short(tmp_path: Path) -> None:
+    """C1: with a 60 s grace, the first SIGTERM hands b back (recorded before the drain), the
+    second one kills the action's commands at once; the claim is left to be taken over."""
+    import signal
+    import time
+
+    marker = f"torc_c1b_marker_{os.getpid()}"
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({"name": "c1b", "jobs": [
+        {"name": "a", "command": "true"},
+        {"name": "b", "command": "sleep 100", "depends_on": ["a"], "supports_termination": True},
+    ], "actions": [
+        {"trigger_type": "on_jobs_complete", "action_type": "run_commands", "jobs": ["a"],
+         "commands": [f"exec -a {marker} sleep 60"]},
+    ]}))
+    torc(tmp_path, "workflows", "create", "spec.yaml")
+    runner = subprocess.Popen([*TORC, "--db", str(tmp_path / "torc.db"), "run", "1", "--termination-grace", "60"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: query(tmp_path, "SELECT status FROM jobs WHERE name = 'b'")[0]["status"] == "running"
+              and subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0, "b and the action",
+              runner)
+    runner.send_signal(signal.SIGTERM)
+    _wait_for(lambda: query(tmp_path, "SELECT status FROM jobs WHERE name = 'b'")[0]["status"] == "ready",
+              "b handed back", runner)
+    began = time.monotonic()
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(timeout=15) == 143
+    assert time.monotonic() - began < 6
+    assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode != 0
+    (row,) = query(tmp_path, "SELECT state FROM actions")
+    assert row["state"] == "claimed" and query(tmp_path, "SELECT status FROM runners")[0]["status"] == "finished"

@@ -49,6 +49,41 @@ class Context:
     source: str                      # 'runner 3', 'init', 'watch' (events)
     schedule: Schedule | None = None
     env: dict[str, str] | None = None
+    groups: ProcessGroups | None = None   # the command process groups in flight (killed at a deadline)
+
+
+class ProcessGroups:
+    """The process groups of the action commands running now (each command runs in its own
+    session), so a stopping runner can kill them at its deadline or on a second signal
+    (``kill``: signal-safe, it only sends signals)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: set[int] = set()
+        self.cut = False   # set by kill(): commands started afterwards do not run (a plain flag: signal-safe)
+
+    def add(self, pgid: int) -> None:
+        with self._lock:
+            self._live.add(pgid)
+
+    def discard(self, pgid: int) -> None:
+        with self._lock:
+            self._live.discard(pgid)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        self.cut = True
+        for pgid in list(self._live):  # no lock: may run in a signal handler
+            _killpg(pgid, sig)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def perform(claim: Claim, ctx: Context) -> tuple[bool, str, dict[str, Any]]:
@@ -65,8 +100,11 @@ def perform(claim: Claim, ctx: Context) -> tuple[bool, str, dict[str, Any]]:
         return False, f"{type(exc).__name__}: {exc}", {}
 
 
-def run_commands(commands: Sequence[str], ctx: Context, stem: str,
-                 extra_env: dict[str, str]) -> tuple[bool, str, dict[str, Any]]:
+def run_commands(commands: Sequence[str], ctx: Context, stem: str, extra_env: dict[str, str], *,
+                 deadline: float | None = None) -> tuple[bool, str, dict[str, Any]]:
+    """Each command with bash, in order; the first that fails fails the action. ``deadline``
+    (monotonic): a command still running then is killed (its group: TERM, then KILL) and the
+    action fails."""
     folder = ctx.output_dir / "actions"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     env = dict(os.environ)
@@ -77,18 +115,58 @@ def run_commands(commands: Sequence[str], ctx: Context, stem: str,
     files: list[str] = []
     for number, command in enumerate(commands, 1):
         out, err = folder / f"{stem}_{number}.out", folder / f"{stem}_{number}.err"
+        groups = ctx.groups
+        if groups is not None and groups.cut:
+            return False, f"command {number} of {len(commands)} not run: the observer is stopping", \
+                {"return_codes": codes, "files": files}
+        if deadline is not None and time.monotonic() >= deadline:
+            return False, f"command {number} of {len(commands)} not run: no time left", \
+                {"return_codes": codes, "files": files}
         with _private(out) as stdout, _private(err) as stderr:
-            # Its own process group, as a job has: the guardian kills the group of whatever carries
-            # the runner's token, which must never be the runner's own group.
-            code = subprocess.run(["bash", "-c", command], cwd=ctx.working_dir, env=env, stdout=stdout,
-                                  stderr=stderr, stdin=subprocess.DEVNULL, check=False,
-                                  start_new_session=True).returncode
+            code, timed_out = _run_one(command, ctx, env, stdout, stderr, deadline)
         codes.append(code)
         files += [str(out), str(err)]
+        if timed_out:
+            return False, f"command {number} of {len(commands)} killed at the observer's deadline", \
+                {"return_codes": codes, "files": files}
         if code != 0:
             return False, f"command {number} of {len(commands)} exited {code}", {"return_codes": codes,
                                                                                "files": files}
     return True, f"{len(commands)} command(s) ran", {"return_codes": codes, "files": files}
+
+
+KILL_AFTER_S = 2.0  # TERM, then KILL this long after
+
+
+def _run_one(command: str, ctx: Context, env: dict[str, str], stdout: Any, stderr: Any,
+             deadline: float | None) -> tuple[int, bool]:
+    """One command in its own session (as a job: the guardian kills the group of whatever carries
+    the runner's token, which must never be the runner's own group). Returns (code, timed out)."""
+    proc = subprocess.Popen(["bash", "-c", command], cwd=ctx.working_dir, env=env, stdout=stdout, stderr=stderr,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    groups = ctx.groups
+    if groups is not None:
+        groups.add(proc.pid)
+    try:
+        try:
+            return proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic())), False
+        except subprocess.TimeoutExpired:
+            _stop_group(proc)
+            return proc.returncode, True
+    finally:
+        if groups is not None:
+            groups.discard(proc.pid)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """TERM the command's process group, KILL it ``KILL_AFTER_S`` later if bash is still there."""
+    _killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(KILL_AFTER_S)
+    except subprocess.TimeoutExpired:
+        pass
+    _killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _private(path: Path) -> Any:
@@ -138,6 +216,8 @@ class ActionPerformer:
         self.observer: Observer | None = None
         self.ctx: Context | None = None
         self._threads: list[threading.Thread] = []
+        self.groups = ProcessGroups()
+        self.abandoned = False  # the drain gave up: claims left to be taken over (a plain flag: signal-safe)
 
     def attach(self, *, db: Database, queue: Any, runner_id: int, working_dir: Path, output_dir: Path,
                identity: dict[str, Any], env: dict[str, str] | None = None) -> None:
@@ -148,7 +228,7 @@ class ActionPerformer:
                                  can_schedule=self.can_schedule, no_slurm_reason=self.no_slurm_reason,
                                  alive=runner_alive)
         self.ctx = Context(db.path, queue.workflow_id, working_dir, output_dir, f"runner {runner_id}",
-                           self.schedule, {**(env or {}), "TORC_RUNNER_ID": str(runner_id)})
+                           self.schedule, {**(env or {}), "TORC_RUNNER_ID": str(runner_id)}, self.groups)
         queue.action_observer = self
 
     # -- called by Queue.cycle: claims made inside its transaction, delivered after its commit -------
@@ -166,6 +246,9 @@ class ActionPerformer:
     def _run(self, claim: Claim) -> None:
         assert self.ctx is not None
         ok, message, result = perform(claim, self.ctx)
+        if self.abandoned:  # killed at the drain's deadline: the claim is left to be taken over
+            log.warning("%s: cut short as the runner stops (%s); left to be taken over", claim.label, message)
+            return
         log.info("%s: %s", claim.label, message)
         for delay in (0.1, 0.5, 2.0, 5.0, 10.0):
             try:
@@ -181,20 +264,51 @@ class ActionPerformer:
         self._threads = [t for t in self._threads if t.is_alive()]
         return bool(self._threads)
 
-    def drain(self, renew: Callable[[], None], every_s: float) -> None:
+    def drain(self, renew: Callable[[], None], every_s: float, deadline: float | None = None) -> bool:
         """Stop claiming and wait for the claims in flight, calling ``renew`` (a queue cycle that
-        renews the runner's lease) every ``every_s`` meanwhile."""
+        renews the runner's lease) every ``every_s`` meanwhile, until ``deadline`` (monotonic; None:
+        no limit) or ``abort()``. Then the commands still running are killed (their groups: TERM,
+        then KILL) and their claims are not recorded: the runner signs off, so they are taken over.
+        Returns whether every claim finished."""
         self.accepting = False
+        renewed = time.monotonic()
         while self.busy:
-            self._threads[0].join(every_s)
-            if self.busy:
+            now = time.monotonic()
+            if self.groups.cut or (deadline is not None and now >= deadline):
+                self.give_up()
+                return False
+            wait = every_s if deadline is None else max(0.0, min(every_s, deadline - now))
+            self._threads[0].join(wait)
+            if self.busy and time.monotonic() - renewed >= every_s:
+                renewed = time.monotonic()
                 try:
                     renew()
                 except (QueueError, sqlite3.Error) as exc:
                     log.warning("renewing the lease while actions finish failed: %s", exc)
+        return True
+
+    def abort(self) -> None:
+        """Signal-safe (a second SIGTERM/SIGINT): the claims in flight are left to be taken over,
+        their commands TERMed now; ``drain`` gives up (and KILLs what is left)."""
+        self.abandoned = True
+        self.groups.kill(signal.SIGTERM)
+
+    def give_up(self) -> None:
+        """The claims in flight are left to be taken over: their commands are killed (TERM, KILL
+        ``KILL_AFTER_S`` later) and their outcomes not recorded. A schedule_nodes claim blocked in
+        sbatch is not waited for (its thread dies with the runner; the takeover asks Slurm)."""
+        self.abandoned = True
+        self.groups.kill(signal.SIGTERM)
+        end = time.monotonic() + KILL_AFTER_S
+        for thread in list(self._threads):
+            thread.join(max(0.0, end - time.monotonic()))
+        self.groups.kill(signal.SIGKILL)
+        log.warning("actions still in flight at the runner's deadline were killed; their claims will be taken over")
 
     # -- on_worker_start / on_worker_complete: once per runner, performed by the runner itself ----
-    def worker_actions(self, db: Database, trigger: str) -> None:
+    def worker_actions(self, db: Database, trigger: str, deadline: float | None = None) -> None:
+        """This runner's on_worker_* actions; ``deadline`` (monotonic): a command still running
+        then is killed and the action recorded as failed (so is a second signal)."""
         if self.ctx is None:
             return
         for index, config in store_actions.per_runner_actions(db, self.ctx.workflow_id, trigger):
@@ -202,7 +316,7 @@ class ActionPerformer:
             try:
                 ok, message, result = run_commands(config.get("commands") or [], self.ctx, stem,
                                                    {"TORC_ACTION_INDEX": str(index + 1),
-                                                    "TORC_ACTION_TRIGGER": trigger})
+                                                    "TORC_ACTION_TRIGGER": trigger}, deadline=deadline)
             except OSError as exc:
                 ok, message, result = False, f"{type(exc).__name__}: {exc}", {}
             try:

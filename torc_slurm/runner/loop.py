@@ -175,6 +175,7 @@ class Runner:
         self._gangs: dict[int, list[Member]] = {}
         # Group members a lead's exit is ending: job id -> (lead name, lead outcome, KILL deadline).
         self._ended_by_lead: dict[int, tuple[str, str, float]] = {}
+        self._signal_at: float | None = None  # monotonic time of the first SIGTERM/SIGINT
 
     # -- public ------------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -183,6 +184,15 @@ class Runner:
             self._stop_requested_at = time.time()
         self.stop_reason = self.stop_reason or reason
         self.pool.wake()
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        """SIGTERM/SIGINT: stop (the actions in flight get the termination grace from now); a second
+        one cuts the actions' drain short (their commands are killed, their claims taken over)."""
+        if self._signal_at is not None and self.config.actions is not None:
+            self.config.actions.abort()  # type: ignore[attr-defined]
+        if self._signal_at is None:
+            self._signal_at = time.monotonic()
+        self.request_stop(signal.Signals(signum).name)
 
     def run(self) -> RunSummary:
         cfg = self.config
@@ -207,8 +217,7 @@ class Runner:
         log.info("runner %d on %s: %d CPUs, GPUs %s, %.1f GiB (%s)", self.runner_id, cfg.node_name,
                  len(capacity.cpu_ids), list(capacity.gpu_ids) or "none", capacity.memory_bytes / 2**30,
                  ", ".join(f"{k} from {v}" for k, v in self.node.sources.items()))
-        previous = {s: signal.signal(s, lambda signum, _f: self.request_stop(signal.Signals(signum).name))
-                    for s in (signal.SIGTERM, signal.SIGINT)}
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         self.monitor.start()
         try:
             self._loop(summary)
@@ -372,6 +381,8 @@ class Runner:
             self._last_progress = now
         for job in result.claimed:
             self._backlog[job.id] = job
+        if not self.config.dry_execute:  # their stdio files are created off this thread meanwhile
+            self.pool.stdio.want(path for job in self._backlog.values() for path in self._stdio_paths(job))
         return result.counts
 
     def _cycle_failed(self, exc: Exception) -> None:
@@ -703,6 +714,10 @@ class Runner:
         return min(wait * 2, ceiling)
 
     # -- starting and finishing jobs -----------------------------------------------------------
+    def _stdio_paths(self, job: ClaimedJob) -> tuple[Path, Path]:
+        stem = self.config.output_dir / "job_stdio" / f"wf{self.config.workflow_id}_job{job.id}_attempt{job.attempt}"
+        return stem.with_name(stem.name + ".out"), stem.with_name(stem.name + ".err")
+
     def _start(self, job: ClaimedJob, placement: Placement) -> None:
         cfg = self.config
         if not self._started:
@@ -714,7 +729,7 @@ class Runner:
             return
         stdio = cfg.output_dir / "job_stdio"
         stem = f"wf{cfg.workflow_id}_job{job.id}_attempt{job.attempt}"
-        stdout, stderr = stdio / f"{stem}.out", stdio / f"{stem}.err"
+        stdout, stderr = self._stdio_paths(job)
         command = f"{job.invocation_script} {job.command}" if job.invocation_script else job.command
         if job.image is not None:
             command = self._in_image(job, command)
@@ -883,9 +898,40 @@ class Runner:
                 while self.running or recovering:
                     self._collect(self.pool.wait(5.0), summary)
         summary.exit_reason = summary.exit_reason or (self.stop_reason or "")
-        self._backlog = {}
+        self._last_cycle_before_actions()
         self._finish_actions()
         self._sign_off()
+
+    def _last_cycle_before_actions(self) -> None:
+        """Record the outcomes and hand back the jobs claimed ahead in a normal cycle, before the
+        actions drain: the killed jobs must not wait for the actions (Slurm may SIGKILL the runner
+        meanwhile), and the actions this cycle makes due are seen in it. A runner stopping on its
+        own (workflow complete, idle) claims them and performs them in the drain; one told to stop
+        (a signal, the walltime, an error) leaves them due for the other observers."""
+        release, self._backlog = list(self._backlog), {}
+        if self.stop_reason == "workflow deleted" or self.runner_id is None:
+            return
+        performer = self.config.actions
+        if performer is not None and self.stop_reason is not None:
+            performer.accepting = False  # type: ignore[attr-defined]
+        started, outcomes = self._take_started(), self._take_outcomes()
+        try:
+            self.queue.cycle(self.runner_id, started=started, outcomes=outcomes, release=release)
+        except (QueueError, sqlite3.Error) as exc:  # the sign-off records them (retried)
+            log.warning("runner %d: the last cycle failed (%s); the sign-off records the outcomes", self.runner_id, exc)
+            self._started[:0], self._outcomes[:0] = started, outcomes
+
+    def _actions_deadline(self) -> float | None:
+        """Monotonic time by which the actions must be done: the termination grace after a signal,
+        and a quarter of the buffer before the end time (the sign-off still needs a moment)."""
+        cfg = self.config
+        ends: list[float] = []
+        if self._signal_at is not None:
+            ends.append(self._signal_at + cfg.termination_grace_s)
+        left = cfg.end_time.seconds_left(time.time(), cfg.buffer_s / 4)
+        if left is not None:
+            ends.append(time.monotonic() + left)
+        return min(ends) if ends else None
 
     def _sign_off(self) -> None:
         """The last cycle: report what is left and hand back the rest; retried with backoff while
@@ -926,12 +972,15 @@ class Runner:
 
     def _finish_actions(self) -> None:
         """Before signing off: the claims in flight finish while this runner's lease is renewed
-        (so nobody takes them over meanwhile), then this runner's on_worker_complete actions."""
+        (so nobody takes them over meanwhile), then this runner's on_worker_complete actions, both
+        until the deadline (``_actions_deadline``): then the commands are killed and the claims left
+        to be taken over (the runner signs off, so it counts as dead)."""
         performer = self.config.actions
         if performer is None or self.stop_reason == "workflow deleted":
             return
-        performer.drain(lambda: self.queue.cycle(self.runner_id), self.config.heartbeat_interval_s or 5.0)
-        performer.worker_actions(self.db, "on_worker_complete")
+        deadline = self._actions_deadline()
+        performer.drain(lambda: self.queue.cycle(self.runner_id), self.config.heartbeat_interval_s or 5.0, deadline)
+        performer.worker_actions(self.db, "on_worker_complete", deadline)
 
     def _report(self) -> dict[str, object]:
         """What this runner did, for its ``runner_ended`` event."""
