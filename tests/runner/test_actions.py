@@ -260,3 +260,35 @@ def test_a_second_signal_cuts_the_actions_drain_short(tmp_path: Path) -> None:
     assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode != 0
     (row,) = query(tmp_path, "SELECT state FROM actions")
     assert row["state"] == "claimed" and query(tmp_path, "SELECT status FROM runners")[0]["status"] == "finished"
+
+
+def test_an_action_run_by_init_under_umask_002_leaves_an_output_folder_runners_accept(tmp_path: Path) -> None:
+    """M1: `workflows init` performing on_workflow_start creates <working dir>/torc_output/actions
+    as 0700 at every level (not with the umask), so the runner that follows starts; an action's
+    output file that is a planted symlink is refused (O_NOFOLLOW), not written through."""
+    work = tmp_path / "deep" / "work"
+    work.mkdir(parents=True)
+    (work / "spec.yaml").write_text(yaml.safe_dump({"name": "m1", "jobs": [{"name": "a", "command": "true"}],
+                                                    "actions": [
+        {"trigger_type": "on_workflow_start", "action_type": "run_commands", "commands": ["echo start >> log"]},
+        {"trigger_type": "on_workflow_complete", "action_type": "run_commands", "commands": ["echo end"]},
+    ]}))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*TORC, "--db", str(tmp_path / "torc.db"), *args], cwd=work, capture_output=True,
+                              text=True, timeout=120, check=False, umask=0o002)
+
+    assert run("workflows", "create", "spec.yaml").returncode == 0
+    init = run("workflows", "init", "1")
+    assert init.returncode == 0, init.stderr
+    assert lines(work / "log") == ["start"]
+    for folder in (work / "torc_output", work / "torc_output" / "actions"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    (work / "torc_output" / "actions" / "a2_t2_1.out").symlink_to(victim)  # the next claim's token is 2
+    runner = run("run", "1")
+    assert runner.returncode == 0, runner.stderr
+    assert victim.read_text() == "untouched\n"
+    states = {r["idx"]: r["state"] for r in query(tmp_path, "SELECT idx, state FROM actions")}
+    assert states == {0: "done", 1: "failed"}

@@ -105,8 +105,12 @@ def run_commands(commands: Sequence[str], ctx: Context, stem: str, extra_env: di
     """Each command with bash, in order; the first that fails fails the action. ``deadline``
     (monotonic): a command still running then is killed (its group: TERM, then KILL) and the
     action fails."""
-    folder = ctx.output_dir / "actions"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    from torc_slurm.runner.session import private_folder
+
+    # As a runner makes it (0700 at every level it creates, then checked): an observer on a login
+    # node (init, submit, watch) may be the first to create <working dir>/torc_output.
+    private_folder(ctx.output_dir)
+    folder = private_folder(ctx.output_dir / "actions")
     env = dict(os.environ)
     env.update(ctx.env or {})
     env.update({"TORC_DB": str(ctx.db_path), "TORC_WORKFLOW_ID": str(ctx.workflow_id),
@@ -169,8 +173,12 @@ def _stop_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+# As runner.process._OPEN_FLAGS: a symlink planted where an action's output goes is refused.
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
 def _private(path: Path) -> Any:
-    return os.fdopen(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600), "wb")
+    return os.fdopen(os.open(path, _OPEN_FLAGS, 0o600), "wb")
 
 
 def perform_claims(claims: Sequence[Claim], ctx: Context, db: Database) -> list[tuple[Claim, bool, str]]:
@@ -317,7 +325,7 @@ class ActionPerformer:
                 ok, message, result = run_commands(config.get("commands") or [], self.ctx, stem,
                                                    {"TORC_ACTION_INDEX": str(index + 1),
                                                     "TORC_ACTION_TRIGGER": trigger}, deadline=deadline)
-            except OSError as exc:
+            except (OSError, QueueError) as exc:
                 ok, message, result = False, f"{type(exc).__name__}: {exc}", {}
             try:
                 store_actions.record_per_runner(db, self.ctx.workflow_id, index, trigger, ok, message, result,

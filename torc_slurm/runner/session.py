@@ -27,6 +27,24 @@ def check_private(folder: Path) -> None:
                          f"run `chmod go-w {folder}`")
 
 
+def private_folder(folder: Path) -> Path:
+    """Create ``folder`` and every missing parent as 0700 (``mkdir(parents=True, mode=...)`` gives
+    the parents the umask's mode, which may let the group write), then ``check_private`` it."""
+    folder = folder.absolute()
+    missing = []
+    parent = folder
+    while not os.path.lexists(parent):
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+    check_private(folder)
+    return folder
+
+
 def make_runner(db: Database, workflow_id: int, node: DetectedNode, *, output_dir: Path | None,
                 **options: object) -> Runner:
     """A runner with the workflow's own settings (working dir, end-time buffer, idle wait, the
@@ -34,8 +52,7 @@ def make_runner(db: Database, workflow_id: int, node: DetectedNode, *, output_di
     ``monitor_interval_s`` of None keeps the spec's interval and ``enabled: false`` keeps it off."""
     settings = workflow_settings(db, workflow_id)
     output = (output_dir or settings.working_dir / "torc_output").absolute()
-    output.mkdir(parents=True, exist_ok=True, mode=0o700)
-    check_private(output)
+    private_folder(output)
     config = RunnerConfig(
         workflow_id=workflow_id, working_dir=settings.working_dir, output_dir=output,
         buffer_s=settings.spec.compute_node_expiration_buffer_seconds,
