@@ -5,6 +5,7 @@ changing nothing, re-arming on initialize, and real processes racing for one act
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -337,3 +338,83 @@ def test_counts_and_states_hold_through_random_runs_and_resets(db: Database, tmp
                 assert row["state"] in ("due", "claimed", "done", "failed"), row
             else:
                 assert row["state"] in ("waiting", "claimed"), row
+
+
+def _performer(db: Database, queue: Queue, tmp_path: Path):
+    from torc_slurm.runner.actions import ActionPerformer
+
+    runner = queue.register_runner(hostname="h", pid=os.getpid())
+    performer = ActionPerformer()
+    performer.attach(db=db, queue=queue, runner_id=runner, working_dir=tmp_path, output_dir=tmp_path / "out",
+                     identity={})
+    return runner, performer
+
+
+def test_an_outcome_a_runner_thread_could_not_record_is_written_by_its_next_cycle(db: Database, tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """M2: the performer's thread fails to record (an unexpected error): the outcome is kept and
+    the runner's next cycle writes it, so the claim never stays 'claimed' under a live runner."""
+    queue = make(db, tmp_path, [{"trigger_type": "on_workflow_start", "action_type": "run_commands",
+                                 "commands": ["echo once >> log"]}])
+    runner, performer = _performer(db, queue, tmp_path)
+    real = actions.finish
+    monkeypatch.setattr(actions, "finish", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk hiccup")))
+    queue.cycle(runner)  # claims on_workflow_start; a thread performs it
+    performer.drain(lambda: queue.cycle(runner), 0.05)
+    monkeypatch.setattr(actions, "finish", real)
+    queue.cycle(runner)
+    (row,) = rows(db, queue.workflow_id)
+    assert (row["state"], row["attempts"]) == ("done", 1)
+    assert len(events(db, queue.workflow_id, "action_done")) == 1
+    assert (tmp_path / "log").read_text() == "once\n"
+
+
+def test_a_login_observer_retries_finish_and_keeps_performing_its_other_claims(db: Database, tmp_path: Path,
+                                                                               monkeypatch) -> None:
+    """M2: ``finish`` failing (the queue unavailable for a moment) is retried while the lease is
+    renewed; the claims after it are still performed and recorded."""
+    from torc_slurm.errors import QueueUnavailable
+    from torc_slurm.runner.actions import Context, perform_claims
+
+    queue = make(db, tmp_path, [{"trigger_type": "on_workflow_start", "action_type": "run_commands",
+                                 "commands": [f"echo {i} >> log"]} for i in range(2)])
+    claims = observe(db, queue.workflow_id, A)
+    assert len(claims) == 2
+    real, failures = actions.finish, []
+
+    def flaky(*args, **kwargs):
+        if len(failures) < 2:
+            failures.append(1)
+            raise QueueUnavailable("locked for a moment")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(actions, "finish", flaky)
+    ctx = Context(db.path, queue.workflow_id, tmp_path, tmp_path / "out", "init")
+    done = perform_claims(claims, ctx, db)
+    assert [recorded for _, recorded, _ in done] == [True, True]
+    assert [r["state"] for r in rows(db, queue.workflow_id)] == ["done", "done"]
+    assert (tmp_path / "log").read_text() == "0\n1\n"
+
+
+def test_a_login_observers_renewals_survive_a_failed_renewal(db: Database, tmp_path: Path, monkeypatch) -> None:
+    """M2: one renewal failing does not end the renewals (else the claim would be taken over
+    after the lease timeout while it is still being performed)."""
+    from torc_slurm.errors import QueueUnavailable
+    from torc_slurm.runner.actions import Context, perform_claims
+
+    monkeypatch.setenv("TORC_ACTION_LEASE_TIMEOUT", "0.2")  # a renewal every 0.05 s
+    queue = make(db, tmp_path, [{"trigger_type": "on_workflow_start", "action_type": "run_commands",
+                                 "commands": ["sleep 0.6"]}])
+    claims = observe(db, queue.workflow_id, A)
+    real, calls = actions.renew, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise QueueUnavailable("locked for a moment")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(actions, "renew", flaky)
+    perform_claims(claims, Context(db.path, queue.workflow_id, tmp_path, tmp_path / "out", "init"), db)
+    assert len(calls) >= 3
+    assert [r["state"] for r in rows(db, queue.workflow_id)] == ["done"]

@@ -191,22 +191,47 @@ def perform_claims(claims: Sequence[Claim], ctx: Context, db: Database) -> list[
     pending = list(claims)
 
     def keep_renewing() -> None:
-        with Database(db.path, create=False) as own:
-            while not stop.wait(store_actions.lease_timeout() / 4):
-                store_actions.renew(own, pending)
+        # Never ends on an error: one failed renewal must not let the claims be taken over while
+        # they are being performed (the next one, timeout / 4 later, renews them).
+        while not stop.wait(store_actions.lease_timeout() / 4):
+            try:
+                with Database(db.path, create=False) as own:
+                    store_actions.renew(own, list(pending))
+            except Exception as exc:
+                log.warning("renewing the actions' claims failed (%s); retrying", exc)
 
     renewer = threading.Thread(target=keep_renewing, name="torc-action-lease", daemon=True)
     renewer.start()
     try:
         for claim in claims:
             ok, message, result = perform(claim, ctx)
-            store_actions.finish(db, claim, ok, message, result, source=ctx.source)
+            recorded = _finish_while_renewed(db, claim, ok, message, result, ctx.source)
             pending.remove(claim)
-            done.append((claim, ok, message))
+            done.append((claim, recorded, message))
     finally:
         stop.set()
         renewer.join()
     return done
+
+
+def _finish_while_renewed(db: Database, claim: Claim, ok: bool, message: str, result: dict[str, Any],
+                          source: str) -> bool:
+    """Record the outcome, retried (backoff to 5 s) while the claim's lease is being renewed, for
+    up to the lease timeout: past that the claim may be taken over anyway (its outcome would be
+    late). Returns whether it was recorded as current."""
+    give_up = time.monotonic() + store_actions.lease_timeout()
+    delay = 0.1
+    while True:
+        try:
+            return store_actions.finish(db, claim, ok, message, result, source=source)
+        except Exception as exc:
+            if time.monotonic() + delay > give_up:
+                log.error("%s: could not record the outcome (%s); it will be taken over and performed again",
+                          claim.label, exc)
+                return False
+            log.warning("%s: could not record the outcome (%s); retrying in %.1f s", claim.label, exc, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
 
 
 class ActionPerformer:
@@ -225,6 +250,10 @@ class ActionPerformer:
         self.ctx: Context | None = None
         self._threads: list[threading.Thread] = []
         self.groups = ProcessGroups()
+        self._lock = threading.Lock()
+        # Outcomes a thread could not record: written by the runner's next cycle or its sign-off
+        # (never dropped: a claim left 'claimed' under a live runner would be performed twice).
+        self._unrecorded: list[tuple[Claim, bool, str, dict[str, Any], str]] = []
         self.abandoned = False  # the drain gave up: claims left to be taken over (a plain flag: signal-safe)
 
     def attach(self, *, db: Database, queue: Any, runner_id: int, working_dir: Path, output_dir: Path,
@@ -253,19 +282,32 @@ class ActionPerformer:
 
     def _run(self, claim: Claim) -> None:
         assert self.ctx is not None
-        ok, message, result = perform(claim, self.ctx)
+        try:
+            ok, message, result = perform(claim, self.ctx)
+        except BaseException as exc:  # perform catches Exception; anything else still ends the claim
+            ok, message, result = False, f"{type(exc).__name__}: {exc}", {}
         if self.abandoned:  # killed at the drain's deadline: the claim is left to be taken over
             log.warning("%s: cut short as the runner stops (%s); left to be taken over", claim.label, message)
             return
         log.info("%s: %s", claim.label, message)
-        for delay in (0.1, 0.5, 2.0, 5.0, 10.0):
-            try:
-                with Database(self.ctx.db_path, create=False) as db:
-                    store_actions.finish(db, claim, ok, message, result, source=self.ctx.source)
-                return
-            except (QueueError, sqlite3.Error) as exc:  # the queue unreachable for a moment: retry (the runner keeps the claim)
-                log.warning("%s: could not record the outcome (%s); retrying", claim.label, exc)
-                time.sleep(delay)
+        try:
+            with Database(self.ctx.db_path, create=False) as db:
+                store_actions.finish(db, claim, ok, message, result, source=self.ctx.source)
+            return
+        except Exception as exc:  # the queue unreachable for a moment: the runner's next cycle writes it
+            log.warning("%s: could not record the outcome (%s); the runner's next cycle will", claim.label, exc)
+        with self._lock:
+            self._unrecorded.append((claim, ok, message, result, self.ctx.source))
+
+    # -- called by Queue.cycle / finish_runner: outcomes the threads could not record ---------------
+    def unrecorded_outcomes(self) -> list[tuple[Claim, bool, str, dict[str, Any], str]]:
+        with self._lock:
+            return list(self._unrecorded)
+
+    def outcomes_recorded(self, recorded: Sequence[tuple[Claim, bool, str, dict[str, Any], str]]) -> None:
+        with self._lock:
+            done = {id(item) for item in recorded}
+            self._unrecorded = [item for item in self._unrecorded if id(item) not in done]
 
     @property
     def busy(self) -> bool:

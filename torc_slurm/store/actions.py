@@ -254,20 +254,25 @@ def finish(db: Database, claim: Claim, ok: bool, message: str, result: dict[str,
            source: str) -> bool:
     """Record the outcome under the claim's token: done/failed with an event. Returns False (and
     records an ``action_late`` event) when the claim is no longer current."""
-    state = "done" if ok else "failed"
     with db.transaction() as conn:
-        body = {**result, "previous_tokens": list(claim.previous_tokens), "token": claim.token,
-                "message": message}
-        changed = conn.execute(
-            "UPDATE actions SET state = ?, result = ?, updated_at = ? WHERE id = ? AND claim_token = ?"
-            " AND state = 'claimed'", (state, json.dumps(body), time.time(), claim.id, claim.token)).rowcount
-        data = {"action": claim.index, "action_id": claim.id, "token": claim.token, "attempt": claim.attempt,
-                **result}
-        if not changed:
-            add_event(conn, claim.workflow_id, "action_late", f"{claim.label}: {message}; late, not recorded "
-                      "(the claim was taken over or the workflow reinitialized)", data=data, source=source)
-            return False
-        add_event(conn, claim.workflow_id, f"action_{state}", f"{claim.label}: {message}", data=data, source=source)
+        return record_outcome(conn, claim, ok, message, result, source=source)
+
+
+def record_outcome(conn: sqlite3.Connection, claim: Claim, ok: bool, message: str, result: dict[str, Any], *,
+                   source: str) -> bool:
+    """``finish`` inside the caller's transaction (a runner's cycle or sign-off writes the
+    outcomes its threads could not)."""
+    state = "done" if ok else "failed"
+    body = {**result, "previous_tokens": list(claim.previous_tokens), "token": claim.token, "message": message}
+    changed = conn.execute(
+        "UPDATE actions SET state = ?, result = ?, updated_at = ? WHERE id = ? AND claim_token = ?"
+        " AND state = 'claimed'", (state, json.dumps(body), time.time(), claim.id, claim.token)).rowcount
+    data = {"action": claim.index, "action_id": claim.id, "token": claim.token, "attempt": claim.attempt, **result}
+    if not changed:
+        add_event(conn, claim.workflow_id, "action_late", f"{claim.label}: {message}; late, not recorded "
+                  "(the claim was taken over or the workflow reinitialized)", data=data, source=source)
+        return False
+    add_event(conn, claim.workflow_id, f"action_{state}", f"{claim.label}: {message}", data=data, source=source)
     return True
 
 

@@ -216,14 +216,17 @@ class Queue:
         ready jobs it leaves behind and how many of those need more than ``time_left_s``; that
         last sentence is returned (None when no ready job is left), for the runner's log."""
         now = time.time()
+        unrecorded = self._action_outcomes()
         with self.db.transaction() as conn:
             changed = self._record(conn, runner_id, outcomes)
             self._add_samples(conn, runner_id, samples)
+            self._record_action_outcomes(conn, unrecorded)
             changed += leases.hand_back(conn, runner_id)
             changed += gangs.give_up_unanswered(conn, runner_id)
             conn.execute("UPDATE runners SET status = 'finished', ended_at = ?, heartbeat_at = ? WHERE id = ?",
                          (now, now, runner_id))
             left = self._post_runner_ended(conn, runner_id, dict(report or {}), time_left_s)
+        self._action_outcomes_recorded(unrecorded)
         if changed:
             self.db.notify()
         return left
@@ -273,6 +276,7 @@ class Queue:
         ``accept`` it answers the shares they booked on it (see `store.gangs`)."""
         result = CycleResult()
         now = time.time()
+        unrecorded = self._action_outcomes()
         with self.db.transaction() as conn:
             result.renewed_at = time.monotonic()
             renewed = conn.execute(
@@ -320,12 +324,28 @@ class Queue:
                 result.gangs = gangs.members(conn, [*(held or {}), *(j.id for j in result.claimed)])
             if want_counts:
                 result.counts = _counts(conn, self.workflow_id)
+            self._record_action_outcomes(conn, unrecorded)
             claims = self._observe_actions(conn)
+        self._action_outcomes_recorded(unrecorded)
         if changed:
             self.db.notify()
         if claims:  # committed: now the runner performs them (store/actions.py, runner/actions.py)
             self.action_observer.deliver(claims)
         return result
+
+    def _action_outcomes(self) -> list:
+        """Outcomes of this runner's actions its threads could not record (the queue unreachable for
+        a moment): written in this cycle or sign-off, dropped from the performer once committed."""
+        take = getattr(self.action_observer, "unrecorded_outcomes", None)
+        return [] if take is None else take()
+
+    def _record_action_outcomes(self, conn: sqlite3.Connection, unrecorded: list) -> None:
+        for claim, ok, message, result, source in unrecorded:
+            actions.record_outcome(conn, claim, ok, message, result, source=source)
+
+    def _action_outcomes_recorded(self, unrecorded: list) -> None:
+        if unrecorded:
+            self.action_observer.outcomes_recorded(unrecorded)
 
     def _observe_actions(self, conn: sqlite3.Connection) -> list:
         """Workflow actions this cycle's changes made due (or whose claimant died), claimed in this
