@@ -4,7 +4,7 @@ Three dispatchers, in the same run, each in a fresh temp dir:
 
   torc    `torc --db D/torc.db run D/spec.yaml --num-cpus C --output D/out` as a subprocess
           (resource-aware mode, every job 1 CPU; the spec is compiled, stored and initialized by
-          that same command). Each job is `bash -c true` (torc runs every command through bash).
+          that same command). Each job is `true`, which torc execs directly (no shell syntax).
   hq      HyperQueue's Python API: a LocalCluster (server + one worker with C cores, in a child
           process), one job of N tasks `true` (executed directly, no shell), stdout/stderr to files.
   xargs   `seq N | xargs -P C -n 1 true >D/out/xargs.out 2>D/out/xargs.err`: the exec floor (`true`

@@ -293,3 +293,52 @@ def test_an_output_folder_others_can_write_is_refused(tmp_path: Path) -> None:
     link.symlink_to(folder)
     with pytest.raises(QueueError, match="not a folder"):
         check_private(link)
+
+
+# -- stdio files opened ahead ----------------------------------------------------------------------
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_stdio_opened_ahead_never_truncates_until_taken(tmp_path):
+    """A claimed job may be handed back before it starts and its attempt's files used by another
+    runner: opening ahead creates but never truncates; only take (at the start) does."""
+    from torc_slurm.runner.process import StdioOpener
+
+    theirs = tmp_path / "job_stdio" / "wf1_job1_attempt1.out"
+    theirs.parent.mkdir()
+    theirs.write_text("written by the runner that owns the attempt now\n")
+    fresh = tmp_path / "job_stdio" / "wf1_job2_attempt1.out"
+    opener = StdioOpener()
+    try:
+        opener.want([theirs, fresh])
+        assert opener.settled(10)
+        assert opener.ready_count() == 2
+        assert theirs.read_text().startswith("written by")       # not truncated by opening ahead
+        assert fresh.exists() and (fresh.stat().st_mode & 0o777) == 0o600
+        fd = opener.take(theirs)
+        assert fd is not None and theirs.read_text() == ""        # truncated when the job starts
+        os.write(fd, b"mine\n")
+        os.close(fd)
+        assert theirs.read_text() == "mine\n"
+        assert opener.take(tmp_path / "never_asked.out") is None
+    finally:
+        opener.close()
+
+
+def test_stdio_no_longer_wanted_is_closed(tmp_path):
+    from torc_slurm.runner.process import StdioOpener
+
+    paths = [tmp_path / "d" / f"f{i}.out" for i in range(20)]
+    before = _open_fds()
+    opener = StdioOpener()
+    try:
+        opener.want(paths)
+        assert opener.settled(10) and opener.ready_count() == 20
+        assert (tmp_path / "d").stat().st_mode & 0o777 == 0o700   # created like the runner's own
+        opener.want(paths[:5])                                     # the rest were handed back
+        assert opener.ready_count() == 5
+        assert _open_fds() - before <= 5 + 1                       # + the opener's thread needs none
+    finally:
+        opener.close()
+    assert _open_fds() == before
