@@ -713,3 +713,20 @@ def test_the_change_signal_is_best_effort(db: Database, caplog: pytest.LogCaptur
     db.notify()
     assert sum("could not update the change signal" in r.getMessage() for r in caplog.records) == 1
     assert not list(db.path.parent.glob("*.tmp"))
+
+
+def test_a_transaction_without_foreign_key_checks_restores_them(db: Database) -> None:
+    """add_workflow's bulk insert skips SQLite's per-row foreign-key check; every other transaction
+    keeps it, also after the unchecked one failed."""
+    with db.transaction(foreign_keys=False) as conn:
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 0
+        conn.execute("INSERT INTO dependency_sets (id, workflow_id, size, remaining) VALUES (9, 12345, 1, 1)")
+    with pytest.raises(sqlite3.IntegrityError):
+        with db.transaction() as conn:
+            assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+            conn.execute("INSERT INTO dependency_sets (id, workflow_id, size, remaining) VALUES (10, 12345, 1, 1)")
+    with pytest.raises(RuntimeError):
+        with db.transaction(foreign_keys=False):
+            raise RuntimeError("the body failed")
+    with db.transaction() as conn:
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
