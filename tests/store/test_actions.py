@@ -418,3 +418,63 @@ def test_a_login_observers_renewals_survive_a_failed_renewal(db: Database, tmp_p
     perform_claims(claims, Context(db.path, queue.workflow_id, tmp_path, tmp_path / "out", "init"), db)
     assert len(calls) >= 3
     assert [r["state"] for r in rows(db, queue.workflow_id)] == ["done"]
+
+
+def test_a_retryable_slurm_failure_puts_schedule_nodes_back_to_due_after_a_backoff_then_caps(
+        db: Database, tmp_path: Path, monkeypatch) -> None:
+    """M4: a transient Slurm error does not fail schedule_nodes for good: it is due again, claimed
+    only once the backoff passed on the observer's own clock, carrying the failed claim's token
+    (its allocations are adopted); past TORC_ACTION_MAX_ATTEMPTS it fails, and `torc workflows
+    actions ID --retry N` re-arms it."""
+    monkeypatch.setenv("TORC_ACTION_RETRY_BACKOFF", "10")
+    monkeypatch.setenv("TORC_ACTION_MAX_ATTEMPTS", "2")
+    queue = make(db, tmp_path, [{"trigger_type": "on_workflow_start", "action_type": "schedule_nodes",
+                                 "scheduler": "s"}])
+    wf = queue.workflow_id
+    watcher = Observer("watch", host_key="h", pid=1)
+    with db.transaction() as conn:
+        (first,) = actions.observe(conn, wf, watcher, clock=100.0)
+    assert actions.finish(db, first, False, "sbatch: Unable to contact slurm controller", {"retry": True},
+                          source="watch")
+    (row,) = rows(db, wf)
+    assert row["state"] == "due" and json.loads(row["result"])["retry_in_s"] == 10
+    with db.transaction() as conn:
+        assert actions.observe(conn, wf, watcher, clock=200.0) == []  # first seen now
+        assert actions.observe(conn, wf, watcher, clock=209.0) == []  # 9 s of its own clock
+        (second,) = actions.observe(conn, wf, watcher, clock=210.5)
+    assert (second.attempt, second.previous_tokens) == (2, (first.token,))
+    assert actions.finish(db, second, False, "squeue timed out", {"retry": True}, source="watch") is True
+    (row,) = rows(db, wf)
+    assert row["state"] == "failed" and "--retry 1" in json.loads(row["result"])["message"]
+    assert len(events(db, wf, "action_retry")) == 1 and len(events(db, wf, "action_failed")) == 1
+    cli = subprocess.run([sys.executable, "-m", "torc_slurm", "--db", str(db.path), "workflows", "actions", str(wf),
+                          "--retry", "1"], capture_output=True, text=True, timeout=60, check=False)
+    assert cli.returncode == 0, cli.stderr
+    (row,) = rows(db, wf)
+    assert (row["state"], row["attempts"]) == ("due", 0)
+    with db.transaction() as conn:
+        (third,) = actions.observe(conn, wf, watcher, clock=300.0)
+    assert third.previous_tokens == (first.token, second.token)
+    refused = subprocess.run([sys.executable, "-m", "torc_slurm", "--db", str(db.path), "workflows", "actions",
+                              str(wf), "--retry", "1"], capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 1 and "not failed" in refused.stderr
+
+
+def test_slurm_errors_that_may_pass_are_retryable_and_refusals_are_not(tmp_path: Path, monkeypatch) -> None:
+    """M4: squeue failing while a retry looks for earlier allocations (a real failing squeue on
+    PATH) makes the attempt retryable; sbatch refusing the request does not."""
+    from torc_slurm.errors import SlurmError
+    from torc_slurm.slurm.actions import make_schedule, retryable
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "squeue").write_text("#!/bin/sh\necho 'squeue: error: Unable to contact slurm controller' >&2\nexit 1\n")
+    (fake / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    claim = actions.Claim(1, 1, 0, "on_workflow_start", "schedule_nodes", {"scheduler": "s"}, 7, 2, (5,))
+    ok, message, result = make_schedule(tmp_path / "none.db", None, None)(claim)
+    assert not ok and result["retry"] is True and "squeue" in message
+    assert retryable(SlurmError("'sbatch x' did not answer within 30 s (gave up after 3 attempts)"))
+    assert retryable(SlurmError("'sbatch x' failed with exit code 1: sbatch: error: slurm_persist_conn_open"))
+    assert not retryable(SlurmError("'sbatch x' failed with exit code 1: sbatch: error: Invalid account"))
+    assert not retryable(SlurmError("refusing to submit: - partition gpu has no node"))

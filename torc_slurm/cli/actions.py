@@ -22,19 +22,32 @@ def perform_due(app, workflow_id: int, source: str) -> None:
 
 @workflows.command("actions")
 @click.argument("workflow_id", metavar="ID", type=int)
+@click.option("--retry", "retry", type=click.IntRange(min=1), metavar="N",
+              help="Re-arm failed action N (as numbered in the list): it is due again, its attempts counted "
+                   "afresh; the next observer (a runner, `slurm watch`) performs it.")
 @format_option
 @click.pass_obj
-def actions(app, workflow_id: int, fmt: str) -> None:
+def actions(app, workflow_id: int, retry: int | None, fmt: str) -> None:
     """The workflow's actions: trigger, type, state, who performed them and what came of it.
 
     \b
     state: waiting (trigger not reached), due (reached; the next observer claims it),
-    claimed (being performed), done, failed, skipped (not applicable here), per runner
+    claimed (being performed), done, failed (a Slurm error that may pass is retried with a
+    backoff, up to TORC_ACTION_MAX_ATTEMPTS, 5; then --retry N re-arms it), skipped (not applicable here), per runner
     (on_worker_start/complete: every runner performs it itself)."""
     from torc_slurm.store.actions import list_actions
     from torc_slurm.store.workflows import get_workflow
 
     get_workflow(app.db, workflow_id)
+    if retry is not None:
+        from torc_slurm.errors import QueueError
+        from torc_slurm.store.actions import retry_failed
+
+        try:
+            retry_failed(app.db, workflow_id, retry)
+        except QueueError as exc:
+            app.abort(str(exc), 1)
+        app.err_console.print(f"action #{retry} is due again")
     app.emit(list_actions(app.db, workflow_id), fmt, _table)
 
 

@@ -51,6 +51,24 @@ def find_submitted(names: list[str]) -> list[str]:
     return found
 
 
+# sbatch refusing the request itself: trying again cannot help.
+_REFUSALS = ("invalid", "not available", "exceed", "denied", "policy", "not permitted", "unrecognized",
+             "refusing to submit", "no partition", "not found", "unknown")
+
+
+def retryable(exc: Exception) -> bool:
+    """A Slurm failure that may pass: a timeout, the controller unavailable (the backend's own
+    retries gave up), or a non-zero exit that is not a refusal of the request."""
+    from torc_slurm.slurm.cli_backend import is_transient
+
+    if not isinstance(exc, SlurmError):
+        return False
+    text = str(exc).lower()
+    if "gave up after" in text or "did not answer" in text or is_transient(text):
+        return True
+    return "failed with exit code" in text and not any(word in text for word in _REFUSALS)
+
+
 def make_schedule(db_path: Path, site: Any, backend: Any, output_dir: Path | None = None):
     """A ``runner.actions.Schedule`` that submits with ``slurm.allocations.schedule_nodes``."""
 
@@ -60,8 +78,13 @@ def make_schedule(db_path: Path, site: Any, backend: Any, output_dir: Path | Non
 
         config = claim.config
         wanted = int(config.get("num_allocations") or 1)
-        adopted = find_submitted([job_name(claim, t) for t in claim.previous_tokens]) if claim.previous_tokens else []
-        result: dict[str, Any] = {"scheduler": config["scheduler"], "adopted": adopted, "slurm_job_ids": []}
+        result: dict[str, Any] = {"scheduler": config["scheduler"], "adopted": [], "slurm_job_ids": []}
+        try:
+            adopted = (find_submitted([job_name(claim, t) for t in claim.previous_tokens])
+                       if claim.previous_tokens else [])
+        except SlurmError as exc:  # squeue unavailable: try again later (submitting blind could double)
+            return False, f"asking Slurm for earlier claims' allocations failed: {exc}", {**result, "retry": True}
+        result["adopted"] = adopted
         if len(adopted) >= wanted:
             result["slurm_job_ids"] = adopted
             return True, (f"{len(adopted)} allocation(s) of {config['scheduler']} were already submitted by the "
@@ -73,7 +96,8 @@ def make_schedule(db_path: Path, site: Any, backend: Any, output_dir: Path | Non
                     max_parallel_jobs=config.get("max_parallel_jobs"), output_dir=output_dir,
                     job_name=job_name(claim), force=True))
             except TorcError as exc:
-                return False, f"submitting {config['scheduler']} failed: {exc}", result
+                return False, f"submitting {config['scheduler']} failed: {exc}", \
+                    {**result, **({"retry": True} if retryable(exc) else {})}
         result["slurm_job_ids"] = adopted + done.slurm_job_ids
         if os.environ.get(FAULT_SUBMITTED) in ("any", claim.trigger):  # tests: die between sbatch and "done"
             log.error("fault injection (%s): killing this process after submitting %s", FAULT_SUBMITTED,

@@ -46,6 +46,27 @@ WORKER_TRIGGERS = ("on_worker_start", "on_worker_complete")
 DEFAULT_LEASE_TIMEOUT_S = 600.0
 
 
+DEFAULT_RETRY_BACKOFF_S = 30.0
+DEFAULT_MAX_ATTEMPTS = 5
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name) or default)
+    except ValueError:
+        return default
+
+
+def retry_backoff(attempt: int) -> float:
+    """Seconds a retryable failure waits before the next claim: ``TORC_ACTION_RETRY_BACKOFF`` (30)
+    doubled per attempt, at most 600, measured by each observer on its own monotonic clock."""
+    return min(600.0, _env_float("TORC_ACTION_RETRY_BACKOFF", DEFAULT_RETRY_BACKOFF_S) * 2 ** max(0, attempt - 1))
+
+
+def max_attempts() -> int:
+    return int(_env_float("TORC_ACTION_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS))
+
+
 def lease_timeout() -> float:
     try:
         return float(os.environ.get("TORC_ACTION_LEASE_TIMEOUT") or DEFAULT_LEASE_TIMEOUT_S)
@@ -183,6 +204,15 @@ def observe(conn: sqlite3.Connection, workflow_id: int, observer: Observer, *,
         if not able:
             continue
         previous: tuple[int, ...] = ()
+        if row["state"] == "due" and row["result"]:
+            retry = json.loads(row["result"])
+            if "retry_in_s" in retry:  # a retryable failure: not before its backoff, on this observer's clock
+                key = (row["id"], -1, float(row["attempts"]))
+                for old in [k for k in observer.seen if k[0] == row["id"] and k != key]:
+                    del observer.seen[old]
+                if clock - observer.seen.setdefault(key, clock) < float(retry["retry_in_s"]):
+                    continue
+                previous = tuple(retry.get("previous_tokens", ()))
         if row["state"] == "claimed":
             dead = _claimant_dead(conn, row, observer, clock)
             if dead is None:
@@ -263,7 +293,14 @@ def record_outcome(conn: sqlite3.Connection, claim: Claim, ok: bool, message: st
     """``finish`` inside the caller's transaction (a runner's cycle or sign-off writes the
     outcomes its threads could not)."""
     state = "done" if ok else "failed"
+    retry = not ok and bool(result.get("retry"))
+    if retry and claim.attempt < max_attempts():
+        return _back_to_due(conn, claim, message, result, source)
     body = {**result, "previous_tokens": list(claim.previous_tokens), "token": claim.token, "message": message}
+    if retry:
+        message += f" (gave up after {claim.attempt} attempts; `torc workflows actions {claim.workflow_id} --retry" \
+                   f" {claim.index + 1}` re-arms it)"
+        body["message"] = message
     changed = conn.execute(
         "UPDATE actions SET state = ?, result = ?, updated_at = ? WHERE id = ? AND claim_token = ?"
         " AND state = 'claimed'", (state, json.dumps(body), time.time(), claim.id, claim.token)).rowcount
@@ -274,6 +311,51 @@ def record_outcome(conn: sqlite3.Connection, claim: Claim, ok: bool, message: st
         return False
     add_event(conn, claim.workflow_id, f"action_{state}", f"{claim.label}: {message}", data=data, source=source)
     return True
+
+
+def _back_to_due(conn: sqlite3.Connection, claim: Claim, message: str, result: dict[str, Any],
+                 source: str) -> bool:
+    """A retryable failure (Slurm unavailable for a moment): the action is due again after a
+    backoff; the next claim carries this claim's token too (it may have submitted some
+    allocations before the failure: the retry adopts them)."""
+    wait = retry_backoff(claim.attempt)
+    body = {"retry_in_s": wait, "previous_tokens": [*claim.previous_tokens, claim.token], "message": message,
+            "token": claim.token}
+    changed = conn.execute(
+        "UPDATE actions SET state = 'due', result = ?, claimed_by = NULL, claim_runner = NULL, claim_host_key = NULL,"
+        " claim_pid = NULL, claim_pid_started = NULL, lease_at = NULL, updated_at = ?"
+        " WHERE id = ? AND claim_token = ? AND state = 'claimed'",
+        (json.dumps(body), time.time(), claim.id, claim.token)).rowcount
+    data = {"action": claim.index, "action_id": claim.id, "token": claim.token, "attempt": claim.attempt,
+            "retry_in_s": wait}
+    if not changed:
+        add_event(conn, claim.workflow_id, "action_late", f"{claim.label}: {message}; late, not recorded "
+                  "(the claim was taken over or the workflow reinitialized)", data=data, source=source)
+        return False
+    add_event(conn, claim.workflow_id, "action_retry", f"{claim.label}: {message}; due again in {wait:g} s "
+              f"(attempt {claim.attempt} of {max_attempts()})", data=data, source=source)
+    return True
+
+
+def retry_failed(db: Database, workflow_id: int, number: int) -> None:
+    """``torc workflows actions ID --retry N``: a failed action (N as listed, from 1) is due again,
+    with its attempts counted afresh; its earlier claims' tokens are kept (schedule_nodes adopts
+    what they submitted)."""
+    from torc_slurm.errors import QueueError
+
+    with db.transaction() as conn:
+        row = conn.execute("SELECT * FROM actions WHERE workflow_id = ? AND idx = ?", (workflow_id, number - 1)
+                           ).fetchone()
+        if row is None:
+            raise QueueError(f"workflow {workflow_id} has no action #{number}")
+        if row["state"] != "failed":
+            raise QueueError(f"action #{number} is {row['state']}, not failed: only a failed action is re-armed")
+        old = json.loads(row["result"]) if row["result"] else {}
+        previous = [*old.get("previous_tokens", ()), *([old["token"]] if old.get("token") is not None else [])]
+        conn.execute("UPDATE actions SET state = 'due', attempts = 0, result = ?, updated_at = ? WHERE id = ?",
+                     (json.dumps({"previous_tokens": previous, "retry_in_s": 0}), time.time(), row["id"]))
+        add_event(conn, workflow_id, "action_rearmed", f"action #{number} ({row['trigger']} {row['type']}) re-armed "
+                  "by hand: due again", data={"action": row["idx"], "action_id": row["id"]}, source="cli")
 
 
 def renew(db: Database, claims: Sequence[Claim]) -> None:
