@@ -292,3 +292,68 @@ def test_an_action_run_by_init_under_umask_002_leaves_an_output_folder_runners_a
     assert victim.read_text() == "untouched\n"
     states = {r["idx"]: r["state"] for r in query(tmp_path, "SELECT idx, state FROM actions")}
     assert states == {0: "done", 1: "failed"}
+
+
+def test_commands_of_a_login_observer_die_with_it(tmp_path: Path) -> None:
+    """M7: `workflows init` performing on_workflow_start is stopped (SIGTERM, Ctrl-C, SIGHUP):
+    the command's whole process group dies with it, never left running unowned (a same-host
+    observer would see init gone and run it again, concurrently)."""
+    import signal
+
+    for number, sig in enumerate((signal.SIGTERM, signal.SIGINT, signal.SIGHUP)):
+        marker = f"torc_m7_marker_{os.getpid()}_{number}"
+        work = tmp_path / str(number)
+        work.mkdir()
+        (work / "spec.yaml").write_text(yaml.safe_dump({"name": "m7", "jobs": [{"name": "a", "command": "true"}],
+                                                        "actions": [
+            {"trigger_type": "on_workflow_start", "action_type": "run_commands",
+             "commands": [f"bash -c 'exec -a {marker} sleep 60' & wait"]},
+        ]}))
+        torc(work, "workflows", "create", "spec.yaml")
+        init = subprocess.Popen([*TORC, "--db", str(work / "torc.db"), "workflows", "init", "1"], cwd=work,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for(lambda: subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0,
+                  "the action's command", init)
+        init.send_signal(sig)
+        assert init.wait(timeout=15) != 0
+        _wait_for(lambda: subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode != 0,
+                  f"the command to die with init ({sig.name})", timeout=10)
+
+
+def test_a_same_host_observer_does_not_take_over_while_a_killed_observers_command_runs(tmp_path: Path) -> None:
+    """M7: `workflows init` SIGKILLed mid-command (no handler can run): its command's process group
+    is recorded in the claim, so an observer of this host does not take the claim over (and run
+    the command a second time, concurrently) until that group is gone."""
+    import signal
+
+    from torc_slurm.slurm.actions import login_observer
+    from torc_slurm.store import actions as store_actions
+    from torc_slurm.store.db import Database
+
+    marker = f"torc_m7k_marker_{os.getpid()}"
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({"name": "m7k", "jobs": [{"name": "a", "command": "true"}],
+                                                        "actions": [
+        {"trigger_type": "on_workflow_start", "action_type": "run_commands",
+         "commands": [f"echo run >> log; exec -a {marker} bash -c 'while [ ! -e stop ]; do sleep 0.05; done'"]},
+    ]}))
+    torc(tmp_path, "workflows", "create", "spec.yaml")
+    init = subprocess.Popen([*TORC, "--db", str(tmp_path / "torc.db"), "workflows", "init", "1"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
+              and "pgid" in (query(tmp_path, "SELECT result FROM actions")[0]["result"] or ""), "the command", init)
+    init.send_signal(signal.SIGKILL)
+    init.wait(timeout=15)
+    observer = login_observer("watch")
+    with Database(tmp_path / "torc.db", create=False) as db:
+        try:
+            with db.transaction() as conn:
+                assert store_actions.observe(conn, 1, observer) == []  # init is gone, its command is not
+            (tmp_path / "stop").touch()
+            _wait_for(lambda: subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode != 0,
+                      "the command to end", timeout=10)
+            with db.transaction() as conn:
+                (claim,) = store_actions.observe(conn, 1, observer)
+            assert claim.attempt == 2
+        finally:
+            (tmp_path / "stop").touch()
+    assert lines(tmp_path / "log") == ["run"]

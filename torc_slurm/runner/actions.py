@@ -17,6 +17,7 @@ scheduler (the Slurm side lives in ``slurm/actions.py``; the runner layer never 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -50,6 +51,9 @@ class Context:
     schedule: Schedule | None = None
     env: dict[str, str] | None = None
     groups: ProcessGroups | None = None   # the command process groups in flight (killed at a deadline)
+    # A login observer's: called with each command's process group id as it starts (recorded in the
+    # claim row, so a same-host observer does not take the claim over while that group lives).
+    on_command_start: Callable[[int], None] | None = None
 
 
 class ProcessGroups:
@@ -152,11 +156,19 @@ def _run_one(command: str, ctx: Context, env: dict[str, str], stdout: Any, stder
     if groups is not None:
         groups.add(proc.pid)
     try:
+        if ctx.on_command_start is not None:
+            try:
+                ctx.on_command_start(proc.pid)
+            except Exception as exc:  # the claim row lacks the group: a takeover may not wait for it
+                log.warning("could not record the command's process group %d in its claim: %s", proc.pid, exc)
         try:
             return proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic())), False
         except subprocess.TimeoutExpired:
             _stop_group(proc)
             return proc.returncode, True
+        except BaseException:  # Ctrl-C, a signal turned into an exit, anything: the command dies with us
+            _stop_group(proc)
+            raise
     finally:
         if groups is not None:
             groups.discard(proc.pid)
@@ -202,16 +214,39 @@ def perform_claims(claims: Sequence[Claim], ctx: Context, db: Database) -> list[
 
     renewer = threading.Thread(target=keep_renewing, name="torc-action-lease", daemon=True)
     renewer.start()
+    previous = _exit_on_signals()
     try:
         for claim in claims:
-            ok, message, result = perform(claim, ctx)
+            ok, message, result = perform(claim, dataclasses.replace(
+                ctx, on_command_start=lambda pgid, claim=claim: _record_group(db, claim, pgid)))
             recorded = _finish_while_renewed(db, claim, ok, message, result, ctx.source)
             pending.remove(claim)
             done.append((claim, recorded, message))
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         stop.set()
         renewer.join()
     return done
+
+
+def _record_group(db: Database, claim: Claim, pgid: int) -> None:
+    with Database(db.path, create=False) as own:
+        store_actions.record_command_group(own, claim, pgid)
+
+
+def _exit_on_signals() -> dict[int, Any]:
+    """While a login observer performs its claims: SIGTERM/SIGHUP (a closed terminal, a killed
+    session) end it by an exception, as Ctrl-C does, so the command running now is killed with it
+    (``_run_one``: its group gets TERM, then KILL) instead of running on unowned while the claim
+    is taken over. Only the main thread can install handlers; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def leave(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    return {sig: signal.signal(sig, leave) for sig in (signal.SIGTERM, signal.SIGHUP)}
 
 
 def _finish_while_renewed(db: Database, claim: Claim, ok: bool, message: str, result: dict[str, Any],

@@ -261,6 +261,9 @@ def _claimant_dead(conn: sqlite3.Connection, row: sqlite3.Row, observer: Observe
             return f"ended ({status[0] if status else 'deleted'}) without recording the outcome"
     if (row["claim_host_key"] is not None and row["claim_host_key"] == observer.host_key
             and observer.alive is not None and not observer.alive(row["claim_pid"], row["claim_pid_started"])):
+        pgid = (json.loads(row["result"]) if row["result"] else {}).get("pgid")
+        if pgid is not None and _group_exists(int(pgid)):
+            return None  # its command still runs (it was SIGKILLed mid-command): not twice at once
         return f"is gone (pid {row['claim_pid']} no longer runs on this host)"
     if row["claim_runner"] is None:
         key = (row["id"], row["claim_token"], row["lease_at"])
@@ -269,6 +272,35 @@ def _claimant_dead(conn: sqlite3.Connection, row: sqlite3.Row, observer: Observe
         if clock - observer.seen.setdefault(key, clock) > lease_timeout():
             return f"did not renew its claim for {lease_timeout():.0f} s"
     return None
+
+
+def _group_exists(pgid: int) -> bool:
+    """A process of group ``pgid`` still runs on this host (zombies, which no one may reap after
+    their observer died, do not count). Only on a takeover from a dead same-host claimant."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    import psutil
+
+    for process in psutil.process_iter(["status"]):
+        try:
+            if process.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(process.pid) == pgid:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
+
+
+def record_command_group(db: Database, claim: Claim, pgid: int) -> None:
+    """A login observer's command started in process group ``pgid``: kept in the claim row
+    (``result.pgid``), so an observer of the same host does not take the claim over while that
+    group still has processes, even after the observer itself was SIGKILLed."""
+    with db.transaction() as conn:
+        conn.execute("UPDATE actions SET result = json_set(COALESCE(result, '{}'), '$.pgid', ?) WHERE id = ?"
+                     " AND claim_token = ? AND state = 'claimed'", (pgid, claim.id, claim.token))
 
 
 def _skip(conn: sqlite3.Connection, row: sqlite3.Row, observer: Observer, reason: str) -> None:
