@@ -460,7 +460,8 @@ def test_a_retryable_slurm_failure_puts_schedule_nodes_back_to_due_after_a_backo
     assert refused.returncode == 1 and "not failed" in refused.stderr
 
 
-def test_slurm_errors_that_may_pass_are_retryable_and_refusals_are_not(tmp_path: Path, monkeypatch) -> None:
+def test_slurm_errors_that_may_pass_are_retryable_and_refusals_are_not(db: Database, tmp_path: Path,
+                                                                      monkeypatch) -> None:
     """M4: squeue failing while a retry looks for earlier allocations (a real failing squeue on
     PATH) makes the attempt retryable; sbatch refusing the request does not."""
     from torc_slurm.errors import SlurmError
@@ -472,9 +473,44 @@ def test_slurm_errors_that_may_pass_are_retryable_and_refusals_are_not(tmp_path:
     (fake / "squeue").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
     claim = actions.Claim(1, 1, 0, "on_workflow_start", "schedule_nodes", {"scheduler": "s"}, 7, 2, (5,))
-    ok, message, result = make_schedule(tmp_path / "none.db", None, None)(claim)
+    ok, message, result = make_schedule(db.path, None, None)(claim)
     assert not ok and result["retry"] is True and "squeue" in message
     assert retryable(SlurmError("'sbatch x' did not answer within 30 s (gave up after 3 attempts)"))
     assert retryable(SlurmError("'sbatch x' failed with exit code 1: sbatch: error: slurm_persist_conn_open"))
     assert not retryable(SlurmError("'sbatch x' failed with exit code 1: sbatch: error: Invalid account"))
     assert not retryable(SlurmError("refusing to submit: - partition gpu has no node"))
+
+
+def test_a_takeover_adopts_only_this_users_allocations_of_this_queue_in_live_or_completed_states(
+        tmp_path: Path, monkeypatch) -> None:
+    """M3: allocation names carry a random key of the queue file (two queues with the same
+    workflow id, scheduler and token name theirs apart); squeue is asked with --me, sacct with
+    -u <user> -S <the first claim's day, less one>; cancelled/failed allocations are not adopted
+    (real squeue/sacct stand-ins on PATH record their arguments)."""
+    import getpass
+    import time
+
+    from torc_slurm.slurm.actions import find_submitted, job_name
+
+    keys = set()
+    for name in ("one", "two"):
+        with Database(tmp_path / f"{name}.db") as own:
+            key = actions.queue_key(own)
+            assert actions.queue_key(own) == key  # made once
+            keys.add(key)
+    assert len(keys) == 2
+    claim = actions.Claim(1, 1, 0, "on_jobs_ready", "schedule_nodes", {"scheduler": "s"}, 7, 1)
+    names = {job_name(claim, 5, key) for key in keys}
+    assert len(names) == 2 and all(len(n) < 64 for n in names)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for tool, out in (("squeue", "11|PENDING\n12|CANCELLED\n13|RUNNING"),
+                      ("sacct", "14|COMPLETED\n15|CANCELLED by 0\n16|FAILED\n13|RUNNING")):
+        (fake / tool).write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/{tool}.args\nprintf '{out}\\n'\n")
+        (fake / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    assert find_submitted(["x"], since=86400 * 365 * 50) == ["11", "13", "14"]
+    assert "--me" in (tmp_path / "squeue.args").read_text().split()
+    sacct = (tmp_path / "sacct.args").read_text().split()
+    assert sacct[sacct.index("-u") + 1] == getpass.getuser() and sacct[sacct.index("-S") + 1] == time.strftime(
+        "%Y-%m-%d", time.localtime(86400 * 365 * 50 - 86400))

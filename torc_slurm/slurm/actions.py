@@ -2,7 +2,8 @@
 or `slurm watch` injects into ``runner.actions`` (the runner layer never imports Slurm).
 
 "Never doubled": each claim's allocations carry a Slurm job name that names the action and the
-claim token (``torc_wf<ID>_<scheduler>_a<N>t<token>``). A retry after a dead claimant first asks squeue for
+claim token and the queue file's random key (``torc_wf<ID>_<scheduler>_a<N>t<token>q<key>``). A retry after a
+dead claimant first asks squeue (--me) for
 the names of the dead claims; the allocations found are adopted (recorded as this action's) and
 only the rest are submitted. An allocation of a dead claimant that already left squeue (it ran
 and ended; sacct is asked too where Slurm keeps accounting) cannot be seen: that is the one way a
@@ -25,18 +26,31 @@ log = logging.getLogger(__name__)
 FAULT_SUBMITTED = "TORC_FAULT_ACTION_SUBMITTED"  # tests: SIGKILL the performer right after its sbatch
 
 
-def job_name(claim: Claim, token: int | None = None) -> str:
+def job_name(claim: Claim, token: int | None = None, queue: str = "") -> str:
+    """``torc_wf<ID>_<scheduler>_a<N>t<token>q<queue key>``: the queue key (random, per queue file)
+    keeps two queues' (or two users') names apart."""
     return (f"torc_wf{claim.workflow_id}_{claim.config.get('scheduler')}_a{claim.index + 1}"
-            f"t{claim.token if token is None else token}")
+            f"t{claim.token if token is None else token}" + (f"q{queue}" if queue else ""))
 
 
-def find_submitted(names: list[str]) -> list[str]:
-    """Slurm job ids of allocations named ``names`` (squeue, then sacct when it has data)."""
+# Allocations a takeover adopts: alive or ended well. One cancelled, failed, timed out (…) before
+# its runner could run is not this claim's work done: the rest are submitted again.
+ADOPTED_STATES = ("PENDING", "RUNNING", "COMPLETING", "COMPLETED")
+
+
+def find_submitted(names: list[str], since: float | None = None) -> list[str]:
+    """Slurm job ids of this user's allocations named ``names`` in an adoptable state (squeue
+    --me, then sacct -u $USER -S <the first claim's day, less one> when it has data)."""
     if not names:
         return []
+    import getpass
+    import time as _time
+
+    day = _time.strftime("%Y-%m-%d", _time.localtime((since or _time.time()) - 86400))
     found: list[str] = []
-    for argv in (["squeue", "-h", "--states=all", f"--name={','.join(names)}", "-o", "%i"],
-                 ["sacct", "-n", "-X", "-P", f"--name={','.join(names)}", "-o", "JobID"]):
+    for argv in (["squeue", "--me", "-h", "--states=all", f"--name={','.join(names)}", "-o", "%i|%T"],
+                 ["sacct", "-u", getpass.getuser(), "-S", day, "-n", "-X", "-P", f"--name={','.join(names)}",
+                  "-o", "JobID,State"]):
         try:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -47,7 +61,11 @@ def find_submitted(names: list[str]) -> list[str]:
             if argv[0] == "squeue":
                 raise SlurmError(f"squeue failed: {out.stderr.strip()}")
             continue
-        found += [line.strip() for line in out.stdout.splitlines() if line.strip() and line.strip() not in found]
+        for line in out.stdout.splitlines():
+            job_id, _, state = line.strip().partition("|")
+            state = (state.split() or [""])[0].upper()
+            if job_id and state in ADOPTED_STATES and job_id not in found:
+                found.append(job_id)
     return found
 
 
@@ -79,8 +97,13 @@ def make_schedule(db_path: Path, site: Any, backend: Any, output_dir: Path | Non
         config = claim.config
         wanted = int(config.get("num_allocations") or 1)
         result: dict[str, Any] = {"scheduler": config["scheduler"], "adopted": [], "slurm_job_ids": []}
+        from torc_slurm.store.actions import queue_key
+        from torc_slurm.store.db import Database as _Database
+
+        with _Database(db_path, create=False) as own:
+            key = queue_key(own)
         try:
-            adopted = (find_submitted([job_name(claim, t) for t in claim.previous_tokens])
+            adopted = (find_submitted([job_name(claim, t, key) for t in claim.previous_tokens], claim.since)
                        if claim.previous_tokens else [])
         except SlurmError as exc:  # squeue unavailable: try again later (submitting blind could double)
             return False, f"asking Slurm for earlier claims' allocations failed: {exc}", {**result, "retry": True}
@@ -94,7 +117,7 @@ def make_schedule(db_path: Path, site: Any, backend: Any, output_dir: Path | Non
                 done = schedule_nodes(db, backend, site, ScheduleRequest(
                     claim.workflow_id, config["scheduler"], wanted - len(adopted),
                     max_parallel_jobs=config.get("max_parallel_jobs"), output_dir=output_dir,
-                    job_name=job_name(claim), force=True))
+                    job_name=job_name(claim, queue=key), force=True))
             except TorcError as exc:
                 return False, f"submitting {config['scheduler']} failed: {exc}", \
                     {**result, **({"retry": True} if retryable(exc) else {})}

@@ -108,6 +108,7 @@ class Claim:
     token: int
     attempt: int
     previous_tokens: tuple[int, ...] = ()   # earlier claims whose claimant died (schedule_nodes checks Slurm)
+    since: float | None = None   # when the first of those claims was made (sacct -S, a day earlier)
 
     @property
     def label(self) -> str:
@@ -204,6 +205,7 @@ def observe(conn: sqlite3.Connection, workflow_id: int, observer: Observer, *,
         if not able:
             continue
         previous: tuple[int, ...] = ()
+        since: float | None = None
         if row["state"] == "due" and row["result"]:
             retry = json.loads(row["result"])
             if "retry_in_s" in retry:  # a retryable failure: not before its backoff, on this observer's clock
@@ -213,31 +215,34 @@ def observe(conn: sqlite3.Connection, workflow_id: int, observer: Observer, *,
                 if clock - observer.seen.setdefault(key, clock) < float(retry["retry_in_s"]):
                     continue
                 previous = tuple(retry.get("previous_tokens", ()))
+                since = retry.get("since")
         if row["state"] == "claimed":
             dead = _claimant_dead(conn, row, observer, clock)
             if dead is None:
                 continue
             result = json.loads(row["result"]) if row["result"] else {}
             previous = (*result.get("previous_tokens", ()), row["claim_token"])
+            since = min(float(result.get("since") or row["claimed_at"] or now), float(row["claimed_at"] or now))
             add_event(conn, workflow_id, "action_taken_over",
                       f"action #{row['idx'] + 1} ({row['trigger']} {row['type']}): {row['claimed_by']} {dead}; "
                       f"{observer.name} takes it over", data={"action": row["idx"], "action_id": row["id"],
                                                              "from": row["claimed_by"], "why": dead,
                                                              "token": row["claim_token"]},
                       source=observer.name)
-        claims.append(_claim(conn, row, config, observer, now, previous))
+        claims.append(_claim(conn, row, config, observer, now, previous, since))
     return claims
 
 
 def _claim(conn: sqlite3.Connection, row: sqlite3.Row, config: dict[str, Any], observer: Observer, now: float,
-           previous: tuple[int, ...]) -> Claim:
+           previous: tuple[int, ...], since: float | None = None) -> Claim:
     token = next_ids(conn, "action_token")
     changed = conn.execute(
         "UPDATE actions SET state = 'claimed', claimed_by = ?, claim_runner = ?, claim_host_key = ?, claim_pid = ?,"
         " claim_pid_started = ?, claim_token = ?, claimed_at = ?, lease_at = ?, attempts = attempts + 1,"
         " result = ?, updated_at = ? WHERE id = ? AND state = ? AND claim_token IS ?",
         (observer.name, observer.runner_id, observer.host_key, observer.pid, observer.pid_started, token, now, now,
-         json.dumps({"previous_tokens": list(previous)}) if previous else None, now, row["id"], row["state"],
+         json.dumps({"previous_tokens": list(previous), "since": since}) if previous else None, now, row["id"],
+         row["state"],
          row["claim_token"])).rowcount
     assert changed == 1, "the lock makes the claim exclusive"
     attempt = row["attempts"] + 1
@@ -248,7 +253,7 @@ def _claim(conn: sqlite3.Connection, row: sqlite3.Row, config: dict[str, Any], o
                     "by": observer.name, "runner_id": observer.runner_id, "previous_tokens": list(previous)},
               source=observer.name)
     return Claim(row["id"], row["workflow_id"], row["idx"], row["trigger"], row["type"], config, token, attempt,
-                 previous)
+                 previous, since)
 
 
 def _claimant_dead(conn: sqlite3.Connection, row: sqlite3.Row, observer: Observer, clock: float) -> str | None:
@@ -292,6 +297,18 @@ def _group_exists(pgid: int) -> bool:
         except (ProcessLookupError, psutil.Error):
             continue
     return False
+
+
+def queue_key(db: Database) -> str:
+    """A random id of this queue file, made once (kept in ``sequences``): allocation names of
+    schedule_nodes actions carry it, so a takeover never adopts another queue's allocations."""
+    import secrets
+
+    with db.transaction() as conn:
+        conn.execute("INSERT OR IGNORE INTO sequences (name, next) VALUES ('queue_key', ?)",
+                     (secrets.randbits(32),))
+        (value,) = conn.execute("SELECT next FROM sequences WHERE name = 'queue_key'").fetchone()
+    return f"{int(value):08x}"
 
 
 def record_command_group(db: Database, claim: Claim, pgid: int) -> None:
@@ -352,7 +369,7 @@ def _back_to_due(conn: sqlite3.Connection, claim: Claim, message: str, result: d
     allocations before the failure: the retry adopts them)."""
     wait = retry_backoff(claim.attempt)
     body = {"retry_in_s": wait, "previous_tokens": [*claim.previous_tokens, claim.token], "message": message,
-            "token": claim.token}
+            "token": claim.token, "since": claim.since or time.time()}
     changed = conn.execute(
         "UPDATE actions SET state = 'due', result = ?, claimed_by = NULL, claim_runner = NULL, claim_host_key = NULL,"
         " claim_pid = NULL, claim_pid_started = NULL, lease_at = NULL, updated_at = ?"
@@ -385,7 +402,9 @@ def retry_failed(db: Database, workflow_id: int, number: int) -> None:
         old = json.loads(row["result"]) if row["result"] else {}
         previous = [*old.get("previous_tokens", ()), *([old["token"]] if old.get("token") is not None else [])]
         conn.execute("UPDATE actions SET state = 'due', attempts = 0, result = ?, updated_at = ? WHERE id = ?",
-                     (json.dumps({"previous_tokens": previous, "retry_in_s": 0}), time.time(), row["id"]))
+                     (json.dumps({"previous_tokens": previous, "retry_in_s": 0,
+                                  "since": old.get("since") or row["claimed_at"] or row["updated_at"]}),
+                      time.time(), row["id"]))
         add_event(conn, workflow_id, "action_rearmed", f"action #{number} ({row['trigger']} {row['type']}) re-armed "
                   "by hand: due again", data={"action": row["idx"], "action_id": row["id"]}, source="cli")
 
