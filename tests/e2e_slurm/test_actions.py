@@ -136,3 +136,21 @@ def test_a_claimant_that_died_after_its_sbatch_is_adopted_not_resubmitted(e2e: E
     result = json.loads(row["result"])
     stage2 = [a["slurm_job_id"] for a in e2e.allocations(workflow_id) if a["scheduler"] == e2e.scheduler("two")]
     assert row["attempts"] == 2 and result["adopted"] == stage2 == result["slurm_job_ids"], result
+
+
+def test_submit_performs_due_actions_with_its_output_folder(e2e: E2E) -> None:
+    """M5: `torc submit -o OUT` performs on_workflow_start with what it was given: the
+    action's output goes under OUT, not <working dir>/torc_output (no allocation is submitted:
+    the only schedule_nodes action is scheduler_type local, recorded as skipped)."""
+    s1 = e2e.scheduler("one")
+    spec = {"name": f"submit_out_{e2e.tag}", "jobs": [{"name": "a", "command": "true", "scheduler": s1}],
+            "slurm_schedulers": [{"name": s1, "partition": "cpu", "nodes": 1, "walltime": "00:05:00"}],
+            "actions": [
+                {"trigger_type": "on_workflow_start", "action_type": "run_commands", "commands": ["echo hi"]},
+                {"trigger_type": "on_workflow_start", "action_type": "schedule_nodes", "scheduler": s1,
+                 "scheduler_type": "local"}]}
+    (e2e.path / "spec.json").write_text(json.dumps(spec))
+    torc(e2e, "submit", "spec.json", "--site", "localhost", "-o", e2e.path / "out")
+    assert (e2e.path / "out" / "actions" / "a1_t1_1.out").read_text() == "hi\n"
+    assert not (e2e.path / "torc_output").exists()
+    assert [r["state"] for r in e2e.query("SELECT state FROM actions ORDER BY idx")] == ["done", "skipped"]

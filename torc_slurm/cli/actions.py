@@ -11,11 +11,13 @@ from torc_slurm.cli.app import format_option
 from torc_slurm.cli.workflows import workflows
 
 
-def perform_due(app, workflow_id: int, source: str) -> None:
-    """Claim and perform, here, the due actions (on_workflow_start after init); one line each."""
+def perform_due(app, workflow_id: int, source: str, *, site=None, backend=None, output_dir=None) -> None:
+    """Claim and perform, here, the due actions (on_workflow_start after init); one line each.
+    ``site``/``backend``/``output_dir``: what the command was given (`slurm submit --site -o`)."""
     from torc_slurm.slurm.actions import login_observe
 
-    for claim, ok, message in login_observe(app.db, workflow_id, source):
+    for claim, ok, message in login_observe(app.db, workflow_id, source, site=site, backend=backend,
+                                            output_dir=output_dir):
         colour = "green" if ok else "red"
         app.err_console.print(f"[{colour}]{claim.label}[/]: {message}")
 

@@ -386,7 +386,8 @@ def submit(app, spec: str, site, max_allocations: int, output_dir, force, new, d
         initialize_workflow(db, workflow_id, force=force)
     from torc_slurm.cli.actions import perform_due
 
-    perform_due(app, workflow_id, "submit")  # on_workflow_start and whatever else is due
+    # on_workflow_start and whatever else is due, with the site, backend and output folder given here
+    perform_due(app, workflow_id, "submit", site=site_config, backend=backend, output_dir=output_dir)
     if any(a.action_type == "schedule_nodes" for a in compiled.spec.actions):
         app.note(f"workflow {workflow_id} schedules its allocations with its actions: nothing planned here "
                  "(`torc workflows actions` shows them)")
