@@ -6,11 +6,16 @@ scheduler (the Slurm side lives in ``slurm/actions.py``; the runner layer never 
   ``<output>/actions/a<N>_t<token>_<k>.{out,err}`` (user-only). The first command that fails fails
   the action (never the workflow).
 * ``ActionPerformer``: a runner's claims are performed in threads, so the loop keeps dispatching
-  jobs. The runner drains them (renewing its lease) before it signs off: a claim is never left
-  with a runner that ended while its thread still worked, which would let another observer take
-  it over while this one still performs it.
-* ``perform_claims``: a login-node observer (``workflows init``, ``slurm watch``) performs its
-  claims in its own process, renewing the claims' lease while it does.
+  jobs. A stopping runner first records its jobs (``Runner._last_cycle_before_actions``), then
+  drains the claims (renewing its lease) until a deadline (the termination grace after a signal,
+  a quarter of the buffer before the end time) or a second signal: then the commands' process
+  groups are killed and those claims are not recorded, so they are taken over once the runner has
+  signed off (it is then dead; its commands are too). An outcome a thread could not record is
+  kept and written by the runner's next cycle or sign-off.
+* ``perform_claims``: a login-node observer (``workflows init``, ``submit``, ``slurm watch``)
+  performs its claims in its own process, renewing the claims' lease while it does; SIGTERM/SIGHUP
+  /Ctrl-C kill the running command's group with it, and each command's group id is recorded in
+  the claim (a same-host takeover waits for that group to be gone).
 * Fault injection for tests: ``TORC_FAULT_ACTION_CLAIMED=<trigger>|any`` makes a runner SIGKILL
   itself right after the commit that claimed such an action (before performing it).
 """
