@@ -622,9 +622,16 @@ def _open_output(path: Path, *, truncate: bool = True) -> int:
         return os.open(path, flags, 0o600)
     except FileNotFoundError:
         pass
+    make_private_dirs(Path(path).parent)
+    return os.open(path, flags, 0o600)
+
+
+def make_private_dirs(folder: Path) -> None:
+    """Create ``folder`` and every missing parent as 0700 (``mkdir(parents=True, mode=...)`` gives
+    the parents the umask's mode, which may let the group write)."""
     missing = []
-    parent = Path(path).parent
-    while not parent.exists():
+    parent = Path(folder)
+    while not os.path.lexists(parent):
         missing.append(parent)
         parent = parent.parent
     for directory in reversed(missing):
@@ -632,4 +639,3 @@ def _open_output(path: Path, *, truncate: bool = True) -> int:
             directory.mkdir(mode=0o700)
         except FileExistsError:
             pass
-    return os.open(path, flags, 0o600)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from torc_slurm.errors import QueueError
 from torc_slurm.runner.loop import Runner, RunnerConfig
+from torc_slurm.runner.process import make_private_dirs
 from torc_slurm.runner.resources import DetectedNode
 from torc_slurm.store.db import Database
 from torc_slurm.store.workflows import workflow_settings
@@ -28,19 +29,10 @@ def check_private(folder: Path) -> None:
 
 
 def private_folder(folder: Path) -> Path:
-    """Create ``folder`` and every missing parent as 0700 (``mkdir(parents=True, mode=...)`` gives
-    the parents the umask's mode, which may let the group write), then ``check_private`` it."""
+    """Create ``folder`` and every missing parent as 0700 (see ``make_private_dirs``), then
+    ``check_private`` it."""
     folder = folder.absolute()
-    missing = []
-    parent = folder
-    while not os.path.lexists(parent):
-        missing.append(parent)
-        parent = parent.parent
-    for directory in reversed(missing):
-        try:
-            directory.mkdir(mode=0o700)
-        except FileExistsError:
-            pass
+    make_private_dirs(folder)
     check_private(folder)
     return folder
 
