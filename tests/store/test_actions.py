@@ -15,6 +15,7 @@ import pytest
 
 from torc_slurm.compiler import compile_workflow
 from torc_slurm.spec.models import WorkflowSpec
+from torc_slurm.states import DONE
 from torc_slurm.store import actions
 from torc_slurm.store.actions import Observer
 from torc_slurm.store.db import Database
@@ -296,7 +297,7 @@ def test_a_reset_rearms_what_it_undoes_and_the_action_happens_once_more(db: Data
 
 
 READY_OR_LATER = set(actions.READY_OR_LATER)
-FINISHED = set(actions.FINISHED_OR_SKIPPED)
+FINISHED = set(DONE)
 
 
 @pytest.mark.parametrize("seed", range(6))

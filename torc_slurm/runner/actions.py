@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from torc_slurm.errors import QueueError
+from torc_slurm.runner.process import open_output
 from torc_slurm.store import actions as store_actions
 from torc_slurm.store.actions import Claim, Observer
 from torc_slurm.store.db import Database
@@ -190,12 +191,9 @@ def _stop_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-# As runner.process._OPEN_FLAGS: a symlink planted where an action's output goes is refused.
-_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
-
-
 def _private(path: Path) -> Any:
-    return os.fdopen(os.open(path, _OPEN_FLAGS, 0o600), "wb")
+    """As a job's stdio file: user-only, and a symlink planted where it goes is refused."""
+    return os.fdopen(open_output(path), "wb")
 
 
 def perform_claims(claims: Sequence[Claim], ctx: Context, db: Database) -> list[tuple[Claim, bool, str]]:

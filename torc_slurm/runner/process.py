@@ -331,7 +331,7 @@ class ProcessPool:
         try:
             out_fd = self.stdio.take(spec.stdout_path)
             if out_fd is None:
-                out_fd = _open_output(spec.stdout_path)
+                out_fd = open_output(spec.stdout_path)
         except OSError as e:
             return failed(f"cannot open stdout file {spec.stdout_path}: {e.strerror or e}")
         try:
@@ -340,7 +340,7 @@ class ProcessPool:
             else:
                 err_fd = self.stdio.take(spec.stderr_path)
                 if err_fd is None:
-                    err_fd = _open_output(spec.stderr_path)
+                    err_fd = open_output(spec.stderr_path)
         except OSError as e:
             os.close(out_fd)
             return failed(f"cannot open stderr file {spec.stderr_path}: {e.strerror or e}")
@@ -590,7 +590,7 @@ class StdioOpener:
                     return
                 path = next(iter(self._wanted))
             try:
-                fd = _open_output(path, truncate=False)
+                fd = open_output(path, truncate=False)
             except OSError:
                 fd = None  # the start opens it again and reports the error
             with self._lock:
@@ -615,7 +615,7 @@ class _PinError(Exception):
     """The requested cpu affinity could not be applied."""
 
 
-def _open_output(path: Path, *, truncate: bool = True) -> int:
+def open_output(path: Path, *, truncate: bool = True) -> int:
     """Open (truncate) ``path`` for writing as 0600, creating missing parents as 0700."""
     flags = _OPEN_FLAGS if truncate else _OPEN_FLAGS & ~os.O_TRUNC
     try:

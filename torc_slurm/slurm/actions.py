@@ -92,15 +92,13 @@ def make_schedule(db_path: Path, site: Any, backend: Any, output_dir: Path | Non
 
     def schedule(claim: Claim) -> tuple[bool, str, dict[str, Any]]:
         from torc_slurm.slurm.allocations import ScheduleRequest, schedule_nodes
+        from torc_slurm.store.actions import queue_key
         from torc_slurm.store.db import Database
 
         config = claim.config
         wanted = int(config.get("num_allocations") or 1)
         result: dict[str, Any] = {"scheduler": config["scheduler"], "adopted": [], "slurm_job_ids": []}
-        from torc_slurm.store.actions import queue_key
-        from torc_slurm.store.db import Database as _Database
-
-        with _Database(db_path, create=False) as own:
+        with Database(db_path, create=False) as own:
             key = queue_key(own)
         try:
             adopted = (find_submitted([job_name(claim, t, key) for t in claim.previous_tokens], claim.since)

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from torc_slurm.states import UNFINISHED, sql_list
+from torc_slurm.states import DONE, HELD, UNFINISHED, JobStatus, sql_list
 from torc_slurm.store.events import add_event
 from torc_slurm.store.leases import next_ids
 
@@ -40,8 +40,7 @@ if TYPE_CHECKING:
     from torc_slurm.compiler import CompiledWorkflow
     from torc_slurm.store.db import Database
 
-READY_OR_LATER = ("ready", "pending", "running", "completed", "failed", "canceled", "terminated", "disabled")
-FINISHED_OR_SKIPPED = ("completed", "failed", "canceled", "terminated", "disabled")
+READY_OR_LATER = (JobStatus.READY.value, *HELD, *DONE)
 WORKER_TRIGGERS = ("on_worker_start", "on_worker_complete")
 DEFAULT_LEASE_TIMEOUT_S = 600.0
 
@@ -68,10 +67,7 @@ def max_attempts() -> int:
 
 
 def lease_timeout() -> float:
-    try:
-        return float(os.environ.get("TORC_ACTION_LEASE_TIMEOUT") or DEFAULT_LEASE_TIMEOUT_S)
-    except ValueError:
-        return DEFAULT_LEASE_TIMEOUT_S
+    return _env_float("TORC_ACTION_LEASE_TIMEOUT", DEFAULT_LEASE_TIMEOUT_S)
 
 
 @dataclass(frozen=True)
@@ -145,7 +141,7 @@ def recount(conn: sqlite3.Connection, workflow_id: int) -> None:
     re-arm (waiting) what was performed but whose condition no longer holds, as the triggers do."""
     conn.execute("DELETE FROM action_members WHERE action_id IN (SELECT id FROM actions WHERE workflow_id = ?)"
                  " AND job_id NOT IN (SELECT id FROM jobs WHERE workflow_id = ?)", (workflow_id, workflow_id))
-    for trigger, statuses in (("on_jobs_ready", READY_OR_LATER), ("on_jobs_complete", FINISHED_OR_SKIPPED)):
+    for trigger, statuses in (("on_jobs_ready", READY_OR_LATER), ("on_jobs_complete", DONE)):
         conn.execute(
             f"UPDATE actions SET size = (SELECT COUNT(*) FROM action_members m WHERE m.action_id = actions.id),"
             f" reached = (SELECT COUNT(*) FROM action_members m JOIN jobs j ON j.id = m.job_id"
