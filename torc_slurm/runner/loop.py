@@ -727,8 +727,6 @@ class Runner:
             self._started.append(Started(job.id, job.lease_token))
             self._add_outcome(Outcome(job.id, job.attempt, "completed", job.lease_token, 0, None, now, now))
             return
-        stdio = cfg.output_dir / "job_stdio"
-        stem = f"wf{cfg.workflow_id}_job{job.id}_attempt{job.attempt}"
         stdout, stderr = self._stdio_paths(job)
         command = f"{job.invocation_script} {job.command}" if job.invocation_script else job.command
         if job.image is not None:
@@ -740,11 +738,11 @@ class Runner:
             nodes = [cfg.node_name, *(m.node for m in members)] if local else [m.node for m in members]
             gpus = node_gpu_map(nodes, [placement.gpu_ids, *(m.gpu_ids for m in members)] if local else
                                 [m.gpu_ids for m in members])
-            hostfile = stdio / f"{stem}.hosts"
+            hostfile = stdout.with_suffix(".hosts")
             start = launch(job.launcher if local else None, command, nodes=nodes, cpus_per_node=job.num_cpus,
                            memory_bytes=job.memory_bytes, gpus=gpus,
                            gpu_variable=cfg.gpu_variable, hostfile=hostfile)
-            stdio.mkdir(parents=True, exist_ok=True, mode=0o700)
+            hostfile.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(hostfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as out:
                 out.write(start.hostfile)
